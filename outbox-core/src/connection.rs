@@ -1,0 +1,136 @@
+//! "This is a transaction": the connections the outbox can record through.
+
+use std::future::Future;
+
+use crate::TableName;
+
+/// A database connection the outbox can record through: a [`sqlx::Transaction`], or a dialect's
+/// connection (`PgConnection`, `MySqlConnection`, `SqliteConnection`, a pooled one) that is
+/// inside a transaction when the row is written — which [`record`](crate::record) checks at run
+/// time.
+///
+/// Implemented by the library for each enabled dialect; the trait is sealed.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a transaction the outbox can record into",
+    label = "expected `sqlx::Transaction<'_, DB>` or a database connection",
+    note = "the outbox row must commit or roll back with your data, so it is written through the caller's open transaction: take `tx: &mut sqlx::Transaction<'_, Postgres>` (or `&mut PgConnection`, `&mut MySqlConnection`, `&mut SqliteConnection`) and let the caller commit",
+    note = "a pool is not a transaction: each query on a pool may run on another connection, in autocommit",
+    note = "in code generic over the database, bound it with `DB: outbox_core::Dialect`"
+)]
+pub trait OutboxConnection: Send + sealed::Sealed {
+    #[doc(hidden)]
+    const DIALECT: &'static str;
+
+    #[doc(hidden)]
+    fn __in_transaction(&self) -> bool;
+
+    #[doc(hidden)]
+    fn __insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        row: &'a NewRow<'a>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+}
+
+/// A database the outbox supports, for code generic over the database:
+///
+/// ```
+/// # #[cfg(feature = "postgres")] {
+/// use outbox_core::Dialect;
+///
+/// async fn open_account<DB: Dialect>(tx: &mut sqlx::Transaction<'_, DB>) { /* ... */ }
+/// # }
+/// ```
+///
+/// Implemented for `Postgres`, `MySql` and `Sqlite` when their cargo features are on.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox-core; in generic code bound the database with `DB: outbox_core::Dialect`"
+)]
+pub trait Dialect: sqlx::Database<Connection: OutboxConnection> {}
+
+impl<DB> Dialect for DB
+where
+    DB: sqlx::Database,
+    DB::Connection: OutboxConnection,
+{
+}
+
+/// One row to insert, as the dialects receive it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct NewRow<'a> {
+    pub id: uuid::Uuid,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub event_type: &'a str,
+    pub payload: &'a str,
+}
+
+impl<DB> OutboxConnection for sqlx::Transaction<'_, DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: OutboxConnection,
+{
+    const DIALECT: &'static str = <DB::Connection as OutboxConnection>::DIALECT;
+
+    fn __in_transaction(&self) -> bool {
+        (**self).__in_transaction()
+    }
+
+    fn __insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        row: &'a NewRow<'a>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__insert(table, row)
+    }
+
+    fn __migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__migrate(table)
+    }
+}
+
+impl<DB> OutboxConnection for sqlx::pool::PoolConnection<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: OutboxConnection,
+{
+    const DIALECT: &'static str = <DB::Connection as OutboxConnection>::DIALECT;
+
+    fn __in_transaction(&self) -> bool {
+        (**self).__in_transaction()
+    }
+
+    fn __insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        row: &'a NewRow<'a>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__insert(table, row)
+    }
+
+    fn __migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__migrate(table)
+    }
+}
+
+pub(crate) mod sealed {
+    /// Only the library implements `OutboxConnection`.
+    pub trait Sealed {}
+
+    impl<DB: sqlx::Database> Sealed for sqlx::Transaction<'_, DB> {}
+    impl<DB: sqlx::Database> Sealed for sqlx::pool::PoolConnection<DB> {}
+}

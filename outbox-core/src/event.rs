@@ -1,0 +1,148 @@
+//! What can be recorded: events described by the derive, or assembled at the call site.
+
+use serde::Serialize;
+
+/// An entity that describes itself as an outbox event: which aggregate it belongs to, which
+/// event it is, and the id of its aggregate instance. The entity itself, serialized with serde,
+/// is the payload.
+///
+/// Derive it rather than implementing it by hand:
+///
+/// ```
+/// use outbox_core::OutboxEvent;
+/// use serde::Serialize;
+///
+/// #[derive(Serialize, OutboxEvent)]
+/// #[outbox(aggregate_type = "account", event_type = "AccountOpened")]
+/// struct Account {
+///     #[outbox(aggregate_id)]
+///     id: i64,
+///     owner: String,
+/// }
+///
+/// let account = Account { id: 7, owner: "Ada".into() };
+/// assert_eq!(Account::AGGREGATE_TYPE, "account");
+/// assert_eq!(account.aggregate_id().as_deref(), Some("7"));
+/// ```
+///
+/// The `#[outbox(aggregate_id)]` field may be any `Display` type, or an `Option` of one: `None`
+/// means the entity was not persisted yet, and recording it fails with
+/// [`Error::NotPersisted`](crate::Error::NotPersisted). `event_type` defaults to the type's name.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say how to record it in the outbox",
+    label = "`{Self}` does not implement `OutboxEvent`",
+    note = "derive it: `#[derive(Serialize, OutboxEvent)]` with `#[outbox(aggregate_type = \"...\")]` on the type and `#[outbox(aggregate_id)]` on its id field",
+    note = "or give all three arguments to the attribute: `#[outbox_event(aggregate_type = \"...\", event_type = \"...\", aggregate_id = |entity| entity.id)]`"
+)]
+pub trait OutboxEvent: Serialize {
+    /// The aggregate (entity kind) this event belongs to: routing key and ordering scope.
+    const AGGREGATE_TYPE: &'static str;
+    /// What happened, e.g. `TransactionCreatedEvent`.
+    const EVENT_TYPE: &'static str;
+    /// The id of the aggregate instance, or `None` when the entity has no id yet.
+    fn aggregate_id(&self) -> Option<String>;
+}
+
+/// Anything [`record`](crate::record) accepts: every [`OutboxEvent`], and an [`Event`]
+/// assembled at the call site.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be recorded in the outbox",
+    label = "expected an `OutboxEvent` or an `outbox_core::Event`",
+    note = "derive `OutboxEvent` for it, or wrap it: `outbox_core::Event::new(\"aggregate\", \"EventType\", id, &value)`"
+)]
+pub trait Recordable {
+    /// Aggregate type of the event.
+    fn aggregate_type(&self) -> &str;
+    /// Event type of the event.
+    fn event_type(&self) -> &str;
+    /// Aggregate id, `None` when the entity has none yet.
+    fn aggregate_id(&self) -> Option<String>;
+    /// The payload as JSON.
+    fn to_json(&self) -> Result<String, serde_json::Error>;
+}
+
+impl<T: OutboxEvent + ?Sized> Recordable for T {
+    fn aggregate_type(&self) -> &str {
+        T::AGGREGATE_TYPE
+    }
+    fn event_type(&self) -> &str {
+        T::EVENT_TYPE
+    }
+    fn aggregate_id(&self) -> Option<String> {
+        OutboxEvent::aggregate_id(self)
+    }
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+/// An event assembled at the call site from any `Serialize` value: the manual counterpart of
+/// `#[outbox_event(aggregate_type = ..., event_type = ..., aggregate_id = ...)]`.
+///
+/// ```
+/// use outbox_core::{Event, Recordable};
+///
+/// #[derive(serde::Serialize)]
+/// struct Deposit { account: u64, amount: f64 }
+///
+/// let deposit = Deposit { account: 42, amount: 10.0 };
+/// let event = Event::new("account", "MoneyDeposited", Some(deposit.account), &deposit);
+/// assert_eq!(event.aggregate_id().as_deref(), Some("42"));
+/// assert_eq!(event.to_json().unwrap(), r#"{"account":42,"amount":10.0}"#);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Event<'a, T: ?Sized> {
+    aggregate_type: &'a str,
+    event_type: &'a str,
+    aggregate_id: Option<String>,
+    payload: &'a T,
+}
+
+impl<'a, T: Serialize + ?Sized> Event<'a, T> {
+    /// Describes `payload` as an event of `event_type` about the aggregate
+    /// `aggregate_type`/`aggregate_id`. A `None` id makes recording fail with
+    /// [`Error::NotPersisted`](crate::Error::NotPersisted).
+    pub fn new(
+        aggregate_type: &'a str,
+        event_type: &'a str,
+        aggregate_id: Option<impl std::fmt::Display>,
+        payload: &'a T,
+    ) -> Self {
+        Event {
+            aggregate_type,
+            event_type,
+            aggregate_id: aggregate_id.map(|id| id.to_string()),
+            payload,
+        }
+    }
+
+    /// Same as [`Event::new`] with an id already turned into a string (what the macro uses).
+    pub fn with_id_string(
+        aggregate_type: &'a str,
+        event_type: &'a str,
+        aggregate_id: Option<String>,
+        payload: &'a T,
+    ) -> Self {
+        Event {
+            aggregate_type,
+            event_type,
+            aggregate_id,
+            payload,
+        }
+    }
+}
+
+impl<T: Serialize + ?Sized> Recordable for Event<'_, T> {
+    fn aggregate_type(&self) -> &str {
+        self.aggregate_type
+    }
+    fn event_type(&self) -> &str {
+        self.event_type
+    }
+    fn aggregate_id(&self) -> Option<String> {
+        self.aggregate_id.clone()
+    }
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self.payload)
+    }
+}

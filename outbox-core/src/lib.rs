@@ -1,0 +1,103 @@
+//! # outbox — the transactional outbox for Rust services
+//!
+//! A service that writes its database and then publishes a message loses or invents events
+//! whenever one of the two fails. The outbox removes that dual write: the event is written as a
+//! row of an outbox table **in the same database transaction** as the business data, and a
+//! relay publishes the rows afterwards.
+//!
+//! This crate records events; put `#[outbox_event]` on the service function that changes your
+//! data and returns the changed entity:
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")] mod demo {
+//! use outbox_core::{OutboxEvent, outbox_event};
+//! use serde::Serialize;
+//! use sqlx::{Postgres, Transaction};
+//!
+//! #[derive(Serialize, OutboxEvent, sqlx::FromRow)]
+//! #[outbox(aggregate_type = "account", event_type = "AccountOpened")]
+//! pub struct Account {
+//!     #[outbox(aggregate_id)]
+//!     pub id: i64,
+//!     pub owner: String,
+//! }
+//!
+//! #[derive(Debug)]
+//! pub enum AppError { Db(sqlx::Error), Outbox(outbox_core::Error) }
+//! impl From<sqlx::Error> for AppError { fn from(e: sqlx::Error) -> Self { AppError::Db(e) } }
+//! impl From<outbox_core::Error> for AppError { fn from(e: outbox_core::Error) -> Self { AppError::Outbox(e) } }
+//!
+//! /// Opens an account; the `AccountOpened` event commits or rolls back with it.
+//! #[outbox_event]
+//! pub async fn open_account(
+//!     tx: &mut Transaction<'_, Postgres>,
+//!     owner: &str,
+//! ) -> Result<Account, AppError> {
+//!     let account = sqlx::query_as("INSERT INTO accounts (owner) VALUES ($1) RETURNING id, owner")
+//!         .bind(owner)
+//!         .fetch_one(&mut **tx)
+//!         .await?;
+//!     Ok(account)
+//! }
+//! # }
+//! ```
+//!
+//! * [`OutboxEvent`] (and its derive) says what an entity's event is;
+//! * [`outbox_event`] records the returned entity through the function's own transaction, and
+//!   refuses at compile time what cannot be transactional;
+//! * [`record`] is the same step by hand, [`Event`] describes a value without the derive;
+//! * [`migrate`] creates the table, [`Outbox`] configures another table or payload limit;
+//! * [`registered_events`] lists every event type the program can emit.
+//!
+//! ## Cargo features
+//!
+//! * `macros` (default): re-exports `#[outbox_event]` and `#[derive(OutboxEvent)]`.
+//! * `postgres`, `mysql` (MySQL 8 / MariaDB 10.6+), `sqlite`: the dialects.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod connection;
+mod error;
+mod event;
+mod outbox;
+mod registry;
+mod store;
+mod table;
+
+pub use connection::{Dialect, OutboxConnection};
+pub use error::Error;
+pub use event::{Event, OutboxEvent, Recordable};
+pub use outbox::{Outbox, migrate, record};
+pub use registry::{EventDescriptor, Origin, registered_events};
+pub use table::TableName;
+
+/// `#[outbox_event]`: records the entity an async service function returns as an outbox event,
+/// through the function's own transaction.
+///
+/// The function must be `async`, take exactly one transaction parameter
+/// (`&mut sqlx::Transaction<'_, DB>` or `&mut PgConnection`/`MySqlConnection`/`SqliteConnection`,
+/// named anything) and return `Result<T, E>` where `T: Serialize` and
+/// `E: From<outbox_core::Error>`. On `Ok(entity)` the entity is recorded with
+/// [`record`] before the function returns; on `Err` nothing is recorded. A pool, a transaction
+/// taken by value, a missing transaction or a non-`Result` return are compile errors.
+///
+/// Arguments, all optional:
+///
+/// * `aggregate_type = "..."`, `event_type = "..."`: override what `#[derive(OutboxEvent)]`
+///   says, or describe a plain `Serialize` type;
+/// * `aggregate_id = |entity| entity.id`: a closure over `&T` returning a `Display` value or an
+///   `Option` of one;
+/// * `outbox = PATH`: an [`Outbox`] constant to record into another table.
+///
+/// Without the derive, give all three of `aggregate_type`, `event_type` and `aggregate_id`.
+#[cfg(feature = "macros")]
+pub use outbox_derive::outbox_event;
+
+/// `#[derive(OutboxEvent)]`: implements [`OutboxEvent`] from
+/// `#[outbox(aggregate_type = "...", event_type = "...")]` on a struct with named fields and
+/// `#[outbox(aggregate_id)]` on exactly one field. `event_type` defaults to the type's name.
+#[cfg(feature = "macros")]
+pub use outbox_derive::OutboxEvent;
+
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,204 @@
+//! Configuration, recording and migrations.
+
+use crate::connection::{Dialect, NewRow, OutboxConnection};
+use crate::event::Recordable;
+use crate::{Error, TableName};
+
+/// Longest aggregate type, aggregate id or event type accepted (the width of the MySQL columns).
+const MAX_METADATA_LEN: usize = 255;
+
+/// Where and how events are recorded: the table and the payload limit.
+///
+/// The free functions [`record`] and [`migrate`] use [`Outbox::DEFAULT`] (table `outbox`).
+/// Build a `const` to use another table, also from the attribute:
+///
+/// ```
+/// use outbox_core::{Outbox, TableName};
+///
+/// pub const BILLING: Outbox =
+///     Outbox::for_table(TableName::from_static("billing_outbox")).max_payload_bytes(64 * 1024);
+///
+/// // #[outbox_event(outbox = BILLING)]
+/// // async fn create_invoice(tx: &mut sqlx::Transaction<'_, Postgres>, ...) -> Result<Invoice, AppError>
+/// assert_eq!(BILLING.table().as_str(), "billing_outbox");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbox {
+    table: TableName,
+    max_payload_bytes: usize,
+}
+
+impl Outbox {
+    /// Payload limit of a new `Outbox`: 8 MiB of JSON.
+    pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+    /// The default configuration: table `outbox`, payloads up to 8 MiB.
+    pub const DEFAULT: Outbox = Outbox::new();
+
+    /// The default configuration.
+    pub const fn new() -> Self {
+        Outbox::for_table(TableName::DEFAULT)
+    }
+
+    /// Records into (and migrates) `table` instead of `outbox`.
+    pub const fn for_table(table: TableName) -> Self {
+        Outbox {
+            table,
+            max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// Refuses payloads whose JSON is larger than `bytes` with [`Error::PayloadTooLarge`], before
+    /// anything is sent to the database.
+    pub const fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// The outbox table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Writes `event` as one outbox row through `conn`, which must be inside a transaction: the
+    /// row commits or rolls back with the rest of that transaction. Returns the event's id (a
+    /// UUIDv7, time-ordered), which travels downstream as the message id.
+    ///
+    /// Fails without writing anything when the connection is not in a transaction
+    /// ([`Error::NoTransaction`]), the aggregate id is missing ([`Error::NotPersisted`]), the
+    /// entity does not serialize or is too large, or a metadata value is empty or over 255
+    /// bytes. A database error is returned as [`Error::Database`]; the caller's transaction
+    /// decides what happens next (usually: roll back).
+    pub async fn record<C, E>(&self, conn: &mut C, event: &E) -> Result<uuid::Uuid, Error>
+    where
+        C: OutboxConnection + ?Sized,
+        E: Recordable + ?Sized,
+    {
+        let event_type = event.event_type();
+        let aggregate_type = event.aggregate_type();
+        check_metadata(event_type, "event_type", event_type)?;
+        check_metadata(event_type, "aggregate_type", aggregate_type)?;
+        let aggregate_id = event.aggregate_id().ok_or_else(|| Error::NotPersisted {
+            aggregate_type: aggregate_type.to_owned(),
+            event_type: event_type.to_owned(),
+        })?;
+        check_metadata(event_type, "aggregate_id", &aggregate_id)?;
+        if !conn.__in_transaction() {
+            return Err(Error::NoTransaction {
+                event_type: event_type.to_owned(),
+                table: self.table.to_string(),
+                dialect: C::DIALECT,
+            });
+        }
+        let payload = event.to_json().map_err(|source| Error::Serialize {
+            event_type: event_type.to_owned(),
+            source,
+        })?;
+        if payload.len() > self.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                event_type: event_type.to_owned(),
+                size: payload.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        let row = NewRow {
+            id: uuid::Uuid::now_v7(),
+            aggregate_type,
+            aggregate_id: &aggregate_id,
+            event_type,
+            payload: &payload,
+        };
+        conn.__insert(&self.table, &row)
+            .await
+            .map_err(|source| Error::Database {
+                operation: "record",
+                table: self.table.to_string(),
+                dialect: C::DIALECT,
+                source,
+            })?;
+        tracing::trace!(
+            table = %self.table,
+            event_id = %row.id,
+            event_type,
+            aggregate_type,
+            aggregate_id = %aggregate_id,
+            "recorded outbox event"
+        );
+        Ok(row.id)
+    }
+
+    /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe
+    /// to run from several processes at once.
+    pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
+        let wrap = |source| Error::Database {
+            operation: "migrate",
+            table: self.table.to_string(),
+            dialect,
+            source,
+        };
+        let mut conn = pool.acquire().await.map_err(wrap)?;
+        conn.__migrate(&self.table).await.map_err(wrap)
+    }
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::new()
+    }
+}
+
+fn check_metadata(event_type: &str, field: &'static str, value: &str) -> Result<(), Error> {
+    let problem = if value.is_empty() {
+        "is empty".to_owned()
+    } else if value.len() > MAX_METADATA_LEN {
+        format!(
+            "is {} bytes long, over the limit of {MAX_METADATA_LEN}",
+            value.len()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidMetadata {
+        event_type: event_type.chars().take(MAX_METADATA_LEN).collect(),
+        field,
+        problem,
+    })
+}
+
+/// Records `event` in the default outbox table through `conn`, inside the caller's transaction.
+/// This is the call `#[outbox_event]` expands to; see [`Outbox::record`] for the details.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// use outbox_core::OutboxEvent;
+///
+/// #[derive(serde::Serialize, OutboxEvent)]
+/// #[outbox(aggregate_type = "account", event_type = "AccountOpened")]
+/// struct Account { #[outbox(aggregate_id)] id: i64, owner: String }
+///
+/// let mut tx = pool.begin().await?;
+/// let account = Account { id: 1, owner: "Ada".into() };
+/// sqlx::query("INSERT INTO accounts (id, owner) VALUES ($1, $2)")
+///     .bind(account.id)
+///     .bind(&account.owner)
+///     .execute(&mut *tx)
+///     .await?;
+/// outbox_core::record(&mut *tx, &account).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub async fn record<C, E>(conn: &mut C, event: &E) -> Result<uuid::Uuid, Error>
+where
+    C: OutboxConnection + ?Sized,
+    E: Recordable + ?Sized,
+{
+    Outbox::DEFAULT.record(conn, event).await
+}
+
+/// Creates the default outbox table (`outbox`) for the pool's dialect if it does not exist.
+/// Idempotent, and safe to run from several processes at once.
+pub async fn migrate<DB: Dialect>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    Outbox::DEFAULT.migrate(pool).await
+}

@@ -1,0 +1,94 @@
+//! The registry of every event type a process can emit, filled at link time by `inventory`.
+
+/// One event type the program can emit: submitted by every `#[derive(OutboxEvent)]` and every
+/// `#[outbox_event]` function. See [`registered_events`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventDescriptor {
+    aggregate_type: &'static str,
+    event_type: &'static str,
+    module_path: &'static str,
+    origin: Origin,
+}
+
+/// Where a descriptor comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A type with `#[derive(OutboxEvent)]`.
+    Type {
+        /// The type's name.
+        name: &'static str,
+    },
+    /// A function annotated with `#[outbox_event]`.
+    Function {
+        /// The function's name.
+        name: &'static str,
+    },
+}
+
+impl EventDescriptor {
+    #[doc(hidden)]
+    pub const fn __new(
+        aggregate_type: &'static str,
+        event_type: &'static str,
+        module_path: &'static str,
+        origin: Origin,
+    ) -> Self {
+        EventDescriptor {
+            aggregate_type,
+            event_type,
+            module_path,
+            origin,
+        }
+    }
+
+    /// Aggregate type of the events.
+    pub fn aggregate_type(&self) -> &'static str {
+        self.aggregate_type
+    }
+
+    /// Event type of the events.
+    pub fn event_type(&self) -> &'static str {
+        self.event_type
+    }
+
+    /// Module path of the type or function that submitted this descriptor.
+    pub fn module_path(&self) -> &'static str {
+        self.module_path
+    }
+
+    /// The deriving type or the annotated function.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The annotated function's name, when this descriptor comes from `#[outbox_event]`.
+    pub fn function(&self) -> Option<&'static str> {
+        match self.origin {
+            Origin::Function { name } => Some(name),
+            Origin::Type { .. } => None,
+        }
+    }
+}
+
+inventory::collect!(EventDescriptor);
+
+/// Every event type this program can emit: one descriptor per `#[derive(OutboxEvent)]` type and
+/// one per `#[outbox_event]` function, in no particular order. Useful for routing checks, status
+/// pages and generated documentation.
+///
+/// ```
+/// use outbox_core::{OutboxEvent, registered_events};
+///
+/// #[derive(serde::Serialize, OutboxEvent)]
+/// #[outbox(aggregate_type = "account", event_type = "AccountOpened")]
+/// struct AccountOpened {
+///     #[outbox(aggregate_id)]
+///     id: u64,
+/// }
+///
+/// assert!(registered_events().any(|e| e.event_type() == "AccountOpened"));
+/// ```
+pub fn registered_events() -> impl Iterator<Item = &'static EventDescriptor> {
+    inventory::iter::<EventDescriptor>.into_iter()
+}

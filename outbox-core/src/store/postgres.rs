@@ -1,0 +1,68 @@
+//! PostgreSQL: `jsonb` payload, identity `seq` as the only index on the write path.
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+use crate::TableName;
+use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
+
+impl Sealed for PgConnection {}
+
+impl OutboxConnection for PgConnection {
+    const DIALECT: &'static str = "PostgreSQL";
+
+    fn __in_transaction(&self) -> bool {
+        self.is_in_transaction()
+    }
+
+    async fn __insert(&mut self, table: &TableName, row: &NewRow<'_>) -> Result<(), sqlx::Error> {
+        // The payload travels as text and is parsed into jsonb by the server, once.
+        let sql = format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
+             VALUES ($1, $2, $3, $4, $5::jsonb)",
+            table.quoted('"')
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(row.id)
+            .bind(row.aggregate_type)
+            .bind(row.aggregate_id)
+            .bind(row.event_type)
+            .bind(row.payload)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn __migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog: serialize
+        // migrations of one table on an advisory lock held until commit.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("outbox migrate {table}"))
+            .execute(&mut *tx)
+            .await?;
+        if let (Some(schema), _) = table.parts() {
+            let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id             UUID        NOT NULL,
+                aggregate_type TEXT        NOT NULL,
+                aggregate_id   TEXT        NOT NULL,
+                event_type     TEXT        NOT NULL,
+                payload        JSONB       NOT NULL,
+                headers        JSONB,
+                created_at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                available_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                attempts       INTEGER     NOT NULL DEFAULT 0,
+                last_error     TEXT,
+                published_at   TIMESTAMPTZ,
+                dead_at        TIMESTAMPTZ
+            )",
+            table.quoted('"')
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+}

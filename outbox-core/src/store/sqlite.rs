@@ -1,0 +1,59 @@
+//! SQLite: JSON text payload, `INTEGER PRIMARY KEY AUTOINCREMENT` so that `seq` is never
+//! reused after a delete, ISO-8601 UTC timestamps.
+
+use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
+
+use crate::TableName;
+use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
+
+impl Sealed for SqliteConnection {}
+
+impl OutboxConnection for SqliteConnection {
+    const DIALECT: &'static str = "SQLite";
+
+    fn __in_transaction(&self) -> bool {
+        self.is_in_transaction()
+    }
+
+    async fn __insert(&mut self, table: &TableName, row: &NewRow<'_>) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
+             VALUES (?, ?, ?, ?, ?)",
+            table.quoted('"')
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(row.id.hyphenated().to_string())
+            .bind(row.aggregate_type)
+            .bind(row.aggregate_id)
+            .bind(row.event_type)
+            .bind(row.payload)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn __migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+                id             TEXT    NOT NULL,
+                aggregate_type TEXT    NOT NULL,
+                aggregate_id   TEXT    NOT NULL,
+                event_type     TEXT    NOT NULL,
+                payload        TEXT    NOT NULL,
+                headers        TEXT,
+                created_at     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                available_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                attempts       INTEGER NOT NULL DEFAULT 0,
+                last_error     TEXT,
+                published_at   TEXT,
+                dead_at        TEXT
+            )",
+            table.quoted('"')
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+}

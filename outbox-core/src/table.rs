@@ -1,0 +1,191 @@
+//! Validated outbox table names.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::Error;
+
+/// Longest identifier accepted: PostgreSQL truncates names at 63 bytes.
+const MAX_IDENT_LEN: usize = 63;
+
+/// The name of an outbox table, optionally schema-qualified (`schema.table`).
+///
+/// Each part must be a plain identifier: an ASCII letter or `_`, then letters, digits or `_`,
+/// at most 63 bytes. Anything else is refused, so a name read from configuration can never
+/// smuggle SQL into the statements built from it. Names are quoted for their dialect, so reserved
+/// words (`order`) work and case is kept.
+///
+/// ```
+/// use outbox_core::TableName;
+///
+/// // Checked at compile time when built in a `const`:
+/// const BILLING: TableName = TableName::from_static("billing_outbox");
+/// assert_eq!(BILLING.as_str(), "billing_outbox");
+///
+/// // Checked at run time otherwise:
+/// assert!(TableName::new("events; DROP TABLE accounts").is_err());
+/// assert!(TableName::new("app.outbox").is_ok());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TableName(Cow<'static, str>);
+
+impl TableName {
+    /// The default table, `outbox`.
+    pub const DEFAULT: TableName = TableName(Cow::Borrowed("outbox"));
+
+    /// Validates a name known at compile time. In a `const` item an invalid name is a compile
+    /// error; elsewhere it panics, so prefer [`TableName::new`] for names read at run time.
+    pub const fn from_static(name: &'static str) -> Self {
+        if let Err(reason) = check(name) {
+            // Evaluated in a `const`, this is reported by the compiler with the reason.
+            panic!("{}", reason);
+        }
+        TableName(Cow::Borrowed(name))
+    }
+
+    /// Validates a name read at run time (configuration, environment).
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        match check(&name) {
+            Ok(()) => Ok(TableName(Cow::Owned(name))),
+            Err(reason) => Err(Error::InvalidTableName { name, reason }),
+        }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The schema part and the table part (`None` for an unqualified name).
+    pub fn parts(&self) -> (Option<&str>, &str) {
+        match self.0.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, &self.0),
+        }
+    }
+
+    /// The name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL), part by
+    /// part. Safe because validation admits no quote characters.
+    pub(crate) fn quoted(&self, quote: char) -> String {
+        match self.parts() {
+            (Some(schema), table) => format!("{quote}{schema}{quote}.{quote}{table}{quote}"),
+            (None, table) => format!("{quote}{table}{quote}"),
+        }
+    }
+}
+
+impl Default for TableName {
+    fn default() -> Self {
+        TableName::DEFAULT
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// The validation rules, `const` so that `from_static` can run them at compile time.
+const fn check(name: &str) -> Result<(), &'static str> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return Err("a table name cannot be empty");
+    }
+    let mut i = 0;
+    let mut part_len = 0;
+    let mut dots = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'.' {
+            if part_len == 0 {
+                return Err("each part of `schema.table` needs a name");
+            }
+            dots += 1;
+            if dots > 1 {
+                return Err("at most one `.` (schema.table) is allowed");
+            }
+            part_len = 0;
+        } else {
+            let letter = b.is_ascii_alphabetic() || b == b'_';
+            if part_len == 0 && !letter {
+                return Err("a name must start with an ASCII letter or `_`");
+            }
+            if !letter && !b.is_ascii_digit() {
+                return Err(
+                    "only ASCII letters, digits and `_` are allowed (plus one `.` for a schema)",
+                );
+            }
+            part_len += 1;
+            if part_len > MAX_IDENT_LEN {
+                return Err("each part may be at most 63 bytes long");
+            }
+        }
+        i += 1;
+    }
+    if part_len == 0 {
+        return Err("each part of `schema.table` needs a name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_qualified_names_are_accepted() {
+        for ok in [
+            "outbox",
+            "_o",
+            "Outbox2",
+            "app.outbox",
+            "a_b.c_d",
+            &"x".repeat(63),
+        ] {
+            assert!(TableName::new(ok).is_ok(), "{ok} should be accepted");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_rejected_with_a_reason() {
+        for bad in [
+            "",
+            "outbox; DROP TABLE accounts",
+            "out\"box",
+            "out`box",
+            "out box",
+            "1outbox",
+            "a.b.c",
+            ".outbox",
+            "outbox.",
+            "out-box",
+            "outbox--",
+            "ou\u{0}tbox",
+            "outböx",
+            &"x".repeat(64),
+        ] {
+            match TableName::new(bad) {
+                Err(Error::InvalidTableName { name, reason }) => {
+                    assert_eq!(name, bad);
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{bad:?} should be rejected, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quoting_follows_the_parts() {
+        let t = TableName::new("app.outbox").unwrap();
+        assert_eq!(t.quoted('"'), "\"app\".\"outbox\"");
+        assert_eq!(TableName::DEFAULT.quoted('`'), "`outbox`");
+    }
+}

@@ -1,0 +1,179 @@
+//! The expansion: the user's body runs unchanged in an inner `async` block; on `Ok(entity)` the
+//! entity is recorded through the transaction parameter before it is returned.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{ItemFn, Type};
+
+use super::args::Args;
+use super::signature::Signature;
+
+pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let output = match &sig.output {
+        syn::ReturnType::Type(_, ty) => ty,
+        syn::ReturnType::Default => unreachable!("validated: the function returns a Result"),
+    };
+    let tx = signature.transaction.ident;
+    let connection = signature.transaction.connection;
+    let entity_ty = signature.entity;
+    let entity = format_ident!("__outbox_entity");
+
+    // Assertions at the user's spans, so that type errors point at what the user wrote.
+    let assert_tx = quote_spanned! {connection.span()=>
+        ::outbox_core::__private::assert_transaction::<#connection>();
+    };
+    let assert_error = signature.error.map(|error| {
+        quote_spanned! {error.span()=>
+            ::outbox_core::__private::assert_error_converts::<#error>();
+        }
+    });
+    let assert_serialize = quote_spanned! {entity_ty.span()=>
+        ::outbox_core::__private::assert_serialize(&#entity);
+    };
+
+    let conn = if signature.transaction.by_reference {
+        quote!(&mut *#tx)
+    } else {
+        quote!(&mut #tx)
+    };
+    let event = event_expr(args, entity_ty, &entity);
+    let record = match &args.outbox {
+        Some(outbox) => quote! {
+            ::outbox_core::Outbox::record(&#outbox, #conn, &#event).await?;
+        },
+        None => quote! {
+            ::outbox_core::record(#conn, &#event).await?;
+        },
+    };
+    let register = registration(function, args, entity_ty);
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #register
+            #assert_tx
+            #assert_error
+            let __outbox_result = ::outbox_core::__private::body::<#output, _>(async #block).await;
+            let #entity = match __outbox_result {
+                ::core::result::Result::Ok(entity) => entity,
+                ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
+            };
+            #assert_serialize
+            #record
+            ::core::result::Result::Ok(#entity)
+        }
+    }
+}
+
+/// The value handed to `record`: the entity itself, or an `Event` built from the arguments
+/// (and the derive's metadata for what they leave out).
+fn event_expr(args: &Args, entity_ty: &Type, entity: &syn::Ident) -> TokenStream {
+    if !args.overrides_metadata() {
+        return quote_spanned!(entity_ty.span()=> #entity);
+    }
+    let aggregate_type = match &args.aggregate_type {
+        Some(lit) => quote!(#lit),
+        None => {
+            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::aggregate_type_of(&#entity))
+        }
+    };
+    let event_type = match &args.event_type {
+        Some(lit) => quote!(#lit),
+        None => {
+            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::event_type_of(&#entity))
+        }
+    };
+    let aggregate_id = match &args.aggregate_id {
+        Some(closure) => {
+            let body = &closure.body;
+            quote_spanned! {body.span()=> {
+                #[allow(unused_imports)]
+                use ::outbox_core::__private::{OptionalId as _, PresentId as _};
+                let __outbox_id = ::outbox_core::__private::apply(&#entity, #closure);
+                (&::outbox_core::__private::IdProbe(&__outbox_id)).__outbox_aggregate_id()
+            }}
+        }
+        None => {
+            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::aggregate_id_of(&#entity))
+        }
+    };
+    quote! {
+        ::outbox_core::Event::with_id_string(#aggregate_type, #event_type, #aggregate_id, &#entity)
+    }
+}
+
+/// Submits the function's descriptor to the registry. The descriptor is a `static`, which cannot
+/// name `Self` or the function's generics: when the entity type mentions them and the arguments
+/// do not give both names, the function is not registered (its entity type still is, by its
+/// derive).
+fn registration(function: &ItemFn, args: &Args, entity_ty: &Type) -> Option<TokenStream> {
+    let name = function.sig.ident.to_string();
+    let nameable = || is_nameable_from_static(entity_ty, &function.sig.generics);
+    let aggregate_type = match &args.aggregate_type {
+        Some(lit) => quote!(#lit),
+        None if nameable() => {
+            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox_core::OutboxEvent>::AGGREGATE_TYPE)
+        }
+        None => return None,
+    };
+    let event_type = match &args.event_type {
+        Some(lit) => quote!(#lit),
+        None if nameable() => {
+            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox_core::OutboxEvent>::EVENT_TYPE)
+        }
+        None => return None,
+    };
+    Some(quote! {
+        ::outbox_core::__private::inventory::submit! {
+            ::outbox_core::EventDescriptor::__new(
+                #aggregate_type,
+                #event_type,
+                ::core::module_path!(),
+                ::outbox_core::Origin::Function { name: #name },
+            )
+        }
+    })
+}
+
+/// False when `ty` mentions `Self`, `impl Trait`, `_` or a generic parameter of the function.
+fn is_nameable_from_static(ty: &Type, generics: &syn::Generics) -> bool {
+    struct Finder<'a> {
+        generics: &'a syn::Generics,
+        found: bool,
+    }
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_ident(&mut self, ident: &'ast syn::Ident) {
+            if ident == "Self"
+                || self.generics.type_params().any(|p| p.ident == *ident)
+                || self.generics.const_params().any(|p| p.ident == *ident)
+            {
+                self.found = true;
+            }
+        }
+        fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+            if self.generics.lifetimes().any(|l| l.lifetime == *lifetime) {
+                self.found = true;
+            }
+        }
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.found = true;
+        }
+        fn visit_type_infer(&mut self, _: &'ast syn::TypeInfer) {
+            self.found = true;
+        }
+    }
+    let mut finder = Finder {
+        generics,
+        found: false,
+    };
+    finder.visit_type(ty);
+    !finder.found
+}

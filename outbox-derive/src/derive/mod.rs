@@ -1,0 +1,13 @@
+//! `#[derive(OutboxEvent)]`: parse and validate the `#[outbox(...)]` attributes, then expand.
+
+mod expand;
+mod input;
+
+use proc_macro2::TokenStream;
+
+pub(crate) fn outbox_event(input: syn::DeriveInput) -> TokenStream {
+    match input::Event::parse(&input) {
+        Ok(event) => expand::expand(&input, &event),
+        Err(error) => error.to_compile_error(),
+    }
+}

@@ -1,0 +1,28 @@
+//! Procedural macros of [outbox](https://docs.rs/outbox-core): `#[outbox_event]` and
+//! `#[derive(OutboxEvent)]`. Depend on `outbox-core`, which re-exports them; the generated code
+//! names everything through `::outbox_core`.
+//!
+//! Each macro is three stages, one module each: *parse* the arguments into a typed struct,
+//! *validate* the item against the rules (collecting every error, each spanned on the tokens at
+//! fault), *expand* into tokens.
+#![deny(missing_docs)]
+
+mod attribute;
+mod derive;
+mod errors;
+
+use proc_macro::TokenStream;
+
+/// Records the entity returned by an async service function in the outbox, through the
+/// function's own transaction. Documented on `outbox_core::outbox_event`.
+#[proc_macro_attribute]
+pub fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream {
+    attribute::outbox_event(args.into(), item.into()).into()
+}
+
+/// Implements `outbox_core::OutboxEvent`. Documented on `outbox_core::OutboxEvent`.
+#[proc_macro_derive(OutboxEvent, attributes(outbox))]
+pub fn derive_outbox_event(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    derive::outbox_event(input).into()
+}

@@ -1,0 +1,281 @@
+//! Shared setup of the integration tests: connections to the real databases (failing with a
+//! message that says how to start a missing server), per-test isolation, and reading the outbox
+//! back.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::future::Future;
+
+use serde_json::Value;
+use sqlx::{MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool};
+
+/// The PostgreSQL test database: `OUTBOX_TEST_POSTGRES_URL`, default the local server.
+pub fn postgres_url() -> String {
+    std::env::var("OUTBOX_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The MySQL/MariaDB test database: `OUTBOX_TEST_MYSQL_URL`, default the local server.
+pub fn mysql_url() -> String {
+    std::env::var("OUTBOX_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+const START_HINT: &str = "run `scripts/services.sh` (it starts or installs the test databases), \
+     or set the URL variable to a server you run";
+
+/// A unique prefix for the aggregate ids of one test, so that tests sharing a table (and running
+/// in parallel processes) never see each other's rows.
+pub fn run_id() -> String {
+    format!("t{}", uuid::Uuid::now_v7().simple())
+}
+
+/// One outbox row, read back in a dialect-neutral shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub id: uuid::Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub payload: Value,
+    pub attempts: i64,
+    pub published: bool,
+}
+
+/// What each dialect's tests need from their database.
+pub trait TestDb: Sized + Send + Sync + 'static {
+    type Database: outbox_core::Dialect;
+    const NAME: &'static str;
+    /// `INSERT INTO test_accounts (id, owner) VALUES (<p1>, <p2>)` in the dialect's placeholders.
+    const INSERT_ACCOUNT: &'static str;
+
+    fn pool(&self) -> &sqlx::Pool<Self::Database>;
+    fn connect() -> impl Future<Output = Self> + Send;
+    /// Rows of `table` whose aggregate id starts with `prefix`, in `seq` order.
+    fn outbox_rows(&self, table: &str, prefix: &str)
+    -> impl Future<Output = Vec<OutboxRow>> + Send;
+    /// Number of business rows whose id starts with `prefix`.
+    fn accounts(&self, prefix: &str) -> impl Future<Output = i64> + Send;
+}
+
+async fn setup<DB: outbox_core::Dialect>(pool: &sqlx::Pool<DB>, ddl: &'static str)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    outbox_core::migrate(pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrating the outbox table failed: {e}"));
+    sqlx::raw_sql(ddl)
+        .execute(&mut *pool.acquire().await.unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("creating test_accounts failed: {e}"));
+}
+
+/// The row as the dialects' queries select it: the same column types everywhere.
+#[derive(sqlx::FromRow)]
+struct RawRow {
+    seq: i64,
+    id: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    event_type: String,
+    payload: String,
+    attempts: i64,
+    published: i64,
+}
+
+impl From<RawRow> for OutboxRow {
+    fn from(raw: RawRow) -> Self {
+        OutboxRow {
+            seq: raw.seq,
+            id: raw
+                .id
+                .parse()
+                .unwrap_or_else(|e| panic!("id {:?} is not a UUID: {e}", raw.id)),
+            aggregate_type: raw.aggregate_type,
+            aggregate_id: raw.aggregate_id,
+            event_type: raw.event_type,
+            payload: serde_json::from_str(&raw.payload)
+                .unwrap_or_else(|e| panic!("payload is not JSON: {e}")),
+            attempts: raw.attempts,
+            published: raw.published != 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pg(PgPool);
+
+impl TestDb for Pg {
+    type Database = Postgres;
+    const NAME: &'static str = "PostgreSQL";
+    const INSERT_ACCOUNT: &'static str = "INSERT INTO test_accounts (id, owner) VALUES ($1, $2)";
+
+    fn pool(&self) -> &PgPool {
+        &self.0
+    }
+
+    async fn connect() -> Self {
+        let url = postgres_url();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(60)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}; {START_HINT}"));
+        setup(
+            &pool,
+            "CREATE TABLE IF NOT EXISTS test_accounts (id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        )
+        .await;
+        Pg(pool)
+    }
+
+    async fn outbox_rows(&self, table: &str, prefix: &str) -> Vec<OutboxRow> {
+        let sql = format!(
+            "SELECT seq, id::text AS id, aggregate_type, aggregate_id, event_type, payload::text AS payload, \
+             attempts::int8 AS attempts, (published_at IS NOT NULL)::int::int8 AS published \
+             FROM {table} WHERE aggregate_id LIKE $1 ORDER BY seq"
+        );
+        sqlx::query_as::<_, RawRow>(sqlx::AssertSqlSafe(sql))
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(OutboxRow::from)
+            .collect()
+    }
+
+    async fn accounts(&self, prefix: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM test_accounts WHERE id LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_one(&self.0)
+            .await
+            .unwrap()
+    }
+}
+
+#[derive(Debug)]
+pub struct My(MySqlPool);
+
+impl TestDb for My {
+    type Database = MySql;
+    const NAME: &'static str = "MariaDB/MySQL";
+    const INSERT_ACCOUNT: &'static str = "INSERT INTO test_accounts (id, owner) VALUES (?, ?)";
+
+    fn pool(&self) -> &MySqlPool {
+        &self.0
+    }
+
+    async fn connect() -> Self {
+        let url = mysql_url();
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(60)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach MariaDB/MySQL at {url}: {e}; {START_HINT}"));
+        setup(
+            &pool,
+            "CREATE TABLE IF NOT EXISTS test_accounts (id VARCHAR(64) PRIMARY KEY, owner TEXT NOT NULL) ENGINE = InnoDB",
+        )
+        .await;
+        My(pool)
+    }
+
+    async fn outbox_rows(&self, table: &str, prefix: &str) -> Vec<OutboxRow> {
+        let sql = format!(
+            "SELECT CAST(seq AS SIGNED) AS seq, id, aggregate_type, aggregate_id, event_type, \
+             CAST(payload AS CHAR) AS payload, CAST(attempts AS SIGNED) AS attempts, \
+             CAST(published_at IS NOT NULL AS SIGNED) AS published \
+             FROM {table} WHERE aggregate_id LIKE ? ORDER BY seq"
+        );
+        sqlx::query_as::<_, RawRow>(sqlx::AssertSqlSafe(sql))
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(OutboxRow::from)
+            .collect()
+    }
+
+    async fn accounts(&self, prefix: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM test_accounts WHERE id LIKE ?")
+            .bind(format!("{prefix}%"))
+            .fetch_one(&self.0)
+            .await
+            .unwrap()
+    }
+}
+
+/// SQLite: a fresh database file per test, in WAL mode so readers do not block the writer.
+#[derive(Debug)]
+pub struct Lite(SqlitePool, #[allow(dead_code)] TempFile);
+
+/// Removes the test's SQLite files when the test ends.
+#[derive(Debug)]
+pub struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl TestDb for Lite {
+    type Database = Sqlite;
+    const NAME: &'static str = "SQLite";
+    const INSERT_ACCOUNT: &'static str = "INSERT INTO test_accounts (id, owner) VALUES (?, ?)";
+
+    fn pool(&self) -> &SqlitePool {
+        &self.0
+    }
+
+    async fn connect() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("outbox-test-{}.db", uuid::Uuid::now_v7().simple()));
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open SQLite database {}: {e}", path.display()));
+        setup(
+            &pool,
+            "CREATE TABLE IF NOT EXISTS test_accounts (id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+        )
+        .await;
+        Lite(pool, TempFile(path))
+    }
+
+    async fn outbox_rows(&self, table: &str, prefix: &str) -> Vec<OutboxRow> {
+        let sql = format!(
+            "SELECT seq, id, aggregate_type, aggregate_id, event_type, payload, attempts, \
+             published_at IS NOT NULL AS published FROM {table} WHERE aggregate_id LIKE ? ORDER BY seq"
+        );
+        sqlx::query_as::<_, RawRow>(sqlx::AssertSqlSafe(sql))
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(OutboxRow::from)
+            .collect()
+    }
+
+    async fn accounts(&self, prefix: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM test_accounts WHERE id LIKE ?")
+            .bind(format!("{prefix}%"))
+            .fetch_one(&self.0)
+            .await
+            .unwrap()
+    }
+}
