@@ -1,9 +1,12 @@
 //! Helpers for the code the macros generate. Not public API: no stability promises.
+//!
+//! The expansion calls these with the user's spans, so that each mistake produces one error at
+//! the token the user wrote: rustc reports a failed bound once per span and predicate.
 
 use std::fmt::Display;
 use std::future::Future;
 
-use crate::{OutboxConnection, OutboxEvent};
+use crate::{Error, Outbox, OutboxConnection, OutboxEvent, Recordable};
 
 pub use inventory;
 
@@ -18,13 +21,28 @@ pub fn body<R, F: Future<Output = R>>(future: F) -> F {
 #[inline(always)]
 pub fn assert_transaction<C: OutboxConnection + ?Sized>() {}
 
-/// Asserts at compile time that the returned entity can be serialized.
+/// Converts the outbox error into the function's error type.
 #[inline(always)]
-pub fn assert_serialize<T: serde::Serialize + ?Sized>(_: &T) {}
+pub fn into_error<E: From<Error>>(error: Error) -> E {
+    E::from(error)
+}
 
-/// Asserts at compile time that the error type converts from the outbox error.
+/// The entity as an event, checked to derive `OutboxEvent` (`#[outbox_event]` without
+/// arguments).
 #[inline(always)]
-pub fn assert_error_converts<E: From<crate::Error>>() {}
+pub fn derived_event<T: OutboxEvent>(entity: &T) -> &dyn Recordable {
+    entity
+}
+
+/// Records through the transaction parameter. The event is already erased, so the only bound
+/// checked here is the connection's, at the parameter's span.
+pub fn record<'a, C: OutboxConnection + ?Sized>(
+    outbox: &'a Outbox,
+    conn: &'a mut C,
+    event: &dyn Recordable,
+) -> impl Future<Output = Result<uuid::Uuid, Error>> + Send + 'a {
+    outbox.record(conn, event)
+}
 
 /// The derive's metadata of the entity, for arguments the attribute leaves out.
 #[inline(always)]
@@ -44,15 +62,41 @@ pub fn aggregate_id_of<T: OutboxEvent + ?Sized>(entity: &T) -> Option<String> {
     entity.aggregate_id()
 }
 
+/// A type that can be an aggregate id: anything `Display`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an aggregate id: it does not implement `Display`",
+    label = "the `#[outbox(aggregate_id)]` field must be `Display`, or an `Option` of a `Display` type",
+    note = "aggregate ids are stored as text: use a number, a string or a UUID, or implement `std::fmt::Display` for `{Self}`",
+    note = "an optional id must be written as `Option<...>` in the field's type"
+)]
+pub trait AggregateIdValue {
+    /// The id as text.
+    fn __outbox_id_string(&self) -> String;
+}
+
+impl<T: Display + ?Sized> AggregateIdValue for T {
+    fn __outbox_id_string(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The derive's aggregate id of a field (of the `T` in a field written `Option<T>`).
+#[inline(always)]
+pub fn id_to_string<T: AggregateIdValue + ?Sized>(id: &T) -> String {
+    id.__outbox_id_string()
+}
+
 /// Calls the `aggregate_id = |entity| ...` closure with its parameter type known.
 #[inline(always)]
 pub fn apply<'a, T: ?Sized, R, F: FnOnce(&'a T) -> R>(entity: &'a T, f: F) -> R {
     f(entity)
 }
 
-/// Turns an aggregate id value into `Option<String>`: `Option<impl Display>` maps, any other
-/// `Display` value is `Some`. Called as `(&IdProbe(&value)).__outbox_aggregate_id()` with both
-/// traits in scope; method resolution picks the `Option` impl first when it applies.
+/// Turns the value of an `aggregate_id = |entity| ...` closure into `Option<String>`:
+/// `Option<impl Display>` maps, any other `Display` value is `Some`. The closure's result type is
+/// only known to the type checker, so this is chosen by method resolution, called as
+/// `(&IdProbe(&value)).__outbox_aggregate_id()` with both traits in scope: the `Option` impl
+/// needs no auto-ref and wins when it applies.
 #[derive(Debug)]
 pub struct IdProbe<'a, T: ?Sized>(pub &'a T);
 

@@ -1,6 +1,10 @@
 //! What can be recorded: events described by the derive, or assembled at the call site.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
+
+use crate::Error;
 
 /// An entity that describes itself as an outbox event: which aggregate it belongs to, which
 /// event it is, and the id of its aggregate instance. The entity itself, serialized with serde,
@@ -48,7 +52,7 @@ pub trait OutboxEvent: Serialize {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be recorded in the outbox",
     label = "expected an `OutboxEvent` or an `outbox_core::Event`",
-    note = "derive `OutboxEvent` for it, or wrap it: `outbox_core::Event::new(\"aggregate\", \"EventType\", id, &value)`"
+    note = "derive `OutboxEvent` for it, or describe it at the call site: `outbox_core::Event::new(\"aggregate\", \"EventType\", Some(id), &value)?`"
 )]
 pub trait Recordable {
     /// Aggregate type of the event.
@@ -56,9 +60,9 @@ pub trait Recordable {
     /// Event type of the event.
     fn event_type(&self) -> &str;
     /// Aggregate id, `None` when the entity has none yet.
-    fn aggregate_id(&self) -> Option<String>;
+    fn aggregate_id(&self) -> Option<Cow<'_, str>>;
     /// The payload as JSON.
-    fn to_json(&self) -> Result<String, serde_json::Error>;
+    fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error>;
 }
 
 impl<T: OutboxEvent + ?Sized> Recordable for T {
@@ -68,16 +72,18 @@ impl<T: OutboxEvent + ?Sized> Recordable for T {
     fn event_type(&self) -> &str {
         T::EVENT_TYPE
     }
-    fn aggregate_id(&self) -> Option<String> {
-        OutboxEvent::aggregate_id(self)
+    fn aggregate_id(&self) -> Option<Cow<'_, str>> {
+        OutboxEvent::aggregate_id(self).map(Cow::Owned)
     }
-    fn to_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(self)
+    fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error> {
+        serde_json::to_string(self).map(Cow::Owned)
     }
 }
 
-/// An event assembled at the call site from any `Serialize` value: the manual counterpart of
-/// `#[outbox_event(aggregate_type = ..., event_type = ..., aggregate_id = ...)]`.
+/// An event described at the call site: metadata plus any `Serialize` value, serialized when
+/// the `Event` is built. The manual counterpart of
+/// `#[outbox_event(aggregate_type = ..., event_type = ..., aggregate_id = ...)]`, for types that
+/// do not derive [`OutboxEvent`].
 ///
 /// ```
 /// use outbox_core::{Event, Recordable};
@@ -86,63 +92,68 @@ impl<T: OutboxEvent + ?Sized> Recordable for T {
 /// struct Deposit { account: u64, amount: f64 }
 ///
 /// let deposit = Deposit { account: 42, amount: 10.0 };
-/// let event = Event::new("account", "MoneyDeposited", Some(deposit.account), &deposit);
+/// let event = Event::new("account", "MoneyDeposited", Some(deposit.account), &deposit)?;
 /// assert_eq!(event.aggregate_id().as_deref(), Some("42"));
-/// assert_eq!(event.to_json().unwrap(), r#"{"account":42,"amount":10.0}"#);
+/// assert_eq!(event.to_json()?, r#"{"account":42,"amount":10.0}"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
-pub struct Event<'a, T: ?Sized> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
     aggregate_type: &'a str,
     event_type: &'a str,
     aggregate_id: Option<String>,
-    payload: &'a T,
+    payload: String,
 }
 
-impl<'a, T: Serialize + ?Sized> Event<'a, T> {
+impl<'a> Event<'a> {
     /// Describes `payload` as an event of `event_type` about the aggregate
-    /// `aggregate_type`/`aggregate_id`. A `None` id makes recording fail with
-    /// [`Error::NotPersisted`](crate::Error::NotPersisted).
-    pub fn new(
+    /// `aggregate_type`/`aggregate_id`, serializing it to JSON now. A `None` id makes recording
+    /// fail with [`Error::NotPersisted`](crate::Error::NotPersisted).
+    pub fn new<T: Serialize + ?Sized>(
         aggregate_type: &'a str,
         event_type: &'a str,
         aggregate_id: Option<impl std::fmt::Display>,
-        payload: &'a T,
-    ) -> Self {
-        Event {
+        payload: &T,
+    ) -> Result<Self, Error> {
+        Self::with_id_string(
             aggregate_type,
             event_type,
-            aggregate_id: aggregate_id.map(|id| id.to_string()),
+            aggregate_id.map(|id| id.to_string()),
             payload,
-        }
+        )
     }
 
-    /// Same as [`Event::new`] with an id already turned into a string (what the macro uses).
-    pub fn with_id_string(
+    /// [`Event::new`] with the id already a string.
+    pub fn with_id_string<T: Serialize + ?Sized>(
         aggregate_type: &'a str,
         event_type: &'a str,
         aggregate_id: Option<String>,
-        payload: &'a T,
-    ) -> Self {
-        Event {
+        payload: &T,
+    ) -> Result<Self, Error> {
+        let payload = serde_json::to_string(payload).map_err(|source| Error::Serialize {
+            event_type: event_type.to_owned(),
+            source,
+        })?;
+        Ok(Event {
             aggregate_type,
             event_type,
             aggregate_id,
             payload,
-        }
+        })
     }
 }
 
-impl<T: Serialize + ?Sized> Recordable for Event<'_, T> {
+impl Recordable for Event<'_> {
     fn aggregate_type(&self) -> &str {
         self.aggregate_type
     }
     fn event_type(&self) -> &str {
         self.event_type
     }
-    fn aggregate_id(&self) -> Option<String> {
-        self.aggregate_id.clone()
+    fn aggregate_id(&self) -> Option<Cow<'_, str>> {
+        self.aggregate_id.as_deref().map(Cow::Borrowed)
     }
-    fn to_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(self.payload)
+    fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error> {
+        Ok(Cow::Borrowed(&self.payload))
     }
 }

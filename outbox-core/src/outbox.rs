@@ -1,5 +1,7 @@
 //! Configuration, recording and migrations.
 
+use std::future::Future;
+
 use crate::connection::{Dialect, NewRow, OutboxConnection};
 use crate::event::Recordable;
 use crate::{Error, TableName};
@@ -69,7 +71,24 @@ impl Outbox {
     /// entity does not serialize or is too large, or a metadata value is empty or over 255
     /// bytes. A database error is returned as [`Error::Database`]; the caller's transaction
     /// decides what happens next (usually: roll back).
-    pub async fn record<C, E>(&self, conn: &mut C, event: &E) -> Result<uuid::Uuid, Error>
+    ///
+    /// The returned future does not hold `event`: everything is checked and serialized before
+    /// the first `.await`, so it is `Send` whatever the event type.
+    pub fn record<'a, C, E>(
+        &'a self,
+        conn: &'a mut C,
+        event: &E,
+    ) -> impl Future<Output = Result<uuid::Uuid, Error>> + Send + 'a
+    where
+        C: OutboxConnection + ?Sized,
+        E: Recordable + ?Sized,
+    {
+        let prepared = self.prepare(&*conn, event);
+        async move { prepared?.insert(self, conn).await }
+    }
+
+    /// Every check that needs no round trip, in the order a user would fix them.
+    fn prepare<C, E>(&self, conn: &C, event: &E) -> Result<Prepared, Error>
     where
         C: OutboxConnection + ?Sized,
         E: Recordable + ?Sized,
@@ -101,30 +120,13 @@ impl Outbox {
                 limit: self.max_payload_bytes,
             });
         }
-        let row = NewRow {
+        Ok(Prepared {
             id: uuid::Uuid::now_v7(),
-            aggregate_type,
-            aggregate_id: &aggregate_id,
-            event_type,
-            payload: &payload,
-        };
-        conn.__insert(&self.table, &row)
-            .await
-            .map_err(|source| Error::Database {
-                operation: "record",
-                table: self.table.to_string(),
-                dialect: C::DIALECT,
-                source,
-            })?;
-        tracing::trace!(
-            table = %self.table,
-            event_id = %row.id,
-            event_type,
-            aggregate_type,
-            aggregate_id = %aggregate_id,
-            "recorded outbox event"
-        );
-        Ok(row.id)
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.into_owned(),
+            event_type: event_type.to_owned(),
+            payload: payload.into_owned(),
+        })
     }
 
     /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe
@@ -145,6 +147,47 @@ impl Outbox {
 impl Default for Outbox {
     fn default() -> Self {
         Outbox::new()
+    }
+}
+
+/// A checked, serialized event, owning its data so that the insert future is `Send`.
+struct Prepared {
+    id: uuid::Uuid,
+    aggregate_type: String,
+    aggregate_id: String,
+    event_type: String,
+    payload: String,
+}
+
+impl Prepared {
+    async fn insert<C>(self, outbox: &Outbox, conn: &mut C) -> Result<uuid::Uuid, Error>
+    where
+        C: OutboxConnection + ?Sized,
+    {
+        let row = NewRow {
+            id: self.id,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            event_type: &self.event_type,
+            payload: &self.payload,
+        };
+        conn.__insert(&outbox.table, &row)
+            .await
+            .map_err(|source| Error::Database {
+                operation: "record",
+                table: outbox.table.to_string(),
+                dialect: C::DIALECT,
+                source,
+            })?;
+        tracing::trace!(
+            table = %outbox.table,
+            event_id = %self.id,
+            event_type = %self.event_type,
+            aggregate_type = %self.aggregate_type,
+            aggregate_id = %self.aggregate_id,
+            "recorded outbox event"
+        );
+        Ok(self.id)
     }
 }
 
@@ -189,16 +232,22 @@ fn check_metadata(event_type: &str, field: &'static str, value: &str) -> Result<
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-pub async fn record<C, E>(conn: &mut C, event: &E) -> Result<uuid::Uuid, Error>
+pub fn record<'a, C, E>(
+    conn: &'a mut C,
+    event: &E,
+) -> impl Future<Output = Result<uuid::Uuid, Error>> + Send + 'a
 where
     C: OutboxConnection + ?Sized,
     E: Recordable + ?Sized,
 {
-    Outbox::DEFAULT.record(conn, event).await
+    DEFAULT_OUTBOX.record(conn, event)
 }
+
+/// [`Outbox::DEFAULT`] with a `'static` address, for futures that borrow it.
+static DEFAULT_OUTBOX: Outbox = Outbox::DEFAULT;
 
 /// Creates the default outbox table (`outbox`) for the pool's dialect if it does not exist.
 /// Idempotent, and safe to run from several processes at once.
 pub async fn migrate<DB: Dialect>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-    Outbox::DEFAULT.migrate(pool).await
+    DEFAULT_OUTBOX.migrate(pool).await
 }

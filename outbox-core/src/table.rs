@@ -97,7 +97,7 @@ impl fmt::Debug for TableName {
 const fn check(name: &str) -> Result<(), &'static str> {
     let bytes = name.as_bytes();
     if bytes.is_empty() {
-        return Err("a table name cannot be empty");
+        return Err("an outbox table name cannot be empty");
     }
     let mut i = 0;
     let mut part_len = 0;
@@ -106,32 +106,34 @@ const fn check(name: &str) -> Result<(), &'static str> {
         let b = bytes[i];
         if b == b'.' {
             if part_len == 0 {
-                return Err("each part of `schema.table` needs a name");
+                return Err("each part of an outbox table name `schema.table` needs a name");
             }
             dots += 1;
             if dots > 1 {
-                return Err("at most one `.` (schema.table) is allowed");
+                return Err("an outbox table name has at most one `.` (`schema.table`)");
             }
             part_len = 0;
         } else {
             let letter = b.is_ascii_alphabetic() || b == b'_';
             if part_len == 0 && !letter {
-                return Err("a name must start with an ASCII letter or `_`");
+                return Err(
+                    "an outbox table name (and its schema) must start with an ASCII letter or `_`",
+                );
             }
             if !letter && !b.is_ascii_digit() {
                 return Err(
-                    "only ASCII letters, digits and `_` are allowed (plus one `.` for a schema)",
+                    "an outbox table name may contain only ASCII letters, digits and `_` (plus one `.` after a schema)",
                 );
             }
             part_len += 1;
             if part_len > MAX_IDENT_LEN {
-                return Err("each part may be at most 63 bytes long");
+                return Err("an outbox table name (and its schema) may be at most 63 bytes long");
             }
         }
         i += 1;
     }
     if part_len == 0 {
-        return Err("each part of `schema.table` needs a name");
+        return Err("each part of an outbox table name `schema.table` needs a name");
     }
     Ok(())
 }

@@ -437,7 +437,7 @@ macro_rules! dialect_tests {
                 let t = transfer(&format!("{run}-2"), "manual", 1);
                 let mut tx = db.pool().begin().await.unwrap();
                 let first = outbox_core::record(&mut *tx, &account).await.unwrap();
-                let event = outbox_core::Event::new("transfer", "ManualTransfer", Some(&t.from), &t);
+                let event = outbox_core::Event::new("transfer", "ManualTransfer", Some(&t.from), &t).unwrap();
                 let second = outbox_core::record(&mut *tx, &event).await.unwrap();
                 tx.commit().await.unwrap();
                 let rows = db.outbox_rows("outbox", &run).await;

@@ -25,33 +25,45 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
     let connection = signature.transaction.connection;
     let entity_ty = signature.entity;
     let entity = format_ident!("__outbox_entity");
+    // `E::from`, checked at `E` when the signature names it; inferred from the return type when
+    // an alias (`anyhow::Result<T>`) hides it.
+    let convert = match signature.error {
+        Some(error) => {
+            quote_spanned!(error.span()=> ::outbox_core::__private::into_error::<#error>)
+        }
+        None => quote!(::core::convert::From::from),
+    };
 
-    // Assertions at the user's spans, so that type errors point at what the user wrote.
+    // Every bound is checked at the user's span, the same span for the same bound, so that a
+    // mistake is reported once, at the token the user wrote.
     let assert_tx = quote_spanned! {connection.span()=>
         ::outbox_core::__private::assert_transaction::<#connection>();
     };
-    let assert_error = signature.error.map(|error| {
-        quote_spanned! {error.span()=>
-            ::outbox_core::__private::assert_error_converts::<#error>();
-        }
-    });
-    let assert_serialize = quote_spanned! {entity_ty.span()=>
-        ::outbox_core::__private::assert_serialize(&#entity);
-    };
-
-    let conn = if signature.transaction.by_reference {
+    let borrow = if signature.transaction.by_reference {
         quote!(&mut *#tx)
     } else {
         quote!(&mut #tx)
     };
-    let event = event_expr(args, entity_ty, &entity);
-    let record = match &args.outbox {
-        Some(outbox) => quote! {
-            ::outbox_core::Outbox::record(&#outbox, #conn, &#event).await?;
-        },
-        None => quote! {
-            ::outbox_core::record(#conn, &#event).await?;
-        },
+    let conn = quote_spanned!(connection.span()=> __outbox_conn);
+    let outbox = match &args.outbox {
+        Some(outbox) => quote!(&#outbox),
+        None => quote!(&::outbox_core::Outbox::DEFAULT),
+    };
+    let event = if args.overrides_metadata() {
+        let event = event_expr(args, entity_ty, &entity, &convert);
+        quote!(&#event)
+    } else {
+        quote_spanned!(entity_ty.span()=> ::outbox_core::__private::derived_event(&#entity))
+    };
+    let recorded = quote_spanned! {connection.span()=>
+        ::outbox_core::__private::record(#outbox, #conn, __outbox_event).await
+    };
+    let record = quote! {
+        let __outbox_event = #event;
+        let #conn = #borrow;
+        if let ::core::result::Result::Err(error) = #recorded {
+            return ::core::result::Result::Err(#convert(error));
+        }
     };
     let register = registration(function, args, entity_ty);
 
@@ -60,25 +72,24 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
         #vis #sig {
             #register
             #assert_tx
-            #assert_error
             let __outbox_result = ::outbox_core::__private::body::<#output, _>(async #block).await;
             let #entity = match __outbox_result {
                 ::core::result::Result::Ok(entity) => entity,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
             };
-            #assert_serialize
             #record
             ::core::result::Result::Ok(#entity)
         }
     }
 }
 
-/// The value handed to `record`: the entity itself, or an `Event` built from the arguments
-/// (and the derive's metadata for what they leave out).
-fn event_expr(args: &Args, entity_ty: &Type, entity: &syn::Ident) -> TokenStream {
-    if !args.overrides_metadata() {
-        return quote_spanned!(entity_ty.span()=> #entity);
-    }
+/// The `Event` built from the arguments, with the derive's metadata for what they leave out.
+fn event_expr(
+    args: &Args,
+    entity_ty: &Type,
+    entity: &syn::Ident,
+    convert: &TokenStream,
+) -> TokenStream {
     let aggregate_type = match &args.aggregate_type {
         Some(lit) => quote!(#lit),
         None => {
@@ -105,8 +116,15 @@ fn event_expr(args: &Args, entity_ty: &Type, entity: &syn::Ident) -> TokenStream
             quote_spanned!(entity_ty.span()=> ::outbox_core::__private::aggregate_id_of(&#entity))
         }
     };
-    quote! {
+    // Serialization happens here; a type that is not `Serialize` is reported at `T`.
+    let build = quote_spanned! {entity_ty.span()=>
         ::outbox_core::Event::with_id_string(#aggregate_type, #event_type, #aggregate_id, &#entity)
+    };
+    quote! {
+        match #build {
+            ::core::result::Result::Ok(event) => event,
+            ::core::result::Result::Err(error) => return ::core::result::Result::Err(#convert(error)),
+        }
     }
 }
 

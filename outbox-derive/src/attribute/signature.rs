@@ -181,26 +181,33 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
     let mut transactions = Vec::new();
     let mut other_mutables = Vec::new();
     let mut generic_values = Vec::new();
+    let mut refused = false;
 
     for input in &sig.inputs {
         let FnArg::Typed(param) = input else { continue };
         match classify(&param.ty, &generics) {
             Kind::Transaction(connection) => transactions.push((param, connection, true)),
-            Kind::Pool => errors.spanned(
+            Kind::Pool => {
+                refused = true;
+                errors.spanned(
                 &param.ty,
                 format!(
                     "a pool is not a transaction: the outbox row would commit on its own, apart \
                      from your data; {HOW_TO_TAKE_TX}"
                 ),
-            ),
-            Kind::NotMutable => errors.spanned(
-                &param.ty,
-                format!(
-                    "the transaction must be borrowed mutably, not taken by value or shared: a \
+                )
+            }
+            Kind::NotMutable => {
+                refused = true;
+                errors.spanned(
+                    &param.ty,
+                    format!(
+                        "the transaction must be borrowed mutably, not taken by value or shared: a \
                      function that owns the transaction could commit it before the outbox row \
                      is written; {HOW_TO_TAKE_TX}"
-                ),
-            ),
+                    ),
+                )
+            }
             Kind::OtherMutable(connection) => other_mutables.push((param, connection, true)),
             Kind::Generic(ty) => generic_values.push((param, ty, false)),
             Kind::Other => {}
@@ -226,7 +233,7 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
                     ),
                 );
             }
-        } else {
+        } else if !refused {
             errors.at(
                 sig.paren_token.span.join(),
                 format!(

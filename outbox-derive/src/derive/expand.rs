@@ -17,18 +17,26 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
     } = event;
     let field = id_field.ident.as_ref();
     let name = ident.to_string();
-    // Spanned at the field's type: a type that is neither `Display` nor `Option<impl Display>`
-    // is reported there.
-    let aggregate_id = quote_spanned! {id_field.ty.span()=>
-        (&::outbox_core::__private::IdProbe(&self.#field)).__outbox_aggregate_id()
+    // Spanned at the field's type: a type that is not `Display` is reported there, once.
+    let aggregate_id = match option_inner(&id_field.ty) {
+        Some(inner) => quote_spanned! {inner.span()=>
+            ::core::option::Option::map(
+                ::core::option::Option::as_ref(&self.#field),
+                ::outbox_core::__private::id_to_string::<#inner>,
+            )
+        },
+        None => {
+            let ty = &id_field.ty;
+            quote_spanned! {ty.span()=>
+                ::core::option::Option::Some(::outbox_core::__private::id_to_string::<#ty>(&self.#field))
+            }
+        }
     };
     quote! {
         impl #impl_generics ::outbox_core::OutboxEvent for #ident #ty_generics #where_clause {
             const AGGREGATE_TYPE: &'static str = #aggregate_type;
             const EVENT_TYPE: &'static str = #event_type;
             fn aggregate_id(&self) -> ::core::option::Option<::std::string::String> {
-                #[allow(unused_imports)]
-                use ::outbox_core::__private::{OptionalId as _, PresentId as _};
                 #aggregate_id
             }
         }
@@ -41,5 +49,24 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
                 ::outbox_core::Origin::Type { name: #name },
             )
         }
+    }
+}
+
+/// `T` of a field type written `Option<T>` (or `std::option::Option<T>`): `None` means "not
+/// persisted yet". An alias of `Option` is not recognised, and is reported as not `Display`.
+fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(syn::TypePath { qself: None, path }) = ty else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    if last.ident != "Option" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(inner)] => Some(inner),
+        _ => None,
     }
 }

@@ -1,0 +1,7 @@
+use outbox_core::{Outbox, TableName};
+
+const HOSTILE: Outbox = Outbox::for_table(TableName::from_static("outbox; DROP TABLE accounts"));
+
+fn main() {
+    let _ = HOSTILE;
+}
