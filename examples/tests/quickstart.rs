@@ -1,0 +1,57 @@
+//! Runs the quickstart binary and checks that the outbox it prints holds exactly the committed
+//! events.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+#[test]
+fn quickstart_prints_exactly_the_committed_events() {
+    let db = std::env::temp_dir().join(format!("outbox-quickstart-test-{}.db", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        .arg(&db)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&db);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .contains("rolled back a transfer of 50.00 from Grace to account 999: no account 999"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused a transfer of 400.00 from Grace"),
+        "{stdout}"
+    );
+
+    let events: Vec<(&str, &str)> = stdout
+        .lines()
+        .filter(|line| line.contains('{'))
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let seq = cols.next()?;
+            seq.parse::<u32>().ok()?;
+            Some((cols.next()?, line))
+        })
+        .collect();
+    let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        types,
+        [
+            "AccountOpenedEvent",
+            "AccountOpenedEvent",
+            "TransactionCreatedEvent",
+            "TransactionCreatedEvent",
+            "TransactionCreatedEvent"
+        ],
+        "{stdout}"
+    );
+    // The rolled-back debit of 50.00 and the refused 400.00 left nothing behind.
+    assert!(!stdout.contains("\"amount_cents\":5000"), "{stdout}");
+    assert!(!stdout.contains("\"amount_cents\":40000"), "{stdout}");
+    assert!(stdout.contains("5 events recorded"), "{stdout}");
+}
