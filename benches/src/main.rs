@@ -1,1 +1,227 @@
-fn main() {}
+//! outbox benchmarks. Each scenario measures the library against a baseline in the same run and
+//! prints a markdown table, then one `summary:` line.
+//!
+//! ```text
+//! cargo run --release -p outbox-bench -- write   # the cost the outbox adds to a business transaction
+//! ```
+//!
+//! PostgreSQL comes from `OUTBOX_BENCH_POSTGRES_URL` (else `OUTBOX_TEST_POSTGRES_URL`, else the
+//! local server). `OUTBOX_BENCH_SECONDS` sets the length of one measurement (default 2) and
+//! `OUTBOX_BENCH_ROUNDS` the number of interleaved rounds (default 5).
+
+use std::time::{Duration, Instant};
+
+use outbox_core::{Outbox, OutboxEvent, TableName, outbox_event};
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, Transaction};
+
+const BENCH_OUTBOX: Outbox = Outbox::for_table(TableName::from_static("outbox_bench"));
+
+/// A business row like the bank's: what a service writes, and the event it emits.
+#[derive(Serialize, sqlx::FromRow, OutboxEvent)]
+#[outbox(aggregate_type = "account", event_type = "AccountOpened")]
+struct Account {
+    #[outbox(aggregate_id)]
+    id: i64,
+    owner: String,
+    balance_cents: i64,
+}
+
+#[derive(Debug)]
+enum BenchError {
+    Database(#[allow(dead_code)] sqlx::Error),
+    Outbox(#[allow(dead_code)] outbox_core::Error),
+}
+
+impl From<sqlx::Error> for BenchError {
+    fn from(e: sqlx::Error) -> Self {
+        BenchError::Database(e)
+    }
+}
+
+impl From<outbox_core::Error> for BenchError {
+    fn from(e: outbox_core::Error) -> Self {
+        BenchError::Outbox(e)
+    }
+}
+
+const INSERT: &str = "INSERT INTO bench_accounts (owner, balance_cents) VALUES ($1, $2) RETURNING id, owner, balance_cents";
+
+/// The baseline's business write.
+async fn insert_account(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+) -> Result<Account, BenchError> {
+    Ok(sqlx::query_as(INSERT)
+        .bind(owner)
+        .bind(100_i64)
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
+/// The same write through the attribute: the event is recorded in the same transaction.
+#[outbox_event(outbox = BENCH_OUTBOX)]
+async fn open_account(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+) -> Result<Account, BenchError> {
+    Ok(sqlx::query_as(INSERT)
+        .bind(owner)
+        .bind(100_i64)
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `BEGIN; INSERT business row; COMMIT`.
+    Plain,
+    /// The same plus a bare `SELECT 1`: what any extra statement costs (the floor for an outbox
+    /// written as its own statement, whatever the row).
+    RoundTrip,
+    /// The same through `#[outbox_event]`.
+    Outbox,
+}
+
+const MODES: [Mode; 3] = [Mode::Plain, Mode::RoundTrip, Mode::Outbox];
+
+/// Committed transactions per second of `clients` concurrent clients for `duration`.
+async fn measure(pool: &PgPool, mode: Mode, clients: usize, duration: Duration) -> f64 {
+    let deadline = Instant::now() + duration;
+    let workers = (0..clients).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut done = 0_u64;
+            while Instant::now() < deadline {
+                let mut tx = pool.begin().await.expect("begin");
+                match mode {
+                    Mode::Plain => insert_account(&mut tx, "bench").await.map(drop),
+                    Mode::RoundTrip => {
+                        let written = insert_account(&mut tx, "bench").await.map(drop);
+                        sqlx::query("SELECT 1")
+                            .execute(&mut *tx)
+                            .await
+                            .expect("SELECT 1");
+                        written
+                    }
+                    Mode::Outbox => open_account(&mut tx, "bench").await.map(drop),
+                }
+                .expect("business write");
+                tx.commit().await.expect("commit");
+                done += 1;
+            }
+            done
+        })
+    });
+    let start = Instant::now();
+    let mut total = 0;
+    for worker in workers.collect::<Vec<_>>() {
+        total += worker.await.expect("worker");
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    let seconds: f64 = env_or("OUTBOX_BENCH_SECONDS", 2.0);
+    let rounds: usize = env_or("OUTBOX_BENCH_ROUNDS", 5);
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_accounts, outbox_bench;
+         CREATE TABLE bench_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL, balance_cents BIGINT NOT NULL);",
+    )
+    .execute(pool)
+    .await?;
+    BENCH_OUTBOX.migrate(pool).await?;
+
+    println!("## write: the cost `#[outbox_event]` adds to a business transaction\n");
+    println!(
+        "PostgreSQL, committed transactions per second, medians of {rounds} interleaved rounds of {seconds}s. \
+         *plain*: `BEGIN; INSERT; COMMIT`. *+SELECT 1*: the same plus one bare statement, the floor \
+         for any event written as its own statement. *outbox*: the same through `#[outbox_event]`.\n"
+    );
+    println!(
+        "| clients | plain tx/s | +SELECT 1 tx/s | outbox tx/s | ratio (outbox/plain) | floor (+SELECT 1/plain) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut ratios = Vec::new();
+    for clients in [1, 16] {
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        // Warm up connections and statement caches, then rotate which mode goes first.
+        for mode in MODES {
+            measure(pool, mode, clients, Duration::from_millis(300)).await;
+        }
+        for round in 0..rounds {
+            sqlx::raw_sql("TRUNCATE bench_accounts, outbox_bench")
+                .execute(pool)
+                .await?;
+            for i in 0..MODES.len() {
+                let index = (round + i) % MODES.len();
+                let rate = measure(
+                    pool,
+                    MODES[index],
+                    clients,
+                    Duration::from_secs_f64(seconds),
+                )
+                .await;
+                rates[index].push(rate);
+            }
+        }
+        let [plain, round_trip, outbox] = rates.map(|mut r| median(&mut r));
+        let ratio = outbox / plain;
+        println!(
+            "| {clients} | {plain:.0} | {round_trip:.0} | {outbox:.0} | {ratio:.3} | {:.3} |",
+            round_trip / plain
+        );
+        ratios.push(ratio);
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_bench")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "\n(last round left {rows} outbox rows: every annotated transaction recorded its event)"
+    );
+    println!(
+        "summary: ratio_1={:.3} ratio_16={:.3}",
+        ratios[0], ratios[1]
+    );
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_accounts, outbox_bench")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let url = std::env::var("OUTBOX_BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("OUTBOX_TEST_POSTGRES_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .map_err(|e| {
+            format!("cannot reach PostgreSQL at {url}: {e} (start it with scripts/services.sh)")
+        })?;
+    match scenario.as_str() {
+        "write" => write(&pool).await,
+        other => Err(format!("unknown scenario {other:?}; available: write").into()),
+    }
+}
