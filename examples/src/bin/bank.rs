@@ -126,8 +126,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tx = pool.begin().await?;
     let mut ids = Vec::new();
     for owner in ["Ada", "Grace", "Edsger", "Barbara"] {
-        let account = bank.open_account(&mut tx, owner, 300_00).await?;
-        bank.post(&mut tx, account.id, "DEPOSIT", 1_000_00).await?;
+        let account = bank.open_account(&mut tx, owner, 30_000).await?;
+        bank.post(&mut tx, account.id, "DEPOSIT", 100_000).await?;
         ids.push(account.id);
     }
     tx.commit().await?;
@@ -137,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let transfers = (0..40).map(|i| {
         let bank = bank.clone();
         let (from, to) = (ids[i % ids.len()], ids[(i + 1) % ids.len()]);
-        let amount = 25_00 + (i as i64 % 7) * 60_00;
+        let amount = 2_500 + (i as i64 % 7) * 6_000;
         tokio::spawn(async move { bank.transfer(from, to, amount).await })
     });
     let (mut done, mut refused) = (0, 0);
@@ -164,7 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "money in the bank: {:.2} (unchanged by transfers)",
         total as f64 / 100.0
     );
-    if debits != done || credits != done || total != 4 * 1_000_00 {
+    if debits != done || credits != done || total != 4 * 100_000 {
         return Err("the outbox does not match the committed work".into());
     }
 

@@ -116,28 +116,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
 
     let mut tx = pool.begin().await?;
-    let ada = open_account(&mut tx, "Ada", 1_000_00).await?;
-    let grace = open_account(&mut tx, "Grace", 500_00).await?;
-    post(&mut tx, ada.id, "DEPOSIT", 750_00).await?;
+    let ada = open_account(&mut tx, "Ada", 100_000).await?;
+    let grace = open_account(&mut tx, "Grace", 50_000).await?;
+    post(&mut tx, ada.id, "DEPOSIT", 75_000).await?;
     tx.commit().await?;
     println!(
         "opened accounts {} (Ada) and {} (Grace), deposited 750.00 for Ada",
         ada.id, grace.id
     );
 
-    transfer(&pool, ada.id, grace.id, 120_00).await?;
+    transfer(&pool, ada.id, grace.id, 12_000).await?;
     println!("transferred 120.00 from Ada to Grace");
 
     // The debit succeeds and records its event in the transaction, then the credit fails (no
     // such account): the transaction rolls back, and the debit's event goes with it.
-    match transfer(&pool, grace.id, 999, 50_00).await {
+    match transfer(&pool, grace.id, 999, 5_000).await {
         Err(error) => {
             println!("rolled back a transfer of 50.00 from Grace to account 999: {error}")
         }
         Ok(()) => return Err("the transfer to a missing account should have failed".into()),
     }
     // A refused debit records nothing either.
-    match transfer(&pool, grace.id, ada.id, 400_00).await {
+    match transfer(&pool, grace.id, ada.id, 40_000).await {
         Err(error) => println!("refused a transfer of 400.00 from Grace: {error}"),
         Ok(()) => return Err("the overdrawing transfer should have failed".into()),
     }
