@@ -17,6 +17,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
 const BENCH_OUTBOX: Outbox = Outbox::for_table(TableName::from_static("outbox_bench"));
+const NOTIFY_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_bench_notify")).notify_on_commit(true);
 
 /// A business row like the bank's: what a service writes, and the event it emits.
 #[derive(Serialize, sqlx::FromRow, OutboxEvent)]
@@ -73,6 +75,19 @@ async fn open_account(
         .await?)
 }
 
+/// The same into an outbox whose table notifies the relay on commit.
+#[outbox_event(outbox = NOTIFY_OUTBOX)]
+async fn open_account_notify(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+) -> Result<Account, BenchError> {
+    Ok(sqlx::query_as(INSERT)
+        .bind(owner)
+        .bind(100_i64)
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     /// `BEGIN; INSERT business row; COMMIT`.
@@ -82,9 +97,16 @@ enum Mode {
     RoundTrip,
     /// The same through `#[outbox_event]`.
     Outbox,
+    /// The same with `Outbox::notify_on_commit(true)`: a trigger sends `NOTIFY` at commit.
+    OutboxNotify,
 }
 
-const MODES: [Mode; 3] = [Mode::Plain, Mode::RoundTrip, Mode::Outbox];
+const MODES: [Mode; 4] = [
+    Mode::Plain,
+    Mode::RoundTrip,
+    Mode::Outbox,
+    Mode::OutboxNotify,
+];
 
 /// Committed transactions per second of `clients` concurrent clients for `duration`.
 async fn measure(pool: &PgPool, mode: Mode, clients: usize, duration: Duration) -> f64 {
@@ -106,6 +128,7 @@ async fn measure(pool: &PgPool, mode: Mode, clients: usize, duration: Duration) 
                         written
                     }
                     Mode::Outbox => open_account(&mut tx, "bench").await.map(drop),
+                    Mode::OutboxNotify => open_account_notify(&mut tx, "bench").await.map(drop),
                 }
                 .expect("business write");
                 tx.commit().await.expect("commit");
@@ -143,18 +166,20 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
     let seconds: f64 = env_or("OUTBOX_BENCH_SECONDS", 2.0);
     let rounds: usize = env_or("OUTBOX_BENCH_ROUNDS", 5);
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS bench_accounts, outbox_bench;
+        "DROP TABLE IF EXISTS bench_accounts, outbox_bench, outbox_bench_notify;
          CREATE TABLE bench_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL, balance_cents BIGINT NOT NULL);",
     )
     .execute(pool)
     .await?;
     BENCH_OUTBOX.migrate(pool).await?;
+    NOTIFY_OUTBOX.migrate(pool).await?;
 
     println!("## write: the cost `#[outbox_event]` adds to a business transaction\n");
     println!(
         "PostgreSQL, committed transactions per second, medians of {rounds} interleaved rounds of {seconds}s. \
          *plain*: `BEGIN; INSERT; COMMIT`. *+SELECT 1*: the same plus one bare statement, the floor \
-         for any event written as its own statement. *outbox*: the same through `#[outbox_event]`.\n"
+         for any event written as its own statement. *outbox*: the same through `#[outbox_event]`. \
+         *+notify*: the same into a table with `notify_on_commit(true)`.\n"
     );
     println!(
         "| clients | plain tx/s | +SELECT 1 tx/s | outbox tx/s | ratio (outbox/plain) | floor (+SELECT 1/plain) |"
@@ -162,7 +187,7 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut ratios = Vec::new();
     for clients in [1, 16] {
-        let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut rates: [Vec<f64>; 4] = Default::default();
         // Warm up connections and statement caches, then rotate which mode goes first.
         for mode in MODES {
             measure(pool, mode, clients, Duration::from_millis(300)).await;
@@ -183,11 +208,12 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
                 rates[index].push(rate);
             }
         }
-        let [plain, round_trip, outbox] = rates.map(|mut r| median(&mut r));
+        let [plain, round_trip, outbox, notify] = rates.map(|mut r| median(&mut r));
         let ratio = outbox / plain;
         println!(
-            "| {clients} | {plain:.0} | {round_trip:.0} | {outbox:.0} | {ratio:.3} | {:.3} |",
-            round_trip / plain
+            "| {clients} | {plain:.0} | {round_trip:.0} | {outbox:.0} | {notify:.0} | {ratio:.3} | {:.3} | {:.3} |",
+            round_trip / plain,
+            notify / plain
         );
         ratios.push(ratio);
     }

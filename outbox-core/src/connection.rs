@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::TableName;
+use crate::{Outbox, TableName};
 
 /// A database connection the outbox can record through: a [`sqlx::Transaction`], or a dialect's
 /// connection (`PgConnection`, `MySqlConnection`, `SqliteConnection`, a pooled one) that is
@@ -34,7 +34,7 @@ pub trait OutboxConnection: Send + sealed::Sealed {
     #[doc(hidden)]
     fn __migrate<'a>(
         &'a mut self,
-        table: &'a TableName,
+        outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 }
 
@@ -94,9 +94,9 @@ where
 
     fn __migrate<'a>(
         &'a mut self,
-        table: &'a TableName,
+        outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__migrate(table)
+        (**self).__migrate(outbox)
     }
 }
 
@@ -121,9 +121,9 @@ where
 
     fn __migrate<'a>(
         &'a mut self,
-        table: &'a TableName,
+        outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__migrate(table)
+        (**self).__migrate(outbox)
     }
 }
 

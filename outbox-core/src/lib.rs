@@ -61,6 +61,7 @@ mod error;
 mod event;
 mod outbox;
 mod registry;
+pub mod relay;
 mod store;
 mod table;
 

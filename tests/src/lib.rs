@@ -279,3 +279,80 @@ impl TestDb for Lite {
             .unwrap()
     }
 }
+
+/// A PostgreSQL outbox table of its own for one relay test (a relay consumes its whole table),
+/// migrated; dropped by [`RelayTable::drop_table`].
+#[derive(Debug)]
+pub struct RelayTable {
+    pub pool: PgPool,
+    pub outbox: outbox_core::Outbox,
+    pub name: String,
+}
+
+impl RelayTable {
+    pub async fn new() -> Self {
+        let db = Pg::connect().await;
+        let name = format!("relay_{}", run_id());
+        let outbox =
+            outbox_core::Outbox::for_table(outbox_core::TableName::new(name.clone()).unwrap());
+        outbox.migrate(db.pool()).await.unwrap();
+        RelayTable {
+            pool: db.0,
+            outbox,
+            name,
+        }
+    }
+
+    /// Inserts `count` committed events straight into the table: aggregate `agg-{i % aggregates}`,
+    /// payload `{"n": i}`, in `n` order.
+    pub async fn preload(&self, count: i64, aggregates: i64) {
+        let sql = format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
+             SELECT gen_random_uuid(), 'test', 'agg-' || (i % $2), 'Numbered', jsonb_build_object('n', i) \
+             FROM generate_series(0, $1 - 1) AS i",
+            self.name
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(count)
+            .bind(aggregates)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// Events still in the table (pending or dead).
+    pub async fn remaining(&self) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE published_at IS NULL",
+            self.name
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn drop_table(self) {
+        let sql = format!("DROP TABLE {}", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

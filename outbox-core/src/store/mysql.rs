@@ -3,8 +3,8 @@
 
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 
-use crate::TableName;
 use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
+use crate::{Outbox, TableName};
 
 impl Sealed for MySqlConnection {}
 
@@ -32,7 +32,8 @@ impl OutboxConnection for MySqlConnection {
         Ok(())
     }
 
-    async fn __migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+    async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
+        let table = outbox.table();
         // DDL commits implicitly in MySQL, and `CREATE TABLE IF NOT EXISTS` is atomic under
         // the metadata lock, so concurrent migrations need no extra lock.
         let sql = format!(

@@ -3,8 +3,8 @@
 
 use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
 
-use crate::TableName;
 use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
+use crate::{Outbox, TableName};
 
 impl Sealed for SqliteConnection {}
 
@@ -32,7 +32,8 @@ impl OutboxConnection for SqliteConnection {
         Ok(())
     }
 
-    async fn __migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+    async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
+        let table = outbox.table();
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (
                 seq            INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,9 +1,11 @@
-//! PostgreSQL: `jsonb` payload, identity `seq` as the only index on the write path.
+//! PostgreSQL: `jsonb` payload, identity `seq` primary key, a `NOTIFY` trigger for the relay.
+
+pub(crate) mod relay;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use crate::TableName;
 use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
+use crate::{Outbox, TableName};
 
 impl Sealed for PgConnection {}
 
@@ -32,7 +34,8 @@ impl OutboxConnection for PgConnection {
         Ok(())
     }
 
-    async fn __migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+    async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
+        let table = outbox.table();
         let mut tx = self.begin().await?;
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog: serialize
         // migrations of one table on an advisory lock held until commit.
@@ -63,6 +66,12 @@ impl OutboxConnection for PgConnection {
             table.quoted('"')
         );
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        sqlx::raw_sql(AssertSqlSafe(relay::relay_ddl(
+            table,
+            outbox.notifies_on_commit(),
+        )))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 }

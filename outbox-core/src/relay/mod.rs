@@ -1,0 +1,435 @@
+//! The relay: moves recorded events from the outbox table to a [`Sink`], in order per
+//! aggregate, at least once, and cleans up after itself.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use outbox_core::relay::{ChannelSink, Relay};
+//!
+//! let (sink, mut events) = ChannelSink::new(1024);
+//! let relay = Relay::builder(pool, sink).batch_size(500).build();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let task = tokio::spawn(relay.run(async move { let _ = stopped.await; }));
+//!
+//! while let Some(message) = events.recv().await {
+//!     println!("{} {}", message.event_type, message.payload);
+//! #   break;
+//! }
+//! let _ = stop.send(()); // finishes the batch in hand, then stops
+//! task.await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What "order" means
+//!
+//! Per aggregate (`aggregate_type`, `aggregate_id`), events are published in commit order —
+//! which is insertion (`seq`) order whenever the writers of one aggregate serialize on it, the
+//! normal case (they update the same row). The relay claims, for each aggregate, its oldest
+//! pending event and the events that follow it, under row locks (`FOR UPDATE SKIP LOCKED`);
+//! while one relay holds an aggregate's oldest event, no other relay can claim any event of that
+//! aggregate, so several relays share the work without reordering. Different aggregates flow in
+//! parallel. An event that fails is retried with exponential backoff and jitter and holds back
+//! the later events of its aggregate ([`Ordering::PerAggregate`], the default) until it is
+//! delivered or becomes a dead letter; [`Ordering::Unordered`] lets them pass.
+//!
+//! # What "at least once" means
+//!
+//! Events are removed from the outbox in the same transaction that holds their claim, after the
+//! sink confirmed them. A relay killed mid-batch loses its claim with its connection; the batch
+//! is claimed again and republished: duplicates are possible, bounded by one batch per relay,
+//! and carry the same event id so that consumers can drop them.
+
+mod backoff;
+pub mod sink;
+pub mod source;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+#[cfg(feature = "postgres")]
+pub use crate::store::postgres::relay::{PgClaim, PgSource};
+pub use backoff::Backoff;
+pub use sink::{ChannelSink, Delivery, HandlerSink, Message, Sink, SinkError};
+use source::{Claim, Settlement, Source};
+
+use crate::{Dialect, Error, Outbox, TableName};
+
+/// Whether a failing event holds back the later events of its aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Ordering {
+    /// Per aggregate, events are published in commit order; a failing event holds back the
+    /// later events of its aggregate (only those).
+    #[default]
+    PerAggregate,
+    /// Events are independent: failures hold nothing back, aggregates are not serialized.
+    Unordered,
+}
+
+/// An event that failed for good: kept in the outbox with its last error, until replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event.
+    pub message: Message,
+    /// The sink's last error.
+    pub last_error: String,
+}
+
+/// A database the relay can read an outbox from.
+pub trait RelayDialect: Dialect {
+    #[doc(hidden)]
+    type Source: Source;
+    #[doc(hidden)]
+    fn __source(
+        pool: sqlx::Pool<Self>,
+        table: TableName,
+        ordering: Ordering,
+        retain: bool,
+    ) -> Self::Source;
+    #[doc(hidden)]
+    fn __dead_letters(
+        pool: &sqlx::Pool<Self>,
+        table: &TableName,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, sqlx::Error>> + Send;
+    #[doc(hidden)]
+    fn __replay(
+        pool: &sqlx::Pool<Self>,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+}
+
+#[cfg(feature = "postgres")]
+impl RelayDialect for sqlx::Postgres {
+    type Source = PgSource;
+
+    fn __source(
+        pool: sqlx::PgPool,
+        table: TableName,
+        ordering: Ordering,
+        retain: bool,
+    ) -> Self::Source {
+        PgSource::new(pool, table, ordering, retain)
+    }
+
+    async fn __dead_letters(
+        pool: &sqlx::PgPool,
+        table: &TableName,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        crate::store::postgres::relay::dead_letters(pool, table, limit).await
+    }
+
+    async fn __replay(
+        pool: &sqlx::PgPool,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::postgres::relay::replay(pool, table, ids).await
+    }
+}
+
+/// Settings of a [`Relay`]; see [`RelayBuilder`] for their meaning and defaults.
+#[derive(Debug, Clone)]
+struct Config {
+    table: TableName,
+    batch_size: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    poll_interval: Duration,
+    retention: Option<Duration>,
+    ordering: Ordering,
+    maintenance_interval: Duration,
+}
+
+/// Builds a [`Relay`]. Every setting has a default.
+#[derive(Debug)]
+pub struct RelayBuilder<DB: RelayDialect, K> {
+    pool: sqlx::Pool<DB>,
+    sink: K,
+    config: Config,
+}
+
+impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
+    /// Relays from this outbox's table (default: `outbox`).
+    pub fn outbox(mut self, outbox: &Outbox) -> Self {
+        self.config.table = outbox.table().clone();
+        self
+    }
+
+    /// Most events claimed and published at once (default 500).
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.config.batch_size = events.max(1);
+        self
+    }
+
+    /// Deliveries tried before an event becomes a dead letter (default 10). A
+    /// [permanent](SinkError::permanent) failure dead-letters at once.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Delay between attempts of one event, and between retries after a database error
+    /// (default: from 500 ms, doubling, at most 5 minutes, with jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Sleep between polls when idle (default 50 ms): the commit-to-publish latency of an idle
+    /// relay. With [`Outbox::notify_on_commit`] on PostgreSQL, the relay also wakes on commit
+    /// through `LISTEN`/`NOTIFY`, and a longer interval only bounds the latency of a lost
+    /// notification.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// Keeps published events for `period` (marked `published_at`) and purges them after, in
+    /// bounded batches. Default: published events are deleted at once.
+    pub fn retention(mut self, period: Duration) -> Self {
+        self.config.retention = Some(period);
+        self
+    }
+
+    /// Whether failures hold back the later events of their aggregate (default: they do).
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.config.ordering = ordering;
+        self
+    }
+
+    /// The relay, ready to [`run`](Relay::run).
+    pub fn build(self) -> Relay<DB::Source, K> {
+        let source = DB::__source(
+            self.pool,
+            self.config.table.clone(),
+            self.config.ordering,
+            self.config.retention.is_some(),
+        );
+        Relay {
+            source,
+            sink: self.sink,
+            config: self.config,
+        }
+    }
+}
+
+/// Publishes the events of an outbox table to a [`Sink`]. Build it with [`Relay::builder`], run
+/// it with [`Relay::run`]. Several relays (tasks or processes) may run against one table.
+#[derive(Debug)]
+pub struct Relay<S, K> {
+    source: S,
+    sink: K,
+    config: Config,
+}
+
+impl Relay<(), ()> {
+    /// A relay from `pool`'s outbox table to `sink`, with default settings.
+    pub fn builder<DB: RelayDialect, K: Sink>(
+        pool: sqlx::Pool<DB>,
+        sink: K,
+    ) -> RelayBuilder<DB, K> {
+        RelayBuilder {
+            pool,
+            sink,
+            config: Config {
+                table: TableName::DEFAULT,
+                batch_size: 500,
+                max_attempts: 10,
+                backoff: Backoff::default(),
+                poll_interval: Duration::from_millis(50),
+                retention: None,
+                ordering: Ordering::PerAggregate,
+                maintenance_interval: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+impl<S: Source, K: Sink> Relay<S, K> {
+    /// Runs until `shutdown` completes, then returns after the batch in hand is settled. Errors
+    /// (database down, connection cut) are logged and retried with backoff; they never stop
+    /// the relay. To stop at once, abort the task: the batch in hand is claimed again later.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
+        let mut errors = 0_u32;
+        let mut last_maintenance: Option<Instant> = None;
+        loop {
+            if shutdown.as_mut().now_or_never().is_some() {
+                break;
+            }
+            if last_maintenance.is_none_or(|at| at.elapsed() >= self.config.maintenance_interval) {
+                last_maintenance = Some(Instant::now());
+                match self.source.maintain(self.config.retention).await {
+                    Ok(lag) => {
+                        metrics::gauge!("outbox_lag_seconds", "table" => self.table()).set(lag)
+                    }
+                    Err(error) => tracing::warn!(%error, "outbox maintenance failed"),
+                }
+            }
+            match self.step().await {
+                Ok(0) => {
+                    errors = 0;
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = self.source.wait(self.config.poll_interval) => {}
+                    }
+                }
+                Ok(_) => errors = 0,
+                Err(error) => {
+                    errors = errors.saturating_add(1);
+                    let delay = self.config.backoff.delay(errors);
+                    tracing::warn!(%error, retry_in = ?delay, "outbox relay step failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracing::debug!(table = %self.config.table, "outbox relay stopped");
+    }
+
+    fn table(&self) -> String {
+        self.config.table.to_string()
+    }
+
+    /// Claims one batch, publishes it, settles it. Returns the number of events claimed.
+    async fn step(&self) -> Result<usize, Error> {
+        let Some(mut claim) = self.source.claim(self.config.batch_size).await? else {
+            return Ok(0);
+        };
+        let messages = claim.take_messages();
+        let claimed = messages.len();
+        let span = tracing::debug_span!("outbox.relay.batch", table = %self.config.table, claimed);
+        let settlement = self.publish(messages).instrument(span.clone()).await;
+        let (published, retried, dead) = (
+            settlement.published.len(),
+            settlement.retry.len(),
+            settlement.dead.len(),
+        );
+        claim.settle(settlement).instrument(span).await?;
+        let table = self.table();
+        metrics::histogram!("outbox_batch_size", "table" => table.clone()).record(claimed as f64);
+        metrics::counter!("outbox_events_published_total", "table" => table.clone())
+            .increment(published as u64);
+        metrics::counter!("outbox_events_failed_total", "table" => table.clone())
+            .increment((retried + dead) as u64);
+        metrics::counter!("outbox_events_dead_total", "table" => table).increment(dead as u64);
+        if dead > 0 {
+            tracing::warn!(dead, "outbox events became dead letters");
+        }
+        Ok(claimed)
+    }
+
+    /// Publishes in waves in which no aggregate appears twice; an aggregate whose event failed
+    /// takes no further part in the batch (its later events are released untouched).
+    async fn publish(&self, mut remaining: Vec<Message>) -> Settlement {
+        let ordered = self.config.ordering == Ordering::PerAggregate;
+        let mut settlement = Settlement::default();
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
+        while !remaining.is_empty() {
+            let mut wave = Vec::with_capacity(remaining.len());
+            let mut later = Vec::new();
+            let mut in_wave = HashSet::new();
+            for message in remaining {
+                if ordered {
+                    let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
+                    if blocked.contains(&key) {
+                        continue;
+                    }
+                    if !in_wave.insert(key) {
+                        later.push(message);
+                        continue;
+                    }
+                }
+                wave.push(message);
+            }
+            let mut results = self.sink.publish(&wave).await.into_iter();
+            for message in wave {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(SinkError::transient(
+                        "the sink returned no result for this message",
+                    ))
+                });
+                match result {
+                    Ok(()) => settlement.published.push(message.seq),
+                    Err(error) => {
+                        if ordered {
+                            blocked.insert((
+                                message.aggregate_type.clone(),
+                                message.aggregate_id.clone(),
+                            ));
+                        }
+                        let attempt = u32::try_from(message.attempts)
+                            .unwrap_or(0)
+                            .saturating_add(1);
+                        if error.is_permanent() || attempt >= self.config.max_attempts {
+                            tracing::warn!(event_id = %message.id, %error, attempt, "dead letter");
+                            settlement.dead.push((message.seq, error.to_string()));
+                        } else {
+                            let delay = self.config.backoff.delay(attempt);
+                            tracing::debug!(event_id = %message.id, %error, attempt, retry_in = ?delay, "delivery failed");
+                            settlement
+                                .retry
+                                .push((message.seq, error.to_string(), delay));
+                        }
+                    }
+                }
+            }
+            remaining = later;
+        }
+        settlement
+    }
+}
+
+impl Outbox {
+    /// Dead letters of this outbox (at most `limit`, oldest first): events that failed for good,
+    /// with their last error.
+    pub async fn dead_letters<DB: RelayDialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        DB::__dead_letters(pool, self.table(), i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    }
+
+    /// Makes the given dead letters deliverable again (attempts reset); returns how many.
+    pub async fn replay_dead_letters<DB: RelayDialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        ids: &[uuid::Uuid],
+    ) -> Result<u64, Error> {
+        DB::__replay(pool, self.table(), Some(ids))
+            .await
+            .map_err(|source| self.database_error::<DB>("replay", source))
+    }
+
+    /// Makes every dead letter deliverable again; returns how many.
+    pub async fn replay_all_dead_letters<DB: RelayDialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<u64, Error> {
+        DB::__replay(pool, self.table(), None)
+            .await
+            .map_err(|source| self.database_error::<DB>("replay", source))
+    }
+
+    fn database_error<DB: Dialect>(&self, operation: &'static str, source: sqlx::Error) -> Error {
+        Error::Database {
+            operation,
+            table: self.table().to_string(),
+            dialect: <DB::Connection as crate::OutboxConnection>::DIALECT,
+            source,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Where the relay delivers events: the [`Sink`] trait, and sinks that stay in the process.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+
+/// One outbox event, as the relay hands it to a [`Sink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The event id (UUIDv7): use it as the message id downstream, so that brokers and consumer
+    /// inboxes can drop redeliveries.
+    pub id: uuid::Uuid,
+    /// Insertion number in the outbox table.
+    pub seq: i64,
+    /// Aggregate type: the default topic.
+    pub aggregate_type: String,
+    /// Aggregate id: the ordering key.
+    pub aggregate_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// The payload, as JSON text.
+    pub payload: String,
+    /// Headers recorded with the event (JSON object text), if any.
+    pub headers: Option<String>,
+    /// Failed deliveries before this one.
+    pub attempts: i32,
+}
+
+/// Why a sink could not deliver a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    message: String,
+    permanent: bool,
+}
+
+impl SinkError {
+    /// A failure worth retrying (broker down, timeout): retried with backoff until the attempts
+    /// run out, then dead-lettered.
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that will never succeed (the message is refused as malformed, forbidden, too
+    /// large): dead-lettered at once, without retries.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+
+    /// True for [`SinkError::permanent`].
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+/// The outcome of delivering one message.
+pub type Delivery = Result<(), SinkError>;
+
+/// A destination for outbox events: a broker, a webhook, an in-process handler.
+///
+/// The relay calls [`Sink::publish`] with a batch in which no aggregate appears twice, so the
+/// sink may deliver the messages concurrently (pipelined, in parallel) without breaking
+/// per-aggregate order. It returns one [`Delivery`] per message, in the batch's order. A message
+/// reported delivered is removed from the outbox; a failed one is retried later, and holds back
+/// the later events of its aggregate.
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers `batch`; one result per message, in order.
+    fn publish(&self, batch: &[Message]) -> impl Future<Output = Vec<Delivery>> + Send;
+}
+
+/// Delivers every message to a [`tokio::sync::mpsc`] channel: a relay without a broker, for
+/// services that consume their own events, and for tests.
+///
+/// ```
+/// use outbox_core::relay::ChannelSink;
+///
+/// let (sink, mut receiver) = ChannelSink::new(1024);
+/// # drop((sink, receiver.try_recv()));
+/// ```
+///
+/// A full channel applies back-pressure to the relay; a closed one fails the delivery
+/// (transient), so events stay in the outbox until a receiver exists again.
+#[derive(Debug, Clone)]
+pub struct ChannelSink {
+    sender: mpsc::Sender<Message>,
+}
+
+impl ChannelSink {
+    /// A sink and the receiver of its messages, with room for `capacity` messages.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Message>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (ChannelSink { sender }, receiver)
+    }
+
+    /// A sink feeding an existing channel.
+    pub fn from_sender(sender: mpsc::Sender<Message>) -> Self {
+        ChannelSink { sender }
+    }
+}
+
+impl Sink for ChannelSink {
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        let mut results = Vec::with_capacity(batch.len());
+        for message in batch {
+            results.push(
+                self.sender
+                    .send(message.clone())
+                    .await
+                    .map_err(|_| SinkError::transient("the channel's receiver is closed")),
+            );
+        }
+        results
+    }
+}
+
+/// Delivers every message by calling an async function: the simplest way to plug in anything.
+///
+/// ```
+/// use outbox_core::relay::{HandlerSink, Message, SinkError};
+///
+/// let sink = HandlerSink::new(|message: Message| async move {
+///     if message.event_type == "Poison" {
+///         return Err(SinkError::permanent("refused"));
+///     }
+///     println!("{} {}", message.event_type, message.payload);
+///     Ok(())
+/// });
+/// # drop(sink);
+/// ```
+///
+/// The messages of one batch are handled concurrently (they belong to different aggregates).
+pub struct HandlerSink<F> {
+    handler: F,
+}
+
+impl<F> HandlerSink<F> {
+    /// Wraps `handler`.
+    pub fn new(handler: F) -> Self {
+        HandlerSink { handler }
+    }
+}
+
+impl<F> std::fmt::Debug for HandlerSink<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerSink").finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut> Sink for HandlerSink<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Delivery> + Send,
+{
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        let calls = batch.iter().map(|message| (self.handler)(message.clone()));
+        futures_util::future::join_all(calls).await
+    }
+}

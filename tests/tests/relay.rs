@@ -1,0 +1,391 @@
+//! The relay's guarantees against real PostgreSQL: committed ⇒ published, rolled back ⇒ never,
+//! per-aggregate order across racing relays, crashes, lost connections, failing sinks, poison
+//! events. Every test is bounded in time.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_core::Event;
+use outbox_core::relay::{Backoff, ChannelSink, HandlerSink, Message, Relay, SinkError};
+use outbox_tests::{RelayTable, eventually};
+use tokio::sync::oneshot;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn n(message: &Message) -> i64 {
+    serde_json::from_str::<serde_json::Value>(&message.payload).unwrap()["n"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Runs `relay` in a task; the returned sender stops it gracefully.
+fn spawn<S, K>(relay: Relay<S, K>) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
+where
+    S: outbox_core::relay::source::Source,
+    K: outbox_core::relay::Sink,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_are_published_and_rolled_back_events_never_are() {
+    let table = RelayTable::new().await;
+    let (sink, mut received) = ChannelSink::new(10_000);
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .build(),
+    );
+
+    // 8 writers, 2,000 transactions, a random third rolled back, while the relay runs.
+    let writers = (0..8).map(|w| {
+        let (pool, outbox) = (table.pool.clone(), table.outbox.clone());
+        tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..250 {
+                let n = w * 1000 + i;
+                let mut tx = pool.begin().await.unwrap();
+                let payload = serde_json::json!({ "n": n });
+                let event = Event::new(
+                    "test",
+                    "Numbered",
+                    Some(format!("agg-{}", n % 50)),
+                    &payload,
+                )
+                .unwrap();
+                outbox.record(&mut *tx, &event).await.unwrap();
+                if fastrand::u8(..3) == 0 {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.push(n);
+                }
+            }
+            committed
+        })
+    });
+    let mut committed = HashSet::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+
+    let mut seen = HashSet::new();
+    while seen.len() < committed.len() {
+        let message = tokio::time::timeout(LIMIT, received.recv())
+            .await
+            .expect("events stopped arriving")
+            .unwrap();
+        let n = n(&message);
+        assert!(
+            committed.contains(&n),
+            "event {n} was rolled back but published"
+        );
+        seen.insert(n);
+    }
+    // Nothing else arrives: no rolled-back event, no leftover.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(message) = received.try_recv() {
+        assert!(
+            committed.contains(&n(&message)),
+            "event {} was rolled back but published",
+            n(&message)
+        );
+    }
+    assert_eq!(seen, committed);
+    assert_eq!(table.remaining().await, 0, "published events are deleted");
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_racing_relays_keep_per_aggregate_order() {
+    let table = RelayTable::new().await;
+    table.preload(20_000, 200).await;
+    let log: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let relays: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            let sink = HandlerSink::new(move |message: Message| {
+                let log = log.clone();
+                async move {
+                    if fastrand::u8(..50) == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await; // let the relays interleave
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push((message.aggregate_id.clone(), n(&message)));
+                    Ok(())
+                }
+            });
+            spawn(
+                Relay::builder(table.pool.clone(), sink)
+                    .outbox(&table.outbox)
+                    .batch_size(1_000)
+                    .build(),
+            )
+        })
+        .collect();
+
+    eventually(LIMIT, "20,000 events", || async {
+        log.lock().unwrap().len() >= 20_000
+    })
+    .await;
+    for (stop, relay) in relays {
+        stop.send(()).unwrap();
+        relay.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let mut per_aggregate: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (aggregate, n) in log.iter() {
+        per_aggregate.entry(aggregate).or_default().push(*n);
+    }
+    assert_eq!(per_aggregate.len(), 200);
+    for (aggregate, ns) in &per_aggregate {
+        let expected: Vec<i64> = {
+            let a: i64 = aggregate.trim_start_matches("agg-").parse().unwrap();
+            (0..20_000).filter(|i| i % 200 == a).collect()
+        };
+        assert_eq!(
+            ns, &expected,
+            "aggregate {aggregate} was reordered or lost events"
+        );
+    }
+    assert_eq!(table.remaining().await, 0);
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_aborted_mid_batch_loses_nothing_and_duplicates_at_most_its_batches() {
+    let table = RelayTable::new().await;
+    table.preload(5_000, 100).await;
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let sink = || {
+        let deliveries = deliveries.clone();
+        HandlerSink::new(move |message: Message| {
+            let deliveries = deliveries.clone();
+            async move {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                deliveries.lock().unwrap().push(n(&message));
+                Ok(())
+            }
+        })
+    };
+    let batch = 200;
+    let mut aborts = 0;
+    for _ in 0..8 {
+        let relay = Relay::builder(table.pool.clone(), sink())
+            .outbox(&table.outbox)
+            .batch_size(batch)
+            .build();
+        let task = tokio::spawn(relay.run(std::future::pending()));
+        tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(..60))).await;
+        task.abort();
+        let _ = task.await;
+        aborts += 1;
+    }
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink())
+            .outbox(&table.outbox)
+            .batch_size(batch)
+            .build(),
+    );
+    eventually(LIMIT, "every event", || async {
+        table.remaining().await == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+
+    let deliveries = deliveries.lock().unwrap().clone();
+    let distinct: HashSet<i64> = deliveries.iter().copied().collect();
+    assert_eq!(distinct.len(), 5_000, "every event was delivered");
+    let duplicates = deliveries.len() - distinct.len();
+    assert!(
+        duplicates <= aborts * batch,
+        "{duplicates} duplicates from {aborts} aborts of batches of {batch}"
+    );
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_survives_cut_connections_and_a_failing_sink() {
+    let table = RelayTable::new().await;
+    table.preload(3_000, 30).await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sink = {
+        let (failing, delivered, failures) = (failing.clone(), delivered.clone(), failures.clone());
+        HandlerSink::new(move |message: Message| {
+            let (failing, delivered, failures) =
+                (failing.clone(), delivered.clone(), failures.clone());
+            async move {
+                if failing.load(AtomicOrdering::SeqCst) {
+                    failures.fetch_add(1, AtomicOrdering::SeqCst);
+                    return Err(SinkError::transient("broker unavailable"));
+                }
+                delivered.lock().unwrap().insert(n(&message));
+                Ok(())
+            }
+        })
+    };
+    // The relay's own pool, named so that only its connections are cut.
+    let app = format!("outbox-relay-{}", table.name);
+    let options: sqlx::postgres::PgConnectOptions = outbox_tests::postgres_url().parse().unwrap();
+    let relay_pool = sqlx::PgPool::connect_with(options.application_name(&app))
+        .await
+        .unwrap();
+    let (stop, relay) = spawn(
+        Relay::builder(relay_pool, sink)
+            .outbox(&table.outbox)
+            .batch_size(100)
+            .max_attempts(1_000)
+            .backoff(fast_backoff())
+            .build(),
+    );
+
+    // The sink fails for a while: events are retried, none delivered, none dead.
+    eventually(LIMIT, "sink failures", || async {
+        failures.load(AtomicOrdering::SeqCst) > 200
+    })
+    .await;
+    assert!(delivered.lock().unwrap().is_empty());
+    failing.store(false, AtomicOrdering::SeqCst);
+    eventually(LIMIT, "catch-up to start", || async {
+        delivered.lock().unwrap().len() > 200
+    })
+    .await;
+
+    // Cut the relay's connections (listener included) twice while it works.
+    for _ in 0..2 {
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(&table.pool)
+        .await
+        .unwrap();
+        assert!(cut > 0, "no relay connection was found to cut");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(LIMIT, "every event after reconnecting", || async {
+        table.remaining().await == 0
+    })
+    .await;
+    assert_eq!(delivered.lock().unwrap().len(), 3_000);
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed() {
+    let table = RelayTable::new().await;
+    table.preload(200, 20).await; // n = 0..200; aggregate agg-7 holds 7, 27, 47, ...
+    let poison = 47;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let (fixed, delivered) = (fixed.clone(), delivered.clone());
+        HandlerSink::new(move |message: Message| {
+            let (fixed, delivered) = (fixed.clone(), delivered.clone());
+            async move {
+                let n = n(&message);
+                if n == poison && !fixed.load(AtomicOrdering::SeqCst) {
+                    return Err(SinkError::transient(format!("cannot route event {n}")));
+                }
+                delivered.lock().unwrap().push(n);
+                Ok(())
+            }
+        })
+    };
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .max_attempts(3)
+            .backoff(fast_backoff())
+            .build(),
+    );
+    eventually(LIMIT, "all but the poison event", || async {
+        delivered.lock().unwrap().len() == 199
+    })
+    .await;
+    let dead = table.outbox.dead_letters(&table.pool, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(n(&dead[0].message), poison);
+    assert_eq!(dead[0].message.attempts, 3);
+    assert_eq!(dead[0].last_error, format!("cannot route event {poison}"));
+    {
+        // The aggregate's earlier events came first; its later ones were held back until the
+        // poison event was dead.
+        let delivered = delivered.lock().unwrap();
+        let position = |n: i64| delivered.iter().position(|d| *d == n).unwrap();
+        assert!(position(27) < position(67));
+    }
+
+    fixed.store(true, AtomicOrdering::SeqCst);
+    let replayed = table
+        .outbox
+        .replay_dead_letters(&table.pool, &[dead[0].message.id])
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    eventually(LIMIT, "the replayed event", || async {
+        delivered.lock().unwrap().contains(&poison)
+    })
+    .await;
+    assert!(
+        table
+            .outbox
+            .dead_letters(&table.pool, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(table.remaining().await, 0);
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_wakes_on_commit_without_waiting_for_its_poll_interval() {
+    let mut table = RelayTable::new().await;
+    table.outbox = table.outbox.clone().notify_on_commit(true);
+    table.outbox.migrate(&table.pool).await.unwrap(); // installs the NOTIFY trigger
+    let (sink, mut received) = ChannelSink::new(16);
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .poll_interval(Duration::from_secs(3600))
+            .build(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // the relay is now idle, listening
+    for i in 0..3 {
+        let mut tx = table.pool.begin().await.unwrap();
+        let payload = serde_json::json!({ "n": i });
+        let event = Event::new("test", "Numbered", Some("agg"), &payload).unwrap();
+        table.outbox.record(&mut *tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("the relay did not wake on commit")
+            .unwrap();
+        assert_eq!(n(&message), i);
+    }
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
