@@ -47,7 +47,8 @@
 //!   refuses at compile time what cannot be transactional;
 //! * [`record`] is the same step by hand, [`Event`] describes a value without the derive;
 //! * [`migrate`] creates the table, [`Outbox`] configures another table or payload limit;
-//! * [`registered_events`] lists every event type the program can emit.
+//! * [`registered_events`] lists every event type the program can emit;
+//! * [`relay`] publishes the recorded events to a sink, in order per aggregate.
 //!
 //! ## Cargo features
 //!

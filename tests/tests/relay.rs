@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use outbox_core::Event;
 use outbox_core::relay::{Backoff, ChannelSink, HandlerSink, Message, Relay, SinkError};
 use outbox_tests::{RelayTable, eventually};
@@ -385,6 +386,56 @@ async fn relay_wakes_on_commit_without_waiting_for_its_poll_interval() {
             .unwrap();
         assert_eq!(n(&message), i);
     }
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_published_events_then_purges_them() {
+    let table = RelayTable::new().await;
+    table.preload(1_500, 10).await;
+    let (sink, mut received) = ChannelSink::new(2_000);
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .retention(Duration::from_secs(2))
+            .build(),
+    );
+    for _ in 0..1_500 {
+        tokio::time::timeout(LIMIT, received.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let count = |sql: String| {
+        let pool = table.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let kept = format!(
+        "SELECT count(*) FROM {} WHERE published_at IS NOT NULL",
+        table.name
+    );
+    let all = format!("SELECT count(*) FROM {}", table.name);
+    eventually(LIMIT, "every event marked published", || {
+        count(kept.clone()).then(|n| async move { n == 1_500 })
+    })
+    .await;
+    assert_eq!(table.remaining().await, 0, "nothing is pending");
+    // Purged after the retention period, by the relay's housekeeping (every 5 s).
+    eventually(LIMIT, "published events purged", || {
+        count(all.clone()).then(|n| async move { n == 0 })
+    })
+    .await;
+    assert!(
+        received.try_recv().is_err(),
+        "kept events are not published again"
+    );
     stop.send(()).unwrap();
     relay.await.unwrap();
     table.drop_table().await;
