@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! cargo run --release -p outbox-bench -- write   # the cost the outbox adds to a business transaction
+//! cargo run --release -p outbox-bench -- relay   # relay throughput and commit-to-publish latency
 //! ```
 //!
 //! PostgreSQL comes from `OUTBOX_BENCH_POSTGRES_URL` (else `OUTBOX_TEST_POSTGRES_URL`, else the
 //! local server). `OUTBOX_BENCH_SECONDS` sets the length of one measurement (default 2) and
 //! `OUTBOX_BENCH_ROUNDS` the number of interleaved rounds (default 5).
+
+mod relay;
 
 use std::time::{Duration, Instant};
 
@@ -248,6 +251,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     match scenario.as_str() {
         "write" => write(&pool).await,
-        other => Err(format!("unknown scenario {other:?}; available: write").into()),
+        "relay" => relay::run(&pool).await,
+        other => Err(format!("unknown scenario {other:?}; available: write, relay").into()),
     }
 }

@@ -85,12 +85,7 @@ pub trait RelayDialect: Dialect {
     #[doc(hidden)]
     type Source: Source;
     #[doc(hidden)]
-    fn __source(
-        pool: sqlx::Pool<Self>,
-        table: TableName,
-        ordering: Ordering,
-        retain: bool,
-    ) -> Self::Source;
+    fn __source(pool: sqlx::Pool<Self>, config: &SourceConfig) -> Self::Source;
     #[doc(hidden)]
     fn __dead_letters(
         pool: &sqlx::Pool<Self>,
@@ -109,13 +104,8 @@ pub trait RelayDialect: Dialect {
 impl RelayDialect for sqlx::Postgres {
     type Source = PgSource;
 
-    fn __source(
-        pool: sqlx::PgPool,
-        table: TableName,
-        ordering: Ordering,
-        retain: bool,
-    ) -> Self::Source {
-        PgSource::new(pool, table, ordering, retain)
+    fn __source(pool: sqlx::PgPool, config: &SourceConfig) -> Self::Source {
+        PgSource::new(pool, config)
     }
 
     async fn __dead_letters(
@@ -135,10 +125,23 @@ impl RelayDialect for sqlx::Postgres {
     }
 }
 
+/// What a [`Source`] needs to know of the relay's settings.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub table: TableName,
+    pub ordering: Ordering,
+    /// Retention mode: mark published events instead of deleting them.
+    pub retain: bool,
+    /// The table notifies on commit: wait for notifications, not only the poll interval.
+    pub listen: bool,
+}
+
 /// Settings of a [`Relay`]; see [`RelayBuilder`] for their meaning and defaults.
 #[derive(Debug, Clone)]
 struct Config {
     table: TableName,
+    listen: bool,
     batch_size: usize,
     max_attempts: u32,
     backoff: Backoff,
@@ -160,6 +163,7 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
     /// Relays from this outbox's table (default: `outbox`).
     pub fn outbox(mut self, outbox: &Outbox) -> Self {
         self.config.table = outbox.table().clone();
+        self.config.listen = outbox.notifies_on_commit();
         self
     }
 
@@ -183,7 +187,7 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
         self
     }
 
-    /// Sleep between polls when idle (default 50 ms): the commit-to-publish latency of an idle
+    /// Sleep between polls when idle (default 25 ms): the commit-to-publish latency of an idle
     /// relay. With [`Outbox::notify_on_commit`] on PostgreSQL, the relay also wakes on commit
     /// through `LISTEN`/`NOTIFY`, and a longer interval only bounds the latency of a lost
     /// notification.
@@ -209,9 +213,12 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
     pub fn build(self) -> Relay<DB::Source, K> {
         let source = DB::__source(
             self.pool,
-            self.config.table.clone(),
-            self.config.ordering,
-            self.config.retention.is_some(),
+            &SourceConfig {
+                table: self.config.table.clone(),
+                ordering: self.config.ordering,
+                retain: self.config.retention.is_some(),
+                listen: self.config.listen,
+            },
         );
         Relay {
             source,
@@ -241,10 +248,11 @@ impl Relay<(), ()> {
             sink,
             config: Config {
                 table: TableName::DEFAULT,
+                listen: Outbox::DEFAULT.notifies_on_commit(),
                 batch_size: 500,
                 max_attempts: 10,
                 backoff: Backoff::default(),
-                poll_interval: Duration::from_millis(50),
+                poll_interval: Duration::from_millis(25),
                 retention: None,
                 ordering: Ordering::PerAggregate,
                 maintenance_interval: Duration::from_secs(5),

@@ -1,0 +1,209 @@
+//! `relay`: events per second from a preloaded table into the in-process sink, against the
+//! database alone claiming and deleting the same rows; commit-to-publish latency at a steady
+//! rate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox_core::relay::{HandlerSink, Message, Relay};
+use outbox_core::{Event, Outbox, TableName};
+use sqlx::{AssertSqlSafe, PgPool};
+
+const TABLE: &str = "outbox_bench_relay";
+const EVENTS: i64 = 200_000;
+const AGGREGATES: i64 = 20_000;
+const BATCH: usize = 1_000;
+
+fn outbox(notify: bool) -> Outbox {
+    Outbox::for_table(TableName::from_static(TABLE)).notify_on_commit(notify)
+}
+
+async fn preload(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
+        .execute(pool)
+        .await?;
+    let sql = format!(
+        "INSERT INTO {TABLE} (id, aggregate_type, aggregate_id, event_type, payload) \
+         SELECT gen_random_uuid(), 'account', 'acc-' || (i % {AGGREGATES}), 'Numbered', jsonb_build_object('n', i) \
+         FROM generate_series(1, {EVENTS}) AS i"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("VACUUM ANALYZE {TABLE}")))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The database alone: claim `BATCH` rows with `SKIP LOCKED` and delete them, until empty.
+async fn baseline(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    preload(pool).await?;
+    let sql = format!(
+        "DELETE FROM {TABLE} WHERE seq IN (SELECT seq FROM {TABLE} ORDER BY seq LIMIT {BATCH} FOR UPDATE SKIP LOCKED)"
+    );
+    let start = Instant::now();
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+            .execute(pool)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            break;
+        }
+        total += done;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `instances` relays in this process over the preloaded table, into a counting sink.
+async fn throughput(pool: &PgPool, instances: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    preload(pool).await?;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let relays: Vec<_> = (0..instances)
+        .map(|_| {
+            let delivered = delivered.clone();
+            let sink = HandlerSink::new(move |_: Message| {
+                delivered.fetch_add(1, AtomicOrdering::Relaxed);
+                std::future::ready(Ok(()))
+            });
+            let relay = Relay::builder(pool.clone(), sink)
+                .outbox(&outbox(false))
+                .batch_size(BATCH)
+                .build();
+            tokio::spawn(relay.run(std::future::pending()))
+        })
+        .collect();
+    while delivered.load(AtomicOrdering::Relaxed) < EVENTS as usize {
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err("the relay did not drain the table within 5 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = EVENTS as f64 / start.elapsed().as_secs_f64();
+    for relay in relays {
+        relay.abort();
+    }
+    Ok(rate)
+}
+
+/// Commit-to-publish latency of events committed at `rate` per second for `seconds`.
+async fn latency(
+    pool: &PgPool,
+    notify: bool,
+    rate: u64,
+    seconds: u64,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let outbox = outbox(notify);
+    outbox.migrate(pool).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
+        .execute(pool)
+        .await?;
+    let received: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
+    let sink = {
+        let received = received.clone();
+        HandlerSink::new(move |message: Message| {
+            received
+                .lock()
+                .expect("lock")
+                .insert(message.id, Instant::now());
+            std::future::ready(Ok(()))
+        })
+    };
+    let relay = tokio::spawn(
+        Relay::builder(pool.clone(), sink)
+            .outbox(&outbox)
+            .poll_interval(if notify {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(50)
+            })
+            .build()
+            .run(std::future::pending()),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let total = rate * seconds;
+    let mut committed = Vec::with_capacity(total as usize);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    for i in 0..total {
+        ticker.tick().await;
+        let mut tx = pool.begin().await?;
+        let payload = serde_json::json!({ "n": i });
+        let event = Event::new("account", "Numbered", Some(i % 100), &payload)?;
+        let id = outbox.record(&mut *tx, &event).await?;
+        tx.commit().await?;
+        committed.push((id, Instant::now()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().expect("lock").len() < committed.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.abort();
+    let received = received.lock().expect("lock");
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            received
+                .get(id)
+                .map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    if latencies.len() != committed.len() {
+        return Err(format!(
+            "only {} of {} events arrived",
+            latencies.len(),
+            committed.len()
+        )
+        .into());
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    if std::env::var("OUTBOX_BENCH_DEBUG").is_ok() {
+        eprintln!(
+            "notify={notify}: p10 {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
+            at(0.1), at(0.5), at(0.9), at(0.95), at(0.99), at(1.0)
+        );
+    }
+    Ok((at(0.50), at(0.99)))
+}
+
+pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
+        .execute(pool)
+        .await?;
+    outbox(false).migrate(pool).await?;
+    println!(
+        "## relay: {EVENTS} preloaded events ({AGGREGATES} aggregates) into an in-process sink\n"
+    );
+    let base = baseline(pool).await?;
+    let one = throughput(pool, 1).await?;
+    let four = throughput(pool, 4).await?;
+    println!("| what | events/s | ratio to the database alone |");
+    println!("| --- | ---: | ---: |");
+    println!("| database alone: claim {BATCH} with SKIP LOCKED + delete | {base:.0} | 1.000 |");
+    println!("| relay, 1 instance | {one:.0} | {:.3} |", one / base);
+    println!("| relay, 4 instances | {four:.0} | {:.3} |", four / base);
+
+    let seconds = std::env::var("OUTBOX_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let (p50, p99) = latency(pool, false, 1_000, seconds).await?;
+    let (n50, n99) = latency(pool, true, 1_000, seconds).await?;
+    println!(
+        "\n### commit-to-publish latency at 1,000 events/s for {seconds}s (one writer, one relay)\n"
+    );
+    println!("| wake-up | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: |");
+    println!("| polling every 25 ms (default) | {p50:.1} | {p99:.1} |");
+    println!("| NOTIFY on commit (`notify_on_commit(true)`) | {n50:.1} | {n99:.1} |");
+    println!(
+        "\nsummary: events_per_s_1={one:.0} events_per_s_4={four:.0} p50_ms={p50:.1} p99_ms={p99:.1}"
+    );
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
