@@ -163,7 +163,12 @@ async fn latency(
     if std::env::var("OUTBOX_BENCH_DEBUG").is_ok() {
         eprintln!(
             "notify={notify}: p10 {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
-            at(0.1), at(0.5), at(0.9), at(0.95), at(0.99), at(1.0)
+            at(0.1),
+            at(0.5),
+            at(0.9),
+            at(0.95),
+            at(0.99),
+            at(1.0)
         );
     }
     Ok((at(0.50), at(0.99)))

@@ -139,7 +139,9 @@ async fn four_racing_relays_keep_per_aggregate_order() {
         })
         .collect();
 
-    eventually(LIMIT, "20,000 events", || async {
+    // Bounded generously: with four relays sharing two cores (and the rest of the suite),
+    // claims over 20,000 rows of 200 hot aggregates take tens of seconds.
+    eventually(Duration::from_secs(180), "20,000 events", || async {
         log.lock().unwrap().len() >= 20_000
     })
     .await;
@@ -438,5 +440,144 @@ async fn retention_keeps_published_events_then_purges_them() {
     );
     stop.send(()).unwrap();
     relay.await.unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_process_killed_with_sigkill_loses_nothing() {
+    let table = RelayTable::new().await;
+    table.preload(4_000, 100).await;
+    let deliveries = format!("{}_deliveries", table.name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {deliveries} (n BIGINT NOT NULL)"
+    )))
+    .execute(&table.pool)
+    .await
+    .unwrap();
+    let batch = 200;
+    let spawn_child = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay-child"))
+            .arg(&table.name)
+            .arg(batch.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let delivered = || {
+        let (pool, sql) = (
+            table.pool.clone(),
+            format!("SELECT count(*) FROM {deliveries}"),
+        );
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Kill relays with SIGKILL mid-run, each after it delivered something.
+    let mut kills = 0;
+    for _ in 0..4 {
+        let before = delivered().await;
+        let mut child = spawn_child();
+        eventually(LIMIT, "the child relay to deliver", || {
+            delivered().then(move |n| async move { n > before })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(..50))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let mut child = spawn_child();
+    eventually(LIMIT, "every event", || async {
+        table.remaining().await == 0
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let counts: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT n, count(*) FROM {deliveries} GROUP BY n ORDER BY n"
+    )))
+    .fetch_all(&table.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts.len(), 4_000, "every event was delivered");
+    assert_eq!(
+        counts.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (0..4_000).collect::<Vec<_>>()
+    );
+    let duplicates: i64 = counts.iter().map(|(_, c)| c - 1).sum();
+    assert!(
+        duplicates <= kills * batch as i64,
+        "{duplicates} duplicates from {kills} kills of batches of {batch}"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {deliveries}")))
+        .execute(&table.pool)
+        .await
+        .unwrap();
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reports_published_failed_dead_batch_size_and_lag_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("no other recorder in this test process");
+
+    let table = RelayTable::new().await;
+    table.preload(100, 10).await;
+    let sink = HandlerSink::new(|message: Message| async move {
+        if n(&message) == 42 {
+            return Err(SinkError::permanent("refused"));
+        }
+        Ok(())
+    });
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .build(),
+    );
+    eventually(LIMIT, "all events settled", || async {
+        table.remaining().await == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+
+    let mut seen = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        if key
+            .labels()
+            .any(|l| l.key() == "table" && l.value() == table.name)
+        {
+            seen.insert(key.name().to_owned(), value);
+        }
+    }
+    let counter = |name: &str| match seen.get(name) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{name}: {other:?} in {seen:?}"),
+    };
+    assert_eq!(counter("outbox_events_published_total"), 99);
+    assert_eq!(counter("outbox_events_dead_total"), 1);
+    assert_eq!(counter("outbox_events_failed_total"), 1);
+    match seen.get("outbox_batch_size") {
+        Some(DebugValue::Histogram(sizes)) => {
+            assert!(!sizes.is_empty());
+            // One batch claims all 100; 42 fails permanently in it, so the later events of its
+            // aggregate (52, 62, 72, 82, 92) are released untouched and claimed once more.
+            assert_eq!(sizes.iter().map(|s| s.into_inner()).sum::<f64>(), 105.0);
+        }
+        other => panic!("outbox_batch_size: {other:?}"),
+    }
+    assert!(
+        matches!(seen.get("outbox_lag_seconds"), Some(DebugValue::Gauge(_))),
+        "{seen:?}"
+    );
     table.drop_table().await;
 }
