@@ -8,7 +8,9 @@
 //!
 //! PostgreSQL comes from `OUTBOX_BENCH_POSTGRES_URL` (else `OUTBOX_TEST_POSTGRES_URL`, else the
 //! local server). `OUTBOX_BENCH_SECONDS` sets the length of one measurement (default 2) and
-//! `OUTBOX_BENCH_ROUNDS` the number of interleaved rounds (default 5).
+//! `OUTBOX_BENCH_ROUNDS` the number of interleaved rounds (default 5). For `relay`,
+//! `OUTBOX_BENCH_POLL_MS` overrides the relay's poll interval and `OUTBOX_BENCH_DEBUG` prints the
+//! latency quantiles and the gaps between publishes.
 
 mod relay;
 

@@ -112,17 +112,17 @@ async fn latency(
             std::future::ready(Ok(()))
         })
     };
-    let relay = tokio::spawn(
-        Relay::builder(pool.clone(), sink)
-            .outbox(&outbox)
-            .poll_interval(if notify {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(50)
-            })
-            .build()
-            .run(std::future::pending()),
-    );
+    let mut builder = Relay::builder(pool.clone(), sink).outbox(&outbox);
+    if notify {
+        // Woken by NOTIFY: polling only covers lost notifications.
+        builder = builder.poll_interval(Duration::from_secs(1));
+    } else if let Some(ms) = std::env::var("OUTBOX_BENCH_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.poll_interval(Duration::from_millis(ms));
+    }
+    let relay = tokio::spawn(builder.build().run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let total = rate * seconds;
     let mut committed = Vec::with_capacity(total as usize);
@@ -161,6 +161,21 @@ async fn latency(
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
     if std::env::var("OUTBOX_BENCH_DEBUG").is_ok() {
+        let mut times: Vec<Instant> = received.values().copied().collect();
+        times.sort();
+        let gaps: Vec<f64> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0)
+            .collect();
+        let big = gaps.iter().filter(|g| **g > 10.0).count();
+        let mut sorted = gaps.clone();
+        sorted.sort_by(f64::total_cmp);
+        eprintln!(
+            "notify={notify}: publish gaps: {} over 10 ms, largest {:.1} ms; mean batch {:.1}",
+            big,
+            sorted.last().copied().unwrap_or(0.0),
+            times.len() as f64 / (big + 1) as f64
+        );
         eprintln!(
             "notify={notify}: p10 {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
             at(0.1),

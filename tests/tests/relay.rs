@@ -429,7 +429,7 @@ async fn retention_keeps_published_events_then_purges_them() {
     })
     .await;
     assert_eq!(table.remaining().await, 0, "nothing is pending");
-    // Purged after the retention period, by the relay's housekeeping (every 5 s).
+    // Purged after the retention period, by the relay's housekeeping (every 2 s).
     eventually(LIMIT, "published events purged", || {
         count(all.clone()).then(|n| async move { n == 0 })
     })

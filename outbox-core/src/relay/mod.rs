@@ -255,7 +255,7 @@ impl Relay<(), ()> {
                 poll_interval: Duration::from_millis(25),
                 retention: None,
                 ordering: Ordering::PerAggregate,
-                maintenance_interval: Duration::from_secs(5),
+                maintenance_interval: Duration::from_secs(2),
             },
         }
     }

@@ -22,8 +22,10 @@ pub trait Source: Send + Sync + 'static {
     /// Returns when new events may have arrived, or after `timeout`.
     fn wait(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
 
-    /// Housekeeping, run every few seconds: purges published events older than `retention` (in
-    /// bounded batches) and returns the age of the oldest pending event in seconds.
+    /// Housekeeping, run every 2 seconds: purges published events older than `retention` (in
+    /// bounded batches), catches up with events that an optimised claim may have passed over
+    /// (late commits, retries come due), and returns the age of the oldest pending event in
+    /// seconds.
     fn maintain(
         &self,
         retention: Option<Duration>,

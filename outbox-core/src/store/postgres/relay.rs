@@ -1,6 +1,8 @@
 //! The relay's side of the PostgreSQL outbox: claiming with `FOR UPDATE SKIP LOCKED`, settling,
 //! waking on `NOTIFY`, dead letters.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgRow};
@@ -65,6 +67,10 @@ pub struct PgSource {
     ordering: Ordering,
     retain: bool,
     listen: bool,
+    /// Where the claim's scan starts: every pending event has a `seq` at or above it, except
+    /// those committed or come due since housekeeping last lowered it (see `maintain`). Without
+    /// it, every claim would walk the index entries of all the deleted events not yet vacuumed.
+    low_water: Arc<AtomicI64>,
     listener: Mutex<Option<PgListener>>,
     claim_heads: String,
     claim_followers: String,
@@ -86,7 +92,7 @@ impl PgSource {
             Ordering::Unordered => String::new(),
         };
         let claim_heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE {pending} AND o.available_at <= clock_timestamp() {head} \
+            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $2 AND {pending} AND o.available_at <= clock_timestamp() {head} \
              ORDER BY o.seq LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
         // Later events of aggregates whose head this claim holds: nobody else can claim them.
@@ -102,6 +108,7 @@ impl PgSource {
             ordering,
             retain: config.retain,
             listen: config.listen,
+            low_water: Arc::new(AtomicI64::new(0)),
             listener: Mutex::new(None),
             claim_heads,
             claim_followers,
@@ -125,6 +132,7 @@ impl PgSource {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let rows = sqlx::query(AssertSqlSafe(self.claim_heads.clone()))
             .bind(limit)
+            .bind(self.low_water.load(AtomicOrdering::Relaxed))
             .fetch_all(&mut **tx)
             .await?;
         let mut messages = rows.iter().map(message).collect::<Result<Vec<_>, _>>()?;
@@ -171,9 +179,12 @@ impl Source for PgSource {
             tx.rollback().await.map_err(self.database_error("claim"))?;
             return Ok(None);
         }
+        let seqs = messages.iter().map(|m| m.seq).collect();
         Ok(Some(PgClaim {
             tx,
             messages,
+            seqs,
+            low_water: self.low_water.clone(),
             table: self.table.clone(),
             retain: self.retain,
         }))
@@ -219,9 +230,18 @@ impl Source for PgSource {
                 tracing::debug!(purged, table = %self.table, "purged published events");
             }
         }
-        lag_seconds(&self.pool, &self.table)
+        let oldest = oldest_pending(&self.pool, &self.table)
             .await
-            .map_err(self.database_error("lag"))
+            .map_err(self.database_error("lag"))?;
+        Ok(match oldest {
+            Some((seq, lag)) => {
+                // Events committed late with a lower `seq`, and retries that came due behind the
+                // mark, are claimable again from here on.
+                self.low_water.store(seq, AtomicOrdering::Relaxed);
+                lag
+            }
+            None => 0.0,
+        })
     }
 }
 
@@ -230,6 +250,9 @@ impl Source for PgSource {
 pub struct PgClaim {
     tx: Transaction<'static, Postgres>,
     messages: Vec<Message>,
+    /// The claimed `seq`s, in order.
+    seqs: Vec<i64>,
+    low_water: Arc<AtomicI64>,
     table: TableName,
     retain: bool,
 }
@@ -279,6 +302,7 @@ impl Claim for PgClaim {
                 .await
                 .map_err(wrap)?;
         }
+        let dead: Vec<i64> = settlement.dead.iter().map(|(seq, _)| *seq).collect();
         if !settlement.dead.is_empty() {
             let (seqs, errors): (Vec<i64>, Vec<String>) = settlement.dead.into_iter().unzip();
             let sql = format!(
@@ -292,7 +316,25 @@ impl Claim for PgClaim {
                 .await
                 .map_err(wrap)?;
         }
-        self.tx.commit().await.map_err(wrap)
+        self.tx.commit().await.map_err(wrap)?;
+        // The scan may now start after this batch: at its first event still pending (failed or
+        // held back), or past its end. Anything skipped is found again by `maintain`.
+        let settled: std::collections::HashSet<i64> = settlement
+            .published
+            .iter()
+            .chain(dead.iter())
+            .copied()
+            .collect();
+        let next = self
+            .seqs
+            .iter()
+            .find(|seq| !settled.contains(seq))
+            .copied()
+            .or_else(|| self.seqs.last().map(|last| last + 1));
+        if let Some(next) = next {
+            self.low_water.fetch_max(next, AtomicOrdering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -378,12 +420,17 @@ pub(crate) async fn purge(
     }
 }
 
-/// Age of the oldest pending event, in seconds (0 when none).
-pub(crate) async fn lag_seconds(pool: &PgPool, table: &TableName) -> Result<f64, sqlx::Error> {
+/// The oldest pending event: its `seq` and its age in seconds.
+pub(crate) async fn oldest_pending(
+    pool: &PgPool,
+    table: &TableName,
+) -> Result<Option<(i64, f64)>, sqlx::Error> {
     let sql = format!(
-        "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0) FROM \
-         (SELECT created_at FROM {} WHERE dead_at IS NULL AND published_at IS NULL ORDER BY seq LIMIT 1) s",
+        "SELECT seq, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM {} \
+         WHERE dead_at IS NULL AND published_at IS NULL ORDER BY seq LIMIT 1",
         table.quoted('"')
     );
-    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
+    sqlx::query_as(AssertSqlSafe(sql))
+        .fetch_optional(pool)
+        .await
 }
