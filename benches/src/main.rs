@@ -73,11 +73,7 @@ async fn open_account(
     tx: &mut Transaction<'_, Postgres>,
     owner: &str,
 ) -> Result<Account, BenchError> {
-    Ok(sqlx::query_as(INSERT)
-        .bind(owner)
-        .bind(100_i64)
-        .fetch_one(&mut **tx)
-        .await?)
+    insert_account(tx, owner).await
 }
 
 /// The same into an outbox whose table notifies the relay on commit.
@@ -86,11 +82,7 @@ async fn open_account_notify(
     tx: &mut Transaction<'_, Postgres>,
     owner: &str,
 ) -> Result<Account, BenchError> {
-    Ok(sqlx::query_as(INSERT)
-        .bind(owner)
-        .bind(100_i64)
-        .fetch_one(&mut **tx)
-        .await?)
+    insert_account(tx, owner).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
