@@ -28,7 +28,7 @@ pub trait OutboxConnection: Send + sealed::Sealed {
     fn __insert<'a>(
         &'a mut self,
         table: &'a TableName,
-        row: &'a NewRow<'a>,
+        row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     #[doc(hidden)]
@@ -62,15 +62,16 @@ where
 {
 }
 
-/// One row to insert, as the dialects receive it.
+/// One checked, serialized row to insert, as the dialects receive it. It owns its data so that
+/// the insert future holds nothing of the event (and is `Send` whatever the event type).
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct NewRow<'a> {
+pub struct NewRow {
     pub id: uuid::Uuid,
-    pub aggregate_type: &'a str,
-    pub aggregate_id: &'a str,
-    pub event_type: &'a str,
-    pub payload: &'a str,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub payload: String,
 }
 
 impl<DB> OutboxConnection for sqlx::Transaction<'_, DB>
@@ -87,7 +88,7 @@ where
     fn __insert<'a>(
         &'a mut self,
         table: &'a TableName,
-        row: &'a NewRow<'a>,
+        row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
         (**self).__insert(table, row)
     }
@@ -114,7 +115,7 @@ where
     fn __insert<'a>(
         &'a mut self,
         table: &'a TableName,
-        row: &'a NewRow<'a>,
+        row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
         (**self).__insert(table, row)
     }

@@ -1,5 +1,7 @@
 //! The one error type of the runtime.
 
+use crate::TableName;
+
 /// Everything that can go wrong while recording or configuring the outbox.
 ///
 /// Service errors convert from it (`impl From<outbox_core::Error> for AppError`), which is what
@@ -97,4 +99,21 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+}
+
+impl Error {
+    /// [`Error::Database`] for `operation` on `table`.
+    pub(crate) fn database(
+        operation: &'static str,
+        table: &TableName,
+        dialect: &'static str,
+        source: sqlx::Error,
+    ) -> Self {
+        Error::Database {
+            operation,
+            table: table.to_string(),
+            dialect,
+            source,
+        }
+    }
 }

@@ -101,11 +101,11 @@ impl Outbox {
         E: Recordable + ?Sized,
     {
         let prepared = self.prepare(&*conn, event);
-        async move { prepared?.insert(self, conn).await }
+        async move { self.insert(conn, prepared?).await }
     }
 
     /// Every check that needs no round trip, in the order a user would fix them.
-    fn prepare<C, E>(&self, conn: &C, event: &E) -> Result<Prepared, Error>
+    fn prepare<C, E>(&self, conn: &C, event: &E) -> Result<NewRow, Error>
     where
         C: OutboxConnection + ?Sized,
         E: Recordable + ?Sized,
@@ -137,7 +137,7 @@ impl Outbox {
                 limit: self.max_payload_bytes,
             });
         }
-        Ok(Prepared {
+        Ok(NewRow {
             id: uuid::Uuid::now_v7(),
             aggregate_type: aggregate_type.to_owned(),
             aggregate_id: aggregate_id.into_owned(),
@@ -150,61 +150,33 @@ impl Outbox {
     /// to run from several processes at once.
     pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         let dialect = <DB::Connection as OutboxConnection>::DIALECT;
-        let wrap = |source| Error::Database {
-            operation: "migrate",
-            table: self.table.to_string(),
-            dialect,
-            source,
-        };
+        let wrap = |source| Error::database("migrate", &self.table, dialect, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
         conn.__migrate(self).await.map_err(wrap)
+    }
+
+    async fn insert<C>(&self, conn: &mut C, row: NewRow) -> Result<uuid::Uuid, Error>
+    where
+        C: OutboxConnection + ?Sized,
+    {
+        conn.__insert(&self.table, &row)
+            .await
+            .map_err(|source| Error::database("record", &self.table, C::DIALECT, source))?;
+        tracing::trace!(
+            table = %self.table,
+            event_id = %row.id,
+            event_type = %row.event_type,
+            aggregate_type = %row.aggregate_type,
+            aggregate_id = %row.aggregate_id,
+            "recorded outbox event"
+        );
+        Ok(row.id)
     }
 }
 
 impl Default for Outbox {
     fn default() -> Self {
         Outbox::new()
-    }
-}
-
-/// A checked, serialized event, owning its data so that the insert future is `Send`.
-struct Prepared {
-    id: uuid::Uuid,
-    aggregate_type: String,
-    aggregate_id: String,
-    event_type: String,
-    payload: String,
-}
-
-impl Prepared {
-    async fn insert<C>(self, outbox: &Outbox, conn: &mut C) -> Result<uuid::Uuid, Error>
-    where
-        C: OutboxConnection + ?Sized,
-    {
-        let row = NewRow {
-            id: self.id,
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            event_type: &self.event_type,
-            payload: &self.payload,
-        };
-        conn.__insert(&outbox.table, &row)
-            .await
-            .map_err(|source| Error::Database {
-                operation: "record",
-                table: outbox.table.to_string(),
-                dialect: C::DIALECT,
-                source,
-            })?;
-        tracing::trace!(
-            table = %outbox.table,
-            event_id = %self.id,
-            event_type = %self.event_type,
-            aggregate_type = %self.aggregate_type,
-            aggregate_id = %self.aggregate_id,
-            "recorded outbox event"
-        );
-        Ok(self.id)
     }
 }
 

@@ -433,11 +433,7 @@ impl Outbox {
     }
 
     fn database_error<DB: Dialect>(&self, operation: &'static str, source: sqlx::Error) -> Error {
-        Error::Database {
-            operation,
-            table: self.table().to_string(),
-            dialect: <DB::Connection as crate::OutboxConnection>::DIALECT,
-            source,
-        }
+        let dialect = <DB::Connection as crate::OutboxConnection>::DIALECT;
+        Error::database(operation, self.table(), dialect, source)
     }
 }

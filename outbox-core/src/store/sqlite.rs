@@ -15,7 +15,7 @@ impl OutboxConnection for SqliteConnection {
         self.is_in_transaction()
     }
 
-    async fn __insert(&mut self, table: &TableName, row: &NewRow<'_>) -> Result<(), sqlx::Error> {
+    async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
              VALUES (?, ?, ?, ?, ?)",
@@ -23,10 +23,10 @@ impl OutboxConnection for SqliteConnection {
         );
         sqlx::query(AssertSqlSafe(sql))
             .bind(row.id.hyphenated().to_string())
-            .bind(row.aggregate_type)
-            .bind(row.aggregate_id)
-            .bind(row.event_type)
-            .bind(row.payload)
+            .bind(&row.aggregate_type)
+            .bind(&row.aggregate_id)
+            .bind(&row.event_type)
+            .bind(&row.payload)
             .execute(&mut *self)
             .await?;
         Ok(())

@@ -16,7 +16,7 @@ impl OutboxConnection for PgConnection {
         self.is_in_transaction()
     }
 
-    async fn __insert(&mut self, table: &TableName, row: &NewRow<'_>) -> Result<(), sqlx::Error> {
+    async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
         // The payload travels as text and is parsed into jsonb by the server, once.
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
@@ -25,10 +25,10 @@ impl OutboxConnection for PgConnection {
         );
         sqlx::query(AssertSqlSafe(sql))
             .bind(row.id)
-            .bind(row.aggregate_type)
-            .bind(row.aggregate_id)
-            .bind(row.event_type)
-            .bind(row.payload)
+            .bind(&row.aggregate_type)
+            .bind(&row.aggregate_id)
+            .bind(&row.event_type)
+            .bind(&row.payload)
             .execute(&mut *self)
             .await?;
         Ok(())

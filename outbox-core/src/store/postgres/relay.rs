@@ -13,6 +13,8 @@ use crate::relay::source::{Claim, Settlement, Source};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
+const DIALECT: &str = <sqlx::PgConnection as crate::OutboxConnection>::DIALECT;
+
 /// The notification channel of a table: fed by the trigger `migrate` installs.
 pub(crate) fn channel(table: &TableName) -> String {
     format!("outbox_{}", table.as_str().replace('.', "_"))
@@ -116,12 +118,7 @@ impl PgSource {
     }
 
     fn database_error(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
-        move |source| Error::Database {
-            operation,
-            table: self.table.to_string(),
-            dialect: "PostgreSQL",
-            source,
-        }
+        move |source| Error::database(operation, &self.table, DIALECT, source)
     }
 
     async fn claim_in(
@@ -264,12 +261,7 @@ impl Claim for PgClaim {
 
     async fn settle(mut self, settlement: Settlement) -> Result<(), Error> {
         let table = self.table.clone();
-        let wrap = |source| Error::Database {
-            operation: "settle",
-            table: table.to_string(),
-            dialect: "PostgreSQL",
-            source,
-        };
+        let wrap = |source| Error::database("settle", &table, DIALECT, source);
         let t = self.table.quoted('"');
         if !settlement.published.is_empty() {
             let sql = if self.retain {
