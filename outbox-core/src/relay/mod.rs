@@ -35,8 +35,12 @@
 //!
 //! Events are removed from the outbox in the same transaction that holds their claim, after the
 //! sink confirmed them. A relay killed mid-batch loses its claim with its connection; the batch
-//! is claimed again and republished: duplicates are possible, bounded by one batch per relay,
-//! and carry the same event id so that consumers can drop them.
+//! is claimed again and republished: duplicates are possible, bounded by one batch per relay
+//! crash, and carry the same event id so that consumers can drop them. Claims commit without
+//! waiting for the disk (`synchronous_commit = off`, which needs no durability: losing a
+//! settlement only republishes it), so a crash of the *database* can also republish the batches
+//! settled in its last moments (PostgreSQL bounds this at three `wal_writer_delay`s, 600 ms by
+//! default).
 
 mod backoff;
 pub mod sink;

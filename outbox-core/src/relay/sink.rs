@@ -65,11 +65,13 @@ pub type Delivery = Result<(), SinkError>;
 
 /// A destination for outbox events: a broker, a webhook, an in-process handler.
 ///
-/// The relay calls [`Sink::publish`] with a batch in which no aggregate appears twice, so the
-/// sink may deliver the messages concurrently (pipelined, in parallel) without breaking
-/// per-aggregate order. It returns one [`Delivery`] per message, in the batch's order. A message
-/// reported delivered is removed from the outbox; a failed one is retried later, and holds back
-/// the later events of its aggregate.
+/// With the default [`Ordering::PerAggregate`](super::Ordering::PerAggregate), the relay calls
+/// [`Sink::publish`] with batches in which no aggregate appears twice, so the sink may deliver
+/// the messages concurrently (pipelined, in parallel) without breaking per-aggregate order; with
+/// [`Ordering::Unordered`](super::Ordering::Unordered) a batch is whatever was claimed. It
+/// returns one [`Delivery`] per message, in the batch's order. A message reported delivered is
+/// removed from the outbox; a failed one is retried later and, by default, holds back the later
+/// events of its aggregate.
 pub trait Sink: Send + Sync + 'static {
     /// Delivers `batch`; one result per message, in order.
     fn publish(&self, batch: &[Message]) -> impl Future<Output = Vec<Delivery>> + Send;
@@ -135,7 +137,8 @@ impl Sink for ChannelSink {
 /// # drop(sink);
 /// ```
 ///
-/// The messages of one batch are handled concurrently (they belong to different aggregates).
+/// The messages of one batch are handled concurrently: with the default ordering they belong
+/// to different aggregates, so per-aggregate order holds.
 pub struct HandlerSink<F> {
     handler: F,
 }

@@ -74,8 +74,8 @@ pub struct PgSource {
     /// it, every claim would walk the index entries of all the deleted events not yet vacuumed.
     low_water: Arc<AtomicI64>,
     listener: Mutex<Option<PgListener>>,
-    claim_heads: String,
-    claim_followers: String,
+    claim_heads: Arc<str>,
+    claim_followers: Arc<str>,
 }
 
 impl PgSource {
@@ -112,8 +112,8 @@ impl PgSource {
             listen: config.listen,
             low_water: Arc::new(AtomicI64::new(0)),
             listener: Mutex::new(None),
-            claim_heads,
-            claim_followers,
+            claim_heads: claim_heads.into(),
+            claim_followers: claim_followers.into(),
         }
     }
 
