@@ -430,6 +430,37 @@ macro_rules! dialect_tests {
             }
 
             #[tokio::test]
+            async fn empty_or_oversized_metadata_is_refused_before_anything_is_sent() {
+                let db = H::connect().await;
+                let run = run_id();
+                let payload = serde_json::json!({ "ok": true });
+                let mut tx = db.pool().begin().await.unwrap();
+                let no_type = outbox_core::Event::new("", "Opened", Some(format!("{run}-1")), &payload).unwrap();
+                match outbox_core::record(&mut *tx, &no_type).await {
+                    Err(Error::InvalidMetadata { field, problem, .. }) => {
+                        assert_eq!((field, problem.as_str()), ("aggregate_type", "is empty"));
+                    }
+                    other => panic!("expected InvalidMetadata, got {other:?}"),
+                }
+                let long_id = format!("{run}-{}", "x".repeat(300));
+                let too_long = outbox_core::Event::new("account", "Opened", Some(long_id), &payload).unwrap();
+                match outbox_core::record(&mut *tx, &too_long).await {
+                    Err(Error::InvalidMetadata { field, problem, .. }) => {
+                        assert_eq!(field, "aggregate_id");
+                        assert!(problem.contains("over the limit of 255"), "{problem}");
+                    }
+                    other => panic!("expected InvalidMetadata, got {other:?}"),
+                }
+                // Nothing was sent: the transaction is still usable.
+                let fine = outbox_core::Event::new("account", "Opened", Some(format!("{run}-2")), &payload).unwrap();
+                outbox_core::record(&mut *tx, &fine).await.unwrap();
+                tx.commit().await.unwrap();
+                let rows = db.outbox_rows("outbox", &run).await;
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].aggregate_id, format!("{run}-2"));
+            }
+
+            #[tokio::test]
             async fn manual_api_records_like_the_attribute() {
                 let db = H::connect().await;
                 let run = run_id();

@@ -581,3 +581,52 @@ async fn relay_reports_published_failed_dead_batch_size_and_lag_metrics() {
     );
     table.drop_table().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unordered_relay_lets_later_events_pass_a_failing_one() {
+    let table = RelayTable::new().await;
+    table.preload(50, 5).await; // aggregate agg-0 holds 0, 5, 10, ..., 45
+    let stuck = 5;
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let sink = {
+        let delivered = delivered.clone();
+        HandlerSink::new(move |message: Message| {
+            let delivered = delivered.clone();
+            async move {
+                let n = n(&message);
+                if n == stuck {
+                    return Err(SinkError::transient("still failing"));
+                }
+                delivered.lock().unwrap().insert(n);
+                Ok(())
+            }
+        })
+    };
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .ordering(outbox_core::relay::Ordering::Unordered)
+            .max_attempts(1_000)
+            .backoff(fast_backoff())
+            .build(),
+    );
+    // Every other event arrives, the later events of the failing one's aggregate included.
+    eventually(LIMIT, "all but the failing event", || async {
+        delivered.lock().unwrap().len() == 49
+    })
+    .await;
+    assert!(
+        (10..50)
+            .step_by(5)
+            .all(|n| delivered.lock().unwrap().contains(&n))
+    );
+    assert!(!delivered.lock().unwrap().contains(&stuck));
+    assert_eq!(
+        table.remaining().await,
+        1,
+        "the failing event is still pending, not dead"
+    );
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.drop_table().await;
+}
