@@ -86,6 +86,18 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An SQLite relay lost its lease while publishing a batch (it was stalled longer than the
+    /// lease lasts): the relay that took over publishes the batch again. Raise
+    /// `RelayBuilder::lease_ttl` if this recurs.
+    #[error(
+        "the relay lease of outbox table `{table}` passed to another relay during a batch; \
+         that relay publishes the batch again"
+    )]
+    LeaseLost {
+        /// The outbox table.
+        table: String,
+    },
+
     /// The database refused an operation.
     #[error("{operation} on outbox table `{table}` failed ({dialect}): {source}")]
     Database {

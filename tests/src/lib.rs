@@ -56,6 +56,68 @@ pub trait TestDb: Sized + Send + Sync + 'static {
     -> impl Future<Output = Vec<OutboxRow>> + Send;
     /// Number of business rows whose id starts with `prefix`.
     fn accounts(&self, prefix: &str) -> impl Future<Output = i64> + Send;
+    /// The database's URL, for a child process.
+    fn url(&self) -> String;
+    /// The value of a query returning one integer.
+    fn scalar(&self, sql: String) -> impl Future<Output = i64> + Send;
+    /// Runs statements that return nothing.
+    fn execute(&self, sql: String) -> impl Future<Output = ()> + Send;
+    /// Inserts `count` committed events into `table`: aggregate `agg-{i % aggregates}`,
+    /// payload `{"n": i}`, in `n` order.
+    fn preload(&self, table: &str, count: i64, aggregates: i64) -> impl Future<Output = ()> + Send;
+}
+
+/// [`TestDb::scalar`] and [`TestDb::execute`], the same SQL calls for every dialect.
+macro_rules! plain_queries {
+    () => {
+        async fn scalar(&self, sql: String) -> i64 {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(&self.0)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+
+        async fn execute(&self, sql: String) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&self.0)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    };
+}
+
+/// [`TestDb::preload`] for the dialects with `?` placeholders: multi-row inserts of 1,000.
+async fn preload_in_chunks<DB: outbox_core::Dialect>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+    count: i64,
+    aggregates: i64,
+) where
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut start = 0;
+    while start < count {
+        let end = (start + 1_000).min(count);
+        let rows = vec!["(?, 'test', ?, 'Numbered', ?)"; usize::try_from(end - start).unwrap()];
+        let sql = format!(
+            "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in start..end {
+            query = query
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(format!("agg-{}", i % aggregates))
+                .bind(format!("{{\"n\": {i}}}"));
+        }
+        query
+            .execute(&mut *pool.acquire().await.unwrap())
+            .await
+            .unwrap();
+        start = end;
+    }
 }
 
 async fn setup<DB: outbox_core::Dialect>(pool: &sqlx::Pool<DB>, ddl: &'static str)
@@ -153,6 +215,26 @@ impl TestDb for Pg {
             .await
             .unwrap()
     }
+
+    plain_queries!();
+
+    fn url(&self) -> String {
+        postgres_url()
+    }
+
+    async fn preload(&self, table: &str, count: i64, aggregates: i64) {
+        let sql = format!(
+            "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload) \
+             SELECT gen_random_uuid(), 'test', 'agg-' || (i % $2), 'Numbered', jsonb_build_object('n', i) \
+             FROM generate_series(0, $1 - 1) AS i"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(count)
+            .bind(aggregates)
+            .execute(&self.0)
+            .await
+            .unwrap();
+    }
 }
 
 #[derive(Debug)]
@@ -205,6 +287,16 @@ impl TestDb for My {
             .fetch_one(&self.0)
             .await
             .unwrap()
+    }
+
+    plain_queries!();
+
+    fn url(&self) -> String {
+        mysql_url()
+    }
+
+    async fn preload(&self, table: &str, count: i64, aggregates: i64) {
+        preload_in_chunks(&self.0, table, count, aggregates).await;
     }
 }
 
@@ -278,26 +370,38 @@ impl TestDb for Lite {
             .await
             .unwrap()
     }
+
+    plain_queries!();
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.1.0.display())
+    }
+
+    async fn preload(&self, table: &str, count: i64, aggregates: i64) {
+        preload_in_chunks(&self.0, table, count, aggregates).await;
+    }
 }
 
-/// A PostgreSQL outbox table of its own for one relay test (a relay consumes its whole table),
-/// migrated; dropped by [`RelayTable::drop_table`].
+/// An outbox table of its own for one relay test (a relay consumes its whole table), migrated;
+/// dropped by [`RelayTable::drop_table`].
 #[derive(Debug)]
-pub struct RelayTable {
-    pub pool: PgPool,
+pub struct RelayTable<D: TestDb> {
+    pub db: D,
+    pub pool: sqlx::Pool<D::Database>,
     pub outbox: outbox_core::Outbox,
     pub name: String,
 }
 
-impl RelayTable {
+impl<D: TestDb> RelayTable<D> {
     pub async fn new() -> Self {
-        let db = Pg::connect().await;
+        let db = D::connect().await;
         let name = format!("relay_{}", run_id());
         let outbox =
             outbox_core::Outbox::for_table(outbox_core::TableName::new(name.clone()).unwrap());
         outbox.migrate(db.pool()).await.unwrap();
         RelayTable {
-            pool: db.0,
+            pool: db.pool().clone(),
+            db,
             outbox,
             name,
         }
@@ -306,38 +410,26 @@ impl RelayTable {
     /// Inserts `count` committed events straight into the table: aggregate `agg-{i % aggregates}`,
     /// payload `{"n": i}`, in `n` order.
     pub async fn preload(&self, count: i64, aggregates: i64) {
-        let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
-             SELECT gen_random_uuid(), 'test', 'agg-' || (i % $2), 'Numbered', jsonb_build_object('n', i) \
-             FROM generate_series(0, $1 - 1) AS i",
-            self.name
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(count)
-            .bind(aggregates)
-            .execute(&self.pool)
-            .await
-            .unwrap();
+        self.db.preload(&self.name, count, aggregates).await;
     }
 
     /// Events still in the table (pending or dead).
     pub async fn remaining(&self) -> i64 {
-        let sql = format!(
-            "SELECT count(*) FROM {} WHERE published_at IS NULL",
-            self.name
-        );
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+        self.count("published_at IS NULL").await
+    }
+
+    /// Rows of the table matching `condition`.
+    pub async fn count(&self, condition: &str) -> i64 {
+        self.db
+            .scalar(format!(
+                "SELECT count(*) FROM {} WHERE {condition}",
+                self.name
+            ))
             .await
-            .unwrap()
     }
 
     pub async fn drop_table(self) {
-        let sql = format!("DROP TABLE {}", self.name);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&self.pool)
-            .await
-            .unwrap();
+        self.db.execute(format!("DROP TABLE {}", self.name)).await;
     }
 }
 

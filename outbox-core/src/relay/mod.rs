@@ -54,8 +54,12 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+#[cfg(feature = "mysql")]
+pub use crate::store::mysql::relay::{MySqlClaim, MySqlSource};
 #[cfg(feature = "postgres")]
 pub use crate::store::postgres::relay::{PgClaim, PgSource};
+#[cfg(feature = "sqlite")]
+pub use crate::store::sqlite::relay::{SqliteClaim, SqliteSource};
 pub use backoff::Backoff;
 pub use sink::{ChannelSink, Delivery, HandlerSink, Message, Sink, SinkError};
 use source::{Claim, Settlement, Source};
@@ -129,6 +133,56 @@ impl RelayDialect for sqlx::Postgres {
     }
 }
 
+#[cfg(feature = "mysql")]
+impl RelayDialect for sqlx::MySql {
+    type Source = MySqlSource;
+
+    fn __source(pool: sqlx::MySqlPool, config: &SourceConfig) -> Self::Source {
+        MySqlSource::new(pool, config)
+    }
+
+    async fn __dead_letters(
+        pool: &sqlx::MySqlPool,
+        table: &TableName,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        crate::store::mysql::relay::dead_letters(pool, table, limit).await
+    }
+
+    async fn __replay(
+        pool: &sqlx::MySqlPool,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::mysql::relay::replay(pool, table, ids).await
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl RelayDialect for sqlx::Sqlite {
+    type Source = SqliteSource;
+
+    fn __source(pool: sqlx::SqlitePool, config: &SourceConfig) -> Self::Source {
+        SqliteSource::new(pool, config)
+    }
+
+    async fn __dead_letters(
+        pool: &sqlx::SqlitePool,
+        table: &TableName,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        crate::store::sqlite::relay::dead_letters(pool, table, limit).await
+    }
+
+    async fn __replay(
+        pool: &sqlx::SqlitePool,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::sqlite::relay::replay(pool, table, ids).await
+    }
+}
+
 /// What a [`Source`] needs to know of the relay's settings.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
@@ -139,6 +193,8 @@ pub struct SourceConfig {
     pub retain: bool,
     /// The table notifies on commit: wait for notifications, not only the poll interval.
     pub listen: bool,
+    /// SQLite: how long the relay lease lasts without renewal.
+    pub lease_ttl: Duration,
 }
 
 /// Settings of a [`Relay`]; see [`RelayBuilder`] for their meaning and defaults.
@@ -153,6 +209,7 @@ struct Config {
     retention: Option<Duration>,
     ordering: Ordering,
     maintenance_interval: Duration,
+    lease_ttl: Duration,
 }
 
 /// Builds a [`Relay`]. Every setting has a default.
@@ -213,6 +270,14 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
         self
     }
 
+    /// SQLite only, where relays take turns rather than share the work (one writer at a time,
+    /// no row locks): the working relay holds a lease, renewed as it works and released when it
+    /// stops; a relay that crashed holds up its successor for at most this long (default 10 s).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lease_ttl = ttl.max(Duration::from_millis(300));
+        self
+    }
+
     /// The relay, ready to [`run`](Relay::run).
     pub fn build(self) -> Relay<DB::Source, K> {
         let source = DB::__source(
@@ -222,6 +287,7 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
                 ordering: self.config.ordering,
                 retain: self.config.retention.is_some(),
                 listen: self.config.listen,
+                lease_ttl: self.config.lease_ttl,
             },
         );
         Relay {
@@ -260,6 +326,7 @@ impl Relay<(), ()> {
                 retention: None,
                 ordering: Ordering::PerAggregate,
                 maintenance_interval: Duration::from_secs(2),
+                lease_ttl: Duration::from_secs(10),
             },
         }
     }
@@ -306,6 +373,7 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 }
             }
         }
+        self.source.close().await;
         tracing::debug!(table = %self.config.table, "outbox relay stopped");
     }
 

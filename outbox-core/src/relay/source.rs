@@ -30,6 +30,12 @@ pub trait Source: Send + Sync + 'static {
         &self,
         retention: Option<Duration>,
     ) -> impl Future<Output = Result<f64, Error>> + Send;
+
+    /// Called once when the relay stops gracefully: hands over what the source holds (a lease)
+    /// so that another relay can take over at once.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A claimed batch: the messages, held until settled. Dropped unsettled (relay crash, abort),
@@ -52,4 +58,64 @@ pub struct Settlement {
     pub retry: Vec<(i64, String, Duration)>,
     /// Failed for good: `(seq, error)`.
     pub dead: Vec<(i64, String)>,
+}
+
+/// Where a claim's scan of the table starts (`seq`): every pending event is at or above it,
+/// except those committed late or come due since housekeeping last lowered it. Without it, every
+/// claim would walk the index entries of all the deleted events the database has not yet
+/// cleaned up. Shared by the claims of one source.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LowWater(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl LowWater {
+    /// The `seq` to scan from.
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Housekeeping found the oldest pending event at `seq`: events committed late with a lower
+    /// `seq`, and retries come due behind the mark, are claimable again.
+    pub(crate) fn reset(&self, seq: i64) {
+        self.0.store(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the scan may start once `settlement` of the batch `claimed` (in `seq` order) has
+    /// committed: at its first event still pending (failed or held back), or past its end.
+    pub(crate) fn after(claimed: &[i64], settlement: &Settlement) -> Option<i64> {
+        let settled: std::collections::HashSet<i64> = settlement
+            .published
+            .iter()
+            .chain(settlement.dead.iter().map(|(seq, _)| seq))
+            .copied()
+            .collect();
+        claimed
+            .iter()
+            .find(|seq| !settled.contains(seq))
+            .copied()
+            .or_else(|| claimed.last().map(|last| last + 1))
+    }
+
+    /// Moves the mark up to `next` (never down: another claim may already be further).
+    pub(crate) fn advance(&self, next: Option<i64>) {
+        if let Some(next) = next {
+            self.0.fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// SQL shared by the dialects' claims: the condition that `o` (the table aliased) is pending.
+pub(crate) const PENDING: &str = "o.dead_at IS NULL AND o.published_at IS NULL";
+
+/// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
+/// is the head of its aggregate, with no earlier pending event. Another relay holding a head
+/// keeps its aggregate's later events out of a claim, since the head row is still there.
+pub(crate) fn head_condition(table: &str, ordering: super::Ordering) -> String {
+    match ordering {
+        super::Ordering::PerAggregate => format!(
+            "AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
+             AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
+             AND e.dead_at IS NULL AND e.published_at IS NULL)"
+        ),
+        super::Ordering::Unordered => String::new(),
+    }
 }

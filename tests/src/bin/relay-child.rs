@@ -1,19 +1,46 @@
-//! A relay in a process of its own, for the crash tests: relays the outbox table named by its
-//! first argument, recording each delivery in `<table>_deliveries` (committed before the sink
-//! acknowledges) so that the test can count deliveries across SIGKILLs.
+//! A relay in a process of its own, for the crash tests: `relay-child <database url> <outbox
+//! table> [batch]` relays the table, recording each delivery in `<table>_deliveries` (committed
+//! before the sink acknowledges) so that the test can count deliveries across SIGKILLs.
 
-use outbox_core::relay::{HandlerSink, Message, Relay, SinkError};
+use std::time::Duration;
+
+use outbox_core::relay::{HandlerSink, Message, Relay, RelayDialect, SinkError};
 use outbox_core::{Outbox, TableName};
 
+type Failure = Box<dyn std::error::Error>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let table = std::env::args()
-        .nth(1)
-        .ok_or("usage: relay-child <outbox table>")?;
-    let batch: usize = std::env::args().nth(2).map_or(Ok(200), |b| b.parse())?;
-    let pool = sqlx::PgPool::connect(&outbox_tests::postgres_url()).await?;
-    let outbox = Outbox::for_table(TableName::new(table.clone())?);
-    let insert = format!("INSERT INTO {table}_deliveries (n) VALUES ($1)");
+async fn main() -> Result<(), Failure> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: relay-child <database url> <outbox table> [batch]";
+    let url = args.next().ok_or(usage)?;
+    let table = args.next().ok_or(usage)?;
+    let batch: usize = args.next().map_or(Ok(200), |b| b.parse())?;
+    println!("relaying {table}");
+    if url.starts_with("postgres") {
+        let insert = format!("INSERT INTO {table}_deliveries (n) VALUES ($1)");
+        relay(sqlx::PgPool::connect(&url).await?, table, insert, batch).await
+    } else if url.starts_with("mysql") {
+        let insert = format!("INSERT INTO {table}_deliveries (n) VALUES (?)");
+        relay(sqlx::MySqlPool::connect(&url).await?, table, insert, batch).await
+    } else {
+        let insert = format!("INSERT INTO {table}_deliveries (n) VALUES (?)");
+        relay(sqlx::SqlitePool::connect(&url).await?, table, insert, batch).await
+    }
+}
+
+async fn relay<DB: RelayDialect>(
+    pool: sqlx::Pool<DB>,
+    table: String,
+    insert: String,
+    batch: usize,
+) -> Result<(), Failure>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let outbox = Outbox::for_table(TableName::new(table)?);
     let sink = {
         let pool = pool.clone();
         HandlerSink::new(move |message: Message| {
@@ -30,10 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    println!("relaying {table}");
     Relay::builder(pool, sink)
         .outbox(&outbox)
         .batch_size(batch)
+        .lease_ttl(Duration::from_secs(1))
         .build()
         .run(std::future::pending())
         .await;

@@ -2,14 +2,13 @@
 //! waking on `NOTIFY`, dead letters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::relay::source::{Claim, Settlement, Source};
+use crate::relay::source::{Claim, LowWater, PENDING, Settlement, Source, head_condition};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
@@ -69,10 +68,7 @@ pub struct PgSource {
     ordering: Ordering,
     retain: bool,
     listen: bool,
-    /// Where the claim's scan starts: every pending event has a `seq` at or above it, except
-    /// those committed or come due since housekeeping last lowered it (see `maintain`). Without
-    /// it, every claim would walk the index entries of all the deleted events not yet vacuumed.
-    low_water: Arc<AtomicI64>,
+    low_water: LowWater,
     listener: Mutex<Option<PgListener>>,
     claim_heads: Arc<str>,
     claim_followers: Arc<str>,
@@ -82,19 +78,9 @@ impl PgSource {
     pub(crate) fn new(pool: PgPool, config: &SourceConfig) -> Self {
         let (table, ordering) = (config.table.clone(), config.ordering);
         let t = table.quoted('"');
-        let pending = "o.dead_at IS NULL AND o.published_at IS NULL";
-        // A head: no earlier pending event of its aggregate. Another relay holding a head keeps
-        // its aggregate's later events out of this query, since the head row is still there.
-        let head = match ordering {
-            Ordering::PerAggregate => format!(
-                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.aggregate_type = o.aggregate_type \
-                 AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
-                 AND e.dead_at IS NULL AND e.published_at IS NULL)"
-            ),
-            Ordering::Unordered => String::new(),
-        };
+        let head = head_condition(&t, ordering);
         let claim_heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $2 AND {pending} AND o.available_at <= clock_timestamp() {head} \
+            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $2 AND {PENDING} AND o.available_at <= clock_timestamp() {head} \
              ORDER BY o.seq LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
         // Later events of aggregates whose head this claim holds: nobody else can claim them.
@@ -102,7 +88,7 @@ impl PgSource {
             "SELECT {COLUMNS} FROM {t} o \
              JOIN unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
-             WHERE {pending} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
+             WHERE {PENDING} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
         );
         PgSource {
             pool,
@@ -110,7 +96,7 @@ impl PgSource {
             ordering,
             retain: config.retain,
             listen: config.listen,
-            low_water: Arc::new(AtomicI64::new(0)),
+            low_water: LowWater::default(),
             listener: Mutex::new(None),
             claim_heads: claim_heads.into(),
             claim_followers: claim_followers.into(),
@@ -129,7 +115,7 @@ impl PgSource {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let rows = sqlx::query(AssertSqlSafe(self.claim_heads.clone()))
             .bind(limit)
-            .bind(self.low_water.load(AtomicOrdering::Relaxed))
+            .bind(self.low_water.get())
             .fetch_all(&mut **tx)
             .await?;
         let mut messages = rows.iter().map(message).collect::<Result<Vec<_>, _>>()?;
@@ -232,9 +218,7 @@ impl Source for PgSource {
             .map_err(self.database_error("lag"))?;
         Ok(match oldest {
             Some((seq, lag)) => {
-                // Events committed late with a lower `seq`, and retries that came due behind the
-                // mark, are claimable again from here on.
-                self.low_water.store(seq, AtomicOrdering::Relaxed);
+                self.low_water.reset(seq);
                 lag
             }
             None => 0.0,
@@ -249,7 +233,7 @@ pub struct PgClaim {
     messages: Vec<Message>,
     /// The claimed `seq`s, in order.
     seqs: Vec<i64>,
-    low_water: Arc<AtomicI64>,
+    low_water: LowWater,
     table: TableName,
     retain: bool,
 }
@@ -263,6 +247,7 @@ impl Claim for PgClaim {
         let table = self.table.clone();
         let wrap = |source| Error::database("settle", &table, DIALECT, source);
         let t = self.table.quoted('"');
+        let next = LowWater::after(&self.seqs, &settlement);
         if !settlement.published.is_empty() {
             let sql = if self.retain {
                 format!("UPDATE {t} SET published_at = clock_timestamp() WHERE seq = ANY($1)")
@@ -294,7 +279,6 @@ impl Claim for PgClaim {
                 .await
                 .map_err(wrap)?;
         }
-        let dead: Vec<i64> = settlement.dead.iter().map(|(seq, _)| *seq).collect();
         if !settlement.dead.is_empty() {
             let (seqs, errors): (Vec<i64>, Vec<String>) = settlement.dead.into_iter().unzip();
             let sql = format!(
@@ -309,23 +293,7 @@ impl Claim for PgClaim {
                 .map_err(wrap)?;
         }
         self.tx.commit().await.map_err(wrap)?;
-        // The scan may now start after this batch: at its first event still pending (failed or
-        // held back), or past its end. Anything skipped is found again by `maintain`.
-        let settled: std::collections::HashSet<i64> = settlement
-            .published
-            .iter()
-            .chain(dead.iter())
-            .copied()
-            .collect();
-        let next = self
-            .seqs
-            .iter()
-            .find(|seq| !settled.contains(seq))
-            .copied()
-            .or_else(|| self.seqs.last().map(|last| last + 1));
-        if let Some(next) = next {
-            self.low_water.fetch_max(next, AtomicOrdering::Relaxed);
-        }
+        self.low_water.advance(next);
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! SQLite: JSON text payload, `INTEGER PRIMARY KEY AUTOINCREMENT` so that `seq` is never
 //! reused after a delete, ISO-8601 UTC timestamps.
 
+pub(crate) mod relay;
+
 use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
 
 use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
@@ -53,6 +55,9 @@ impl OutboxConnection for SqliteConnection {
             table.quoted('"')
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *self)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(relay::relay_ddl(table)))
             .execute(&mut *self)
             .await?;
         Ok(())

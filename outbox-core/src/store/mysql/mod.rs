@@ -1,5 +1,7 @@
-//! MySQL 8 and MariaDB 10.6+: `JSON` payload, auto-increment `seq` as the only index on the
-//! write path, UTC microsecond timestamps.
+//! MySQL 8 and MariaDB 10.6+: `JSON` payload, auto-increment `seq` primary key and one index
+//! for the relay, UTC microsecond timestamps.
+
+pub(crate) mod relay;
 
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 
@@ -57,6 +59,37 @@ impl OutboxConnection for MySqlConnection {
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *self)
             .await?;
+        // The index behind per-aggregate order, added to tables created without it. MySQL has
+        // no `CREATE INDEX IF NOT EXISTS`; a concurrent migration that added it first is fine.
+        let index = relay::aggregate_index(table);
+        let (schema, name) = table.parts();
+        let present: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.statistics \
+             WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND index_name = ?",
+        )
+        .bind(schema)
+        .bind(name)
+        .bind(&index)
+        .fetch_one(&mut *self)
+        .await?;
+        if present == 0 {
+            let sql = format!(
+                "ALTER TABLE {} ADD INDEX `{index}` (aggregate_type, aggregate_id, seq)",
+                table.quoted('`')
+            );
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *self).await {
+                Err(sqlx::Error::Database(error))
+                    if error
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|error| error.number() == 1061) =>
+                {
+                    // ER_DUP_KEYNAME: another migration added it meanwhile.
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
         Ok(())
     }
 }
