@@ -27,6 +27,27 @@ fn quickstart_prints_exactly_the_committed_events() {
         stdout.contains("refused a transfer of 400.00 from Grace"),
         "{stdout}"
     );
+    // The relay publishes the five events, in order, and empties the outbox.
+    let published: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("published "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        published,
+        [
+            "AccountOpenedEvent",
+            "AccountOpenedEvent",
+            "TransactionCreatedEvent",
+            "TransactionCreatedEvent",
+            "TransactionCreatedEvent"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("5 events published; 0 left in the outbox."),
+        "{stdout}"
+    );
 
     let events: Vec<(&str, &str)> = stdout
         .lines()

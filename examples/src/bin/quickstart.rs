@@ -5,9 +5,11 @@
 //! ```
 //!
 //! It opens two accounts, deposits, transfers, tries two transfers that must fail (and are rolled
-//! back), then prints the outbox: exactly the events of the committed work.
+//! back), then prints the outbox: exactly the events of the committed work. Last, a relay
+//! publishes them (into a channel, standing in for a broker) and empties the outbox.
 
 use outbox_core::outbox_event;
+use outbox_core::relay::{ChannelSink, Relay};
 use outbox_examples::{Account, BankError, TransactionEntity, check_debit};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{Sqlite, Transaction};
@@ -155,8 +157,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (seq, event_type, aggregate_type, aggregate_id, payload) in &rows {
         println!("{seq:>3}  {event_type:<24} {aggregate_type:<12} {aggregate_id:>4}  {payload}");
     }
+    println!("\n{} events recorded.", rows.len());
+
+    // The relay publishes them, in order per aggregate, and removes them from the outbox. Here
+    // the sink is a channel; a broker sink takes its place in a real service.
+    let (sink, mut published) = ChannelSink::new(64);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(Relay::builder(pool.clone(), sink).build().run(async {
+        let _ = stopped.await;
+    }));
+    println!("\nthe relay publishes them:\n");
+    for _ in 0..rows.len() {
+        let message = published.recv().await.ok_or("the relay stopped")?;
+        println!(
+            "published {} of {} {}  (message id {})",
+            message.event_type, message.aggregate_type, message.aggregate_id, message.id
+        );
+    }
+    let _ = stop.send(());
+    relay.await?; // returns once the batch in hand is settled
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await?;
     println!(
-        "\n{} events recorded; a relay publishes them to your broker.",
+        "\n{} events published; {left} left in the outbox.",
         rows.len()
     );
     Ok(())

@@ -24,9 +24,11 @@
 //! Per aggregate (`aggregate_type`, `aggregate_id`), events are published in commit order —
 //! which is insertion (`seq`) order whenever the writers of one aggregate serialize on it, the
 //! normal case (they update the same row). The relay claims, for each aggregate, its oldest
-//! pending event and the events that follow it, under row locks (`FOR UPDATE SKIP LOCKED`);
-//! while one relay holds an aggregate's oldest event, no other relay can claim any event of that
-//! aggregate, so several relays share the work without reordering. Different aggregates flow in
+//! pending event and the events that follow it. On PostgreSQL and MySQL/MariaDB it does so under
+//! row locks (`FOR UPDATE SKIP LOCKED`, held while the sink publishes): while one relay holds an
+//! aggregate's oldest event, no other relay can claim any event of that aggregate, so several
+//! relays share the work without reordering. On SQLite, which has one writer and no row locks,
+//! relays take turns under a lease ([`RelayBuilder::lease_ttl`]). Different aggregates flow in
 //! parallel. An event that fails is retried with exponential backoff and jitter and holds back
 //! the later events of its aggregate ([`Ordering::PerAggregate`], the default) until it is
 //! delivered or becomes a dead letter; [`Ordering::Unordered`] lets them pass.
@@ -37,10 +39,11 @@
 //! sink confirmed them. A relay killed mid-batch loses its claim with its connection; the batch
 //! is claimed again and republished: duplicates are possible, bounded by one batch per relay
 //! crash, and carry the same event id so that consumers can drop them. Claims commit without
-//! waiting for the disk (`synchronous_commit = off`, which needs no durability: losing a
-//! settlement only republishes it), so a crash of the *database* can also republish the batches
-//! settled in its last moments (PostgreSQL bounds this at three `wal_writer_delay`s, 600 ms by
-//! default).
+//! waiting for the disk on PostgreSQL (`synchronous_commit = off`, which needs no durability:
+//! losing a settlement only republishes it), so a crash of the *database* can also republish the
+//! batches settled in its last moments (PostgreSQL bounds this at three `wal_writer_delay`s,
+//! 600 ms by default). On SQLite a relay that stalls longer than its lease loses it: its
+//! successor publishes the batch again ([`Error::LeaseLost`]).
 
 mod backoff;
 pub mod sink;
@@ -353,12 +356,15 @@ impl<S: Source, K: Sink> Relay<S, K> {
                     Err(error) => tracing::warn!(%error, "outbox maintenance failed"),
                 }
             }
+            let started = Instant::now();
             match self.step().await {
                 Ok(0) => {
                     errors = 0;
+                    let pause = idle_pause(started.elapsed());
                     tokio::select! {
                         () = &mut shutdown => break,
-                        () = self.source.wait(self.config.poll_interval) => {}
+                        () = tokio::time::sleep(pause), if !pause.is_zero() => {}
+                        () = self.source.wait(self.config.poll_interval), if pause.is_zero() => {}
                     }
                 }
                 Ok(_) => errors = 0,
@@ -467,6 +473,20 @@ impl<S: Source, K: Sink> Relay<S, K> {
             remaining = later;
         }
         settlement
+    }
+}
+
+/// How long a relay whose claim found nothing pauses before trying again, beyond its poll
+/// interval: nothing when the claim was cheap (an empty table); when it was costly — pending
+/// events it could not take because other relays hold their aggregates — long enough that such
+/// fruitless claims take at most a tenth of the time, up to 2 s. Without this, relays standing
+/// by over a few hot aggregates would spend the CPU the working relay needs.
+fn idle_pause(claim_took: Duration) -> Duration {
+    const CHEAP: Duration = Duration::from_millis(5);
+    if claim_took < CHEAP {
+        Duration::ZERO
+    } else {
+        (claim_took * 9).min(Duration::from_secs(2))
     }
 }
 
