@@ -4,6 +4,8 @@
 #
 #   PostgreSQL  127.0.0.1:5432  trust auth, database `test`
 #   MariaDB     127.0.0.1:3306  root without password, database `test`
+#   Redis       127.0.0.1:6379
+#   NATS        127.0.0.1:4222  with JetStream
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -76,5 +78,38 @@ mariadb() {
   log "MariaDB ready on 127.0.0.1:3306"
 }
 
+# port_open PORT: something listens on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+redis() {
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    if ! command -v redis-server >/dev/null 2>&1; then
+      apt_install redis-server
+    fi
+    log "starting Redis"
+    as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
+    wait_for Redis 30 redis-cli -h 127.0.0.1 -p 6379 ping
+  fi
+  log "Redis ready on 127.0.0.1:6379"
+}
+
+nats() {
+  if ! port_open 4222; then
+    if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+      apt_install nats-server
+    fi
+    local server
+    server=$(command -v nats-server || echo /usr/sbin/nats-server)
+    log "starting NATS with JetStream"
+    as_root mkdir -p /var/lib/nats-server
+    as_root setsid "$server" -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+      -l /var/log/nats-server.log </dev/null >/dev/null 2>&1 &
+    wait_for NATS 30 port_open 4222
+  fi
+  log "NATS ready on 127.0.0.1:4222"
+}
+
 postgres
 mariadb
+redis
+nats

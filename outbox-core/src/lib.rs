@@ -63,6 +63,7 @@ mod event;
 mod outbox;
 mod registry;
 pub mod relay;
+pub mod sinks;
 mod store;
 mod table;
 

@@ -1,0 +1,310 @@
+//! Broker sinks, each behind a cargo feature, and what they share: [`Routing`] (which topic,
+//! subject or stream an event goes to), the headers every message carries, and the optional
+//! [CloudEvents](https://cloudevents.io) envelope ([`Envelope`]).
+//!
+//! | sink | feature | destination | dedup id |
+//! | --- | --- | --- | --- |
+//! | [`NatsSink`](nats::NatsSink) | `nats` | JetStream subject | `Nats-Msg-Id` = event id |
+//! | [`RedisSink`](redis::RedisSink) | `redis` | Redis stream key | field `id` = event id |
+
+use std::collections::HashMap;
+
+use crate::relay::Message;
+
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// Header carrying the event id (UUIDv7): consumers deduplicate on it.
+pub const EVENT_ID: &str = "outbox-event-id";
+/// Header carrying the event type.
+pub const EVENT_TYPE: &str = "outbox-event-type";
+/// Header carrying the aggregate type.
+pub const AGGREGATE_TYPE: &str = "outbox-aggregate-type";
+/// Header carrying the aggregate id.
+pub const AGGREGATE_ID: &str = "outbox-aggregate-id";
+
+/// A sink could not be set up: the broker is unreachable, refuses the credentials, or the
+/// configuration is wrong. Returned at start-up, before the relay runs.
+#[derive(Debug, thiserror::Error)]
+#[error("{sink} sink: {problem}")]
+pub struct SetupError {
+    /// Which sink.
+    pub sink: &'static str,
+    /// What went wrong and what to fix.
+    pub problem: String,
+}
+
+impl SetupError {
+    pub(crate) fn new(sink: &'static str, problem: impl Into<String>) -> Self {
+        SetupError {
+            sink,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where each event goes: a destination name (topic, subject, stream key) from a template, by
+/// default the aggregate type, with overrides per event type.
+///
+/// Templates may use `{aggregate_type}`, `{event_type}` and `{aggregate_id}`.
+///
+/// ```
+/// use outbox_core::sinks::Routing;
+///
+/// let routing = Routing::template("bank.{aggregate_type}.{event_type}")?
+///     .route("MoneyTransferred", "bank.transfers")?;
+/// # Ok::<(), outbox_core::sinks::SetupError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Routing {
+    default: Template,
+    by_event_type: HashMap<String, Template>,
+}
+
+impl Default for Routing {
+    /// Every event to a destination named after its aggregate type.
+    fn default() -> Self {
+        Routing {
+            default: Template(vec![Part::AggregateType]),
+            by_event_type: HashMap::new(),
+        }
+    }
+}
+
+impl Routing {
+    /// Every event to the destination `template` names.
+    pub fn template(template: &str) -> Result<Self, SetupError> {
+        Ok(Routing {
+            default: Template::parse(template)?,
+            by_event_type: HashMap::new(),
+        })
+    }
+
+    /// Events of `event_type` to the destination `template` names instead.
+    pub fn route(mut self, event_type: &str, template: &str) -> Result<Self, SetupError> {
+        self.by_event_type
+            .insert(event_type.to_owned(), Template::parse(template)?);
+        Ok(self)
+    }
+
+    /// The destination of `message`.
+    pub fn destination(&self, message: &Message) -> String {
+        self.by_event_type
+            .get(&message.event_type)
+            .unwrap_or(&self.default)
+            .render(message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    AggregateType,
+    EventType,
+    AggregateId,
+}
+
+#[derive(Debug, Clone)]
+struct Template(Vec<Part>);
+
+impl Template {
+    fn parse(template: &str) -> Result<Self, SetupError> {
+        let invalid =
+            |why: String| SetupError::new("routing", format!("template {template:?}: {why}"));
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| invalid("a `{` is not closed".to_owned()))?;
+            parts.push(match &rest[open + 1..open + close] {
+                "aggregate_type" => Part::AggregateType,
+                "event_type" => Part::EventType,
+                "aggregate_id" => Part::AggregateId,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown placeholder {{{other}}}; use {{aggregate_type}}, {{event_type}} or {{aggregate_id}}"
+                    )));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(invalid("a `}` has no `{`".to_owned()));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        if parts.is_empty() {
+            return Err(invalid("it is empty".to_owned()));
+        }
+        Ok(Template(parts))
+    }
+
+    fn render(&self, message: &Message) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            out.push_str(match part {
+                Part::Text(text) => text,
+                Part::AggregateType => &message.aggregate_type,
+                Part::EventType => &message.event_type,
+                Part::AggregateId => &message.aggregate_id,
+            });
+        }
+        out
+    }
+}
+
+/// What a message's body is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Envelope {
+    /// The event's payload as recorded (JSON); the metadata travels in headers or fields.
+    #[default]
+    Payload,
+    /// A CloudEvents 1.0 event in structured JSON mode: `specversion`, `id` (event id), `source`
+    /// (this string), `type` (event type), `subject` (aggregate id), `datacontenttype`, `data`
+    /// (the payload), plus the extension `aggregatetype` and the recorded trace context.
+    CloudEvents {
+        /// The CloudEvents `source` attribute, e.g. `/bank`.
+        source: String,
+    },
+}
+
+impl Envelope {
+    /// The body of `message`.
+    pub fn body(&self, message: &Message) -> String {
+        match self {
+            Envelope::Payload => message.payload.clone(),
+            Envelope::CloudEvents { source } => {
+                let data: serde_json::Value = serde_json::from_str(&message.payload)
+                    .unwrap_or_else(|_| serde_json::Value::String(message.payload.clone()));
+                let mut event = serde_json::json!({
+                    "specversion": "1.0",
+                    "id": message.id.to_string(),
+                    "source": source,
+                    "type": message.event_type,
+                    "subject": message.aggregate_id,
+                    "datacontenttype": "application/json",
+                    "aggregatetype": message.aggregate_type,
+                    "data": data,
+                });
+                for (name, value) in recorded_headers(message) {
+                    if matches!(name.as_str(), "traceparent" | "tracestate") {
+                        event[name] = serde_json::Value::String(value);
+                    }
+                }
+                event.to_string()
+            }
+        }
+    }
+
+    /// The content type of the body.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Envelope::Payload => "application/json",
+            Envelope::CloudEvents { .. } => "application/cloudevents+json",
+        }
+    }
+}
+
+/// The headers recorded with the event (a JSON object: trace context, user headers), as pairs.
+/// Values that are not strings are passed as their JSON text.
+pub fn recorded_headers(message: &Message) -> Vec<(String, String)> {
+    let Some(text) = &message.headers else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        Ok(map) => map
+            .into_iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(value) => (name, value),
+                other => (name, other.to_string()),
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Every header a message carries: the event id, event type, aggregate type and id, then the
+/// recorded headers.
+pub fn headers(message: &Message) -> Vec<(String, String)> {
+    let mut headers = vec![
+        (EVENT_ID.to_owned(), message.id.to_string()),
+        (EVENT_TYPE.to_owned(), message.event_type.clone()),
+        (AGGREGATE_TYPE.to_owned(), message.aggregate_type.clone()),
+        (AGGREGATE_ID.to_owned(), message.aggregate_id.clone()),
+    ];
+    headers.extend(recorded_headers(message));
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            id: uuid::Uuid::nil(),
+            seq: 1,
+            aggregate_type: "account".into(),
+            aggregate_id: "42".into(),
+            event_type: "AccountOpened".into(),
+            payload: r#"{"owner":"Ada"}"#.into(),
+            headers: Some(r#"{"traceparent":"00-abc-def-01","n":3}"#.into()),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn routing_renders_templates_and_overrides() {
+        let m = message();
+        assert_eq!(Routing::default().destination(&m), "account");
+        let routing = Routing::template("bank.{aggregate_type}.{event_type}")
+            .unwrap()
+            .route("AccountOpened", "opened.{aggregate_id}")
+            .unwrap();
+        assert_eq!(routing.destination(&m), "opened.42");
+        let other = Message {
+            event_type: "Closed".into(),
+            ..m
+        };
+        assert_eq!(routing.destination(&other), "bank.account.Closed");
+    }
+
+    #[test]
+    fn routing_refuses_bad_templates_with_the_reason() {
+        let error = Routing::template("x.{aggregate}").unwrap_err().to_string();
+        assert!(error.contains("unknown placeholder {aggregate}"), "{error}");
+        assert!(Routing::template("x.{event_type").is_err());
+        assert!(Routing::template("x}").is_err());
+        assert!(Routing::template("").is_err());
+    }
+
+    #[test]
+    fn cloudevents_envelope_carries_the_metadata_and_trace_context() {
+        let body = Envelope::CloudEvents {
+            source: "/bank".into(),
+        }
+        .body(&message());
+        let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["type"], "AccountOpened");
+        assert_eq!(event["subject"], "42");
+        assert_eq!(event["source"], "/bank");
+        assert_eq!(event["data"]["owner"], "Ada");
+        assert_eq!(event["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn headers_carry_ids_types_and_recorded_headers() {
+        let headers = headers(&message());
+        assert!(headers.contains(&(EVENT_TYPE.into(), "AccountOpened".into())));
+        assert!(headers.contains(&("traceparent".into(), "00-abc-def-01".into())));
+        assert!(headers.contains(&("n".into(), "3".into())));
+    }
+}
