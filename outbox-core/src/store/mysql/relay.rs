@@ -8,7 +8,9 @@ use std::time::Duration;
 use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row, Transaction};
 
-use crate::relay::source::{Claim, LowWater, PENDING, Settlement, Source, head_condition};
+use crate::relay::source::{
+    Claim, LowWater, PENDING, Settlement, Source, head_condition, seq_list,
+};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
@@ -39,14 +41,6 @@ fn message(row: &MySqlRow) -> Result<Message, sqlx::Error> {
         headers: row.try_get("headers")?,
         attempts: row.try_get("attempts")?,
     })
-}
-
-/// A comma-separated list of `seq`s, for `IN (...)`: integers read from the table itself.
-fn seq_list(seqs: impl IntoIterator<Item = i64>) -> String {
-    seqs.into_iter()
-        .map(|seq| seq.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The outbox table of a MySQL/MariaDB database, as a relay [`Source`]: what

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 
-use crate::relay::source::{Claim, PENDING, Settlement, Source};
+use crate::relay::source::{Claim, PENDING, Settlement, Source, seq_list};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
@@ -62,14 +62,6 @@ fn message(row: &SqliteRow) -> Result<Message, sqlx::Error> {
         headers: row.try_get("headers")?,
         attempts: row.try_get("attempts")?,
     })
-}
-
-/// A comma-separated list of `seq`s, for `IN (...)`: integers read from the table itself.
-fn seq_list(seqs: impl IntoIterator<Item = i64>) -> String {
-    seqs.into_iter()
-        .map(|seq| seq.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Milliseconds since the Unix epoch: the lease's clock, shared by the processes of one machine.
