@@ -4,6 +4,16 @@
 
 use std::process::Command;
 
+/// The events of the committed work, in commit order: what the outbox holds and the relay
+/// publishes.
+const COMMITTED_EVENT_TYPES: [&str; 5] = [
+    "AccountOpenedEvent",
+    "AccountOpenedEvent",
+    "TransactionCreatedEvent",
+    "TransactionCreatedEvent",
+    "TransactionCreatedEvent",
+];
+
 #[test]
 fn quickstart_prints_exactly_the_committed_events() {
     let db = std::env::temp_dir().join(format!("outbox-quickstart-test-{}.db", std::process::id()));
@@ -33,17 +43,7 @@ fn quickstart_prints_exactly_the_committed_events() {
         .filter_map(|line| line.strip_prefix("published "))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert_eq!(
-        published,
-        [
-            "AccountOpenedEvent",
-            "AccountOpenedEvent",
-            "TransactionCreatedEvent",
-            "TransactionCreatedEvent",
-            "TransactionCreatedEvent"
-        ],
-        "{stdout}"
-    );
+    assert_eq!(published, COMMITTED_EVENT_TYPES, "{stdout}");
     assert!(
         stdout.contains("5 events published; 0 left in the outbox."),
         "{stdout}"
@@ -60,17 +60,7 @@ fn quickstart_prints_exactly_the_committed_events() {
         })
         .collect();
     let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
-    assert_eq!(
-        types,
-        [
-            "AccountOpenedEvent",
-            "AccountOpenedEvent",
-            "TransactionCreatedEvent",
-            "TransactionCreatedEvent",
-            "TransactionCreatedEvent"
-        ],
-        "{stdout}"
-    );
+    assert_eq!(types, COMMITTED_EVENT_TYPES, "{stdout}");
     // The rolled-back debit of 50.00 and the refused 400.00 left nothing behind.
     assert!(!stdout.contains("\"amount_cents\":5000"), "{stdout}");
     assert!(!stdout.contains("\"amount_cents\":40000"), "{stdout}");

@@ -128,3 +128,21 @@ pub(crate) fn seq_list(seqs: impl IntoIterator<Item = i64>) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// Runs `delete` — a statement deleting at most `batch` rows — until it deletes fewer, so that
+/// a purge never holds locks on more than one batch at a time. Returns how many rows went.
+pub(crate) async fn delete_in_batches<F, Fut>(batch: i64, mut delete: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, sqlx::Error>>,
+{
+    let full = u64::try_from(batch).unwrap_or(u64::MAX);
+    let mut total = 0;
+    loop {
+        let done = delete().await?;
+        total += done;
+        if done < full {
+            return Ok(total);
+        }
+    }
+}

@@ -310,19 +310,15 @@ pub(crate) async fn purge(
         table.quoted('`')
     );
     let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-    let mut total = 0;
-    loop {
-        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+    crate::relay::source::delete_in_batches(batch, || async {
+        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(retention)
             .bind(batch)
             .execute(pool)
             .await?
-            .rows_affected();
-        total += done;
-        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+            .rows_affected())
+    })
+    .await
 }
 
 /// The oldest pending event: its `seq` and its age in seconds.

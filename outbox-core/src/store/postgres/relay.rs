@@ -365,19 +365,15 @@ pub(crate) async fn purge(
         "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at < clock_timestamp() - $1 * interval '1 second' \
          ORDER BY seq LIMIT $2)"
     );
-    let mut total = 0;
-    loop {
-        let done = sqlx::query(AssertSqlSafe(sql.clone()))
+    crate::relay::source::delete_in_batches(batch, || async {
+        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(retention.as_secs_f64())
             .bind(batch)
             .execute(pool)
             .await?
-            .rows_affected();
-        total += done;
-        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+            .rows_affected())
+    })
+    .await
 }
 
 /// The oldest pending event: its `seq` and its age in seconds.

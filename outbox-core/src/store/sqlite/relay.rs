@@ -399,17 +399,13 @@ pub(crate) async fn purge(
         "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} \
          WHERE published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) ORDER BY seq LIMIT ?2)"
     );
-    let mut total = 0;
-    loop {
-        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+    crate::relay::source::delete_in_batches(batch, || async {
+        Ok(sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(modifier('-', retention))
             .bind(batch)
             .execute(pool)
             .await?
-            .rows_affected();
-        total += done;
-        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+            .rows_affected())
+    })
+    .await
 }
