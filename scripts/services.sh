@@ -6,6 +6,10 @@
 #   MariaDB     127.0.0.1:3306  root without password, database `test`
 #   Redis       127.0.0.1:6379
 #   NATS        127.0.0.1:4222  with JetStream
+#   RabbitMQ    127.0.0.1:5672  guest/guest
+#   Mosquitto   127.0.0.1:1883  MQTT 5, anonymous
+#   Kafka       127.0.0.1:9092  the Kafka-compatible tansu broker, in memory (installed with
+#                               `cargo install` the first time: about 15 minutes on 2 cores)
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -109,7 +113,53 @@ nats() {
   log "NATS ready on 127.0.0.1:4222"
 }
 
+rabbitmq() {
+  if ! port_open 5672; then
+    if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+      apt_install rabbitmq-server
+    fi
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_for RabbitMQ 120 port_open 5672
+  fi
+  log "RabbitMQ ready on 127.0.0.1:5672"
+}
+
+mosquitto() {
+  if ! port_open 1883; then
+    if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+      apt_install mosquitto
+    fi
+    log "starting Mosquitto"
+    local server
+    server=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    as_root "$server" -d -c /etc/mosquitto/mosquitto.conf
+    wait_for Mosquitto 30 port_open 1883
+  fi
+  log "Mosquitto ready on 127.0.0.1:1883"
+}
+
+kafka() {
+  if ! port_open 9092; then
+    local tansu
+    tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
+    if [ ! -x "$tansu" ]; then
+      log "installing the tansu Kafka-compatible broker (cargo install, about 15 minutes)"
+      cargo install tansu --locked --features dynostore --quiet
+    fi
+    log "starting tansu (Kafka protocol, in-memory storage)"
+    setsid "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
+      </dev/null >"${TMPDIR:-/tmp}/tansu.log" 2>&1 &
+    wait_for tansu 30 port_open 9092
+  fi
+  log "Kafka (tansu) ready on 127.0.0.1:9092"
+}
+
 postgres
 mariadb
 redis
 nats
+rabbitmq
+mosquitto
+kafka

@@ -72,6 +72,7 @@ pub struct NewRow {
     pub aggregate_id: String,
     pub event_type: String,
     pub payload: String,
+    pub headers: Option<String>,
 }
 
 impl<DB> OutboxConnection for sqlx::Transaction<'_, DB>

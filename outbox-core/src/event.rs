@@ -63,6 +63,11 @@ pub trait Recordable {
     fn aggregate_id(&self) -> Option<Cow<'_, str>>;
     /// The payload as JSON.
     fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error>;
+    /// Headers recorded with the event (trace context, tenant, …), carried by every sink.
+    /// None by default.
+    fn headers(&self) -> &[(String, String)] {
+        &[]
+    }
 }
 
 impl<T: OutboxEvent + ?Sized> Recordable for T {
@@ -103,6 +108,7 @@ pub struct Event<'a> {
     event_type: &'a str,
     aggregate_id: Option<String>,
     payload: String,
+    headers: Vec<(String, String)>,
 }
 
 impl<'a> Event<'a> {
@@ -139,7 +145,24 @@ impl<'a> Event<'a> {
             event_type,
             aggregate_id,
             payload,
+            headers: Vec::new(),
         })
+    }
+
+    /// Records the header `name: value` with the event; the sinks pass it on with the message
+    /// (a broker header, an MQTT user property, a field). A later header of the same name
+    /// replaces an earlier one, and those of the event replace those of the outbox's
+    /// [header source](crate::Outbox::header_source).
+    ///
+    /// ```
+    /// # use outbox_core::Event;
+    /// let event = Event::new("account", "AccountOpened", Some(42), &serde_json::json!({}))?
+    ///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// # Ok::<(), outbox_core::Error>(())
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -155,5 +178,8 @@ impl Recordable for Event<'_> {
     }
     fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error> {
         Ok(Cow::Borrowed(&self.payload))
+    }
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 }

@@ -29,7 +29,20 @@ pub struct Outbox {
     table: TableName,
     max_payload_bytes: usize,
     notify_on_commit: bool,
+    header_source: Option<HeaderSource>,
 }
+
+/// A function giving the headers to record with every event, e.g. the current trace context.
+#[derive(Debug, Clone, Copy)]
+struct HeaderSource(fn() -> Vec<(String, String)>);
+
+impl PartialEq for HeaderSource {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl Eq for HeaderSource {}
 
 impl Outbox {
     /// Payload limit of a new `Outbox`: 8 MiB of JSON.
@@ -49,6 +62,7 @@ impl Outbox {
             table,
             max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
             notify_on_commit: false,
+            header_source: None,
         }
     }
 
@@ -66,6 +80,25 @@ impl Outbox {
     /// Migrating with it off removes the trigger. Other dialects ignore it.
     pub const fn notify_on_commit(mut self, notify: bool) -> Self {
         self.notify_on_commit = notify;
+        self
+    }
+
+    /// Records the headers `source` returns with every event (from the attribute and the manual
+    /// API alike): typically the current trace context, so that consumers continue the trace.
+    /// Headers set on an [`Event`](crate::Event) win over those of the source.
+    ///
+    /// ```
+    /// use outbox_core::Outbox;
+    ///
+    /// fn trace_context() -> Vec<(String, String)> {
+    ///     // e.g. from OpenTelemetry's current context, with a TextMapPropagator
+    ///     vec![("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into())]
+    /// }
+    ///
+    /// pub const OUTBOX: Outbox = Outbox::new().header_source(trace_context);
+    /// ```
+    pub const fn header_source(mut self, source: fn() -> Vec<(String, String)>) -> Self {
+        self.header_source = Some(HeaderSource(source));
         self
     }
 
@@ -143,7 +176,18 @@ impl Outbox {
             aggregate_id: aggregate_id.into_owned(),
             event_type: event_type.to_owned(),
             payload: payload.into_owned(),
+            headers: self.headers(event.headers()),
         })
+    }
+
+    /// The headers to record as a JSON object: the source's, then the event's over them.
+    fn headers(&self, own: &[(String, String)]) -> Option<String> {
+        let mut headers = serde_json::Map::new();
+        let from_source = self.header_source.map(|source| (source.0)());
+        for (name, value) in from_source.iter().flatten().chain(own) {
+            headers.insert(name.clone(), serde_json::Value::String(value.clone()));
+        }
+        (!headers.is_empty()).then(|| serde_json::Value::Object(headers).to_string())
     }
 
     /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe

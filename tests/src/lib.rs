@@ -448,3 +448,76 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a server, for connection-loss tests: [`Proxy::cut`]
+/// closes every connection through it and refuses new ones until [`Proxy::restore`]. Only the
+/// clients of this proxy are affected, so tests running alongside keep their connections.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to `target` on a free port.
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::on(listener, target)
+    }
+
+    /// A proxy to `target` listening with `listener`.
+    pub fn on(listener: tokio::net::TcpListener, target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, watcher) = tokio::sync::watch::channel(0_u64);
+        let accepting = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !accepting.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let mut cut = watcher.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+}

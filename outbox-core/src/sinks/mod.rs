@@ -11,10 +11,20 @@ use std::collections::HashMap;
 
 use crate::relay::Message;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "signature")]
+pub mod signature;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 /// Header carrying the event id (UUIDv7): consumers deduplicate on it.
 pub const EVENT_ID: &str = "outbox-event-id";
@@ -74,6 +84,14 @@ impl Default for Routing {
 }
 
 impl Routing {
+    /// Every event to a destination named after its event type.
+    pub fn event_type() -> Self {
+        Routing {
+            default: Template(vec![Part::EventType]),
+            by_event_type: HashMap::new(),
+        }
+    }
+
     /// Every event to the destination `template` names.
     pub fn template(template: &str) -> Result<Self, SetupError> {
         Ok(Routing {

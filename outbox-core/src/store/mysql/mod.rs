@@ -19,8 +19,8 @@ impl OutboxConnection for MySqlConnection {
 
     async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+             VALUES (?, ?, ?, ?, ?, ?)",
             table.quoted('`')
         );
         sqlx::query(AssertSqlSafe(sql))
@@ -29,6 +29,7 @@ impl OutboxConnection for MySqlConnection {
             .bind(&row.aggregate_id)
             .bind(&row.event_type)
             .bind(&row.payload)
+            .bind(&row.headers)
             .execute(&mut *self)
             .await?;
         Ok(())

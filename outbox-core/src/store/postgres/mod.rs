@@ -19,8 +19,8 @@ impl OutboxConnection for PgConnection {
     async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
         // The payload travels as text and is parsed into jsonb by the server, once.
         let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
-             VALUES ($1, $2, $3, $4, $5::jsonb)",
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
             table.quoted('"')
         );
         sqlx::query(AssertSqlSafe(sql))
@@ -29,6 +29,7 @@ impl OutboxConnection for PgConnection {
             .bind(&row.aggregate_id)
             .bind(&row.event_type)
             .bind(&row.payload)
+            .bind(&row.headers)
             .execute(&mut *self)
             .await?;
         Ok(())

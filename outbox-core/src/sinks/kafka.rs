@@ -1,0 +1,183 @@
+//! Kafka sink (feature `kafka`), with rdkafka (librdkafka, built from source): each event is
+//! produced to a topic (default: the aggregate type) with the **aggregate id as key**, so all
+//! events of an aggregate land in one partition, in order. The producer is idempotent
+//! (`enable.idempotence=true`, `acks=all`): librdkafka's own retries neither duplicate nor
+//! reorder. A batch is handed to librdkafka whole and its delivery reports are awaited together.
+//!
+//! Every record carries the [common headers](super::headers) (event id, event type, aggregate
+//! type and id, recorded trace context) and `content-type`.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use outbox_core::relay::Relay;
+//! use outbox_core::sinks::{Routing, kafka::KafkaSink};
+//!
+//! let sink = KafkaSink::connect("127.0.0.1:9092")
+//!     .await?
+//!     .routing(Routing::template("bank.{aggregate_type}")?);
+//! Relay::builder(pool, sink).build().run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! For TLS, SASL or other producer settings, pass your own [`ClientConfig`] to
+//! [`KafkaSink::with_config`]; the settings above are applied on top of it unless you set them.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{Envelope, Routing, SetupError, headers};
+use crate::relay::{Delivery, Message, Sink, SinkError};
+
+pub use rdkafka;
+
+const SINK: &str = "Kafka";
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Produces events to Kafka; see the [module](self) documentation.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    routing: Routing,
+    envelope: Envelope,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("routing", &self.routing)
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Connects to the comma-separated `bootstrap_servers` (`host:port,…`) and checks that the
+    /// cluster answers a metadata request.
+    pub async fn connect(bootstrap_servers: &str) -> Result<Self, SetupError> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap_servers);
+        Self::with_config(config).await
+    }
+
+    /// Connects with an rdkafka producer configuration (re-exported as [`rdkafka`]). Unless
+    /// `config` sets them: `enable.idempotence=true`, `acks=all`, `linger.ms=5`,
+    /// `message.timeout.ms=30000` (a batch the cluster does not take within 30 s fails and is
+    /// retried by the relay) and `compression.type=lz4`.
+    pub async fn with_config(mut config: ClientConfig) -> Result<Self, SetupError> {
+        for (key, value) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+            ("compression.type", "lz4"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        let servers = config.get("bootstrap.servers").unwrap_or("").to_owned();
+        if servers.is_empty() {
+            return Err(SetupError::new(SINK, "`bootstrap.servers` is not set"));
+        }
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|error| SetupError::new(SINK, format!("invalid configuration: {error}")))?;
+        let probe = producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(None, METADATA_TIMEOUT)
+                .map(|metadata| metadata.brokers().len())
+        })
+        .await
+        .map_err(|error| SetupError::new(SINK, format!("metadata request aborted: {error}")))?;
+        match metadata {
+            Ok(brokers) if brokers > 0 => {}
+            Ok(_) => return Err(SetupError::new(SINK, format!("{servers} lists no brokers"))),
+            Err(error) => {
+                return Err(SetupError::new(
+                    SINK,
+                    format!("cannot reach {servers}: {error}"),
+                ));
+            }
+        }
+        Ok(KafkaSink {
+            producer,
+            routing: Routing::default(),
+            envelope: Envelope::Payload,
+        })
+    }
+
+    /// Which topic each event goes to (default: its aggregate type). Topics are not created by
+    /// the sink: create them, or let the cluster create them on first use.
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// The record value (default: the payload as recorded).
+    pub fn envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+}
+
+/// Whether a produce error will recur however often the event is sent again.
+fn failure(error: &KafkaError) -> SinkError {
+    let text = format!("produce failed: {error}");
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRecord,
+        ) => SinkError::permanent(text),
+        _ => SinkError::transient(text),
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        let content_type = self.envelope.content_type();
+        let mut pending = Vec::with_capacity(batch.len());
+        for message in batch {
+            let topic = self.routing.destination(message);
+            let body = self.envelope.body(message);
+            let mut record_headers = OwnedHeaders::new_with_capacity(6).insert(Header {
+                key: "content-type",
+                value: Some(content_type),
+            });
+            for (key, value) in headers(message) {
+                record_headers = record_headers.insert(Header {
+                    key: &key,
+                    value: Some(&value),
+                });
+            }
+            let record = FutureRecord::to(&topic)
+                .key(&message.aggregate_id)
+                .payload(&body)
+                .headers(record_headers);
+            pending.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(error, _)| failure(&error)),
+            );
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for queued in pending {
+            results.push(match queued {
+                Err(error) => Err(error),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(failure(&error)),
+                    Err(_) => Err(SinkError::transient("the producer was dropped")),
+                },
+            });
+        }
+        results
+    }
+}

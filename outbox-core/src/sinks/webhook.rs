@@ -1,0 +1,306 @@
+//! HTTP webhook sink (feature `webhook`), with reqwest: events are POSTed in batches, as a JSON
+//! array, each request signed with HMAC-SHA256 and a timestamp (see [`signature`](super::signature)
+//! for the scheme and the [`verify`](super::signature::verify) function receivers call).
+//!
+//! A request holds at most [`max_events`](WebhookSink::max_events) events and
+//! [`max_bytes`](WebhookSink::max_bytes) of body; a relay batch larger than that is sent as
+//! several requests. How many events accumulate before a flush is the relay's
+//! [`batch_size`](crate::relay::RelayBuilder::batch_size) and
+//! [`poll_interval`](crate::relay::RelayBuilder::poll_interval).
+//!
+//! Each element of the array is an object with `id` (the event id: deduplicate on it),
+//! `event_type`, `aggregate_type`, `aggregate_id`, `payload` (the recorded JSON) and, when some
+//! were recorded, `headers` (trace context…). With [`Envelope::CloudEvents`] the body is a
+//! CloudEvents batch (`application/cloudevents-batch+json`).
+//!
+//! The receiver's answer decides the outcome:
+//!
+//! | answer | outcome |
+//! | --- | --- |
+//! | 2xx | delivered |
+//! | 5xx, 408, 425, 429, timeout, connection refused or reset | retried in the call (a few times, with backoff, honouring a short `Retry-After`), then left to the relay's retries |
+//! | 400, 404, 405, 410, 411, 413, 414, 415, 422 | refused for good: the request is split to find the event at fault, which is dead-lettered; the others are delivered |
+//! | other 4xx (401, 403, 409…) | retried by the relay: credentials and conflicts can be fixed on the receiver's side |
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use outbox_core::relay::Relay;
+//! use outbox_core::sinks::webhook::WebhookSink;
+//!
+//! let secret = std::env::var("WEBHOOK_SECRET")?;
+//! let sink = WebhookSink::connect("https://hooks.example.com/outbox", secret.as_bytes())
+//!     .await?
+//!     .max_events(200);
+//! Relay::builder(pool, sink).build().run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+
+use super::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use super::{Envelope, SetupError, recorded_headers};
+use crate::relay::{Delivery, Message, Sink, SinkError};
+
+pub use reqwest;
+
+const SINK: &str = "webhook";
+/// The longest `Retry-After` waited for inside one call; a longer one is left to the relay.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// POSTs signed batches of events to a URL; see the [module](self) documentation.
+#[derive(Clone)]
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    secret: Arc<[u8]>,
+    envelope: Envelope,
+    max_events: usize,
+    max_bytes: usize,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSink")
+            .field("url", &self.url.as_str())
+            .field("envelope", &self.envelope)
+            .field("max_events", &self.max_events)
+            .field("max_bytes", &self.max_bytes)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one request ended.
+enum Outcome {
+    Delivered,
+    /// The request itself was refused: the same body will never be accepted.
+    Refused(String),
+    /// Worth trying again later.
+    Failed(String),
+}
+
+impl WebhookSink {
+    /// A sink POSTing to `url` (`http://` or `https://`) signed with `secret`. Checks that the
+    /// receiver answers (any HTTP status will do) so that a wrong host or port is reported now.
+    pub async fn connect(url: &str, secret: &[u8]) -> Result<Self, SetupError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| SetupError::new(SINK, format!("cannot build the client: {error}")))?;
+        Self::with_client(client, url, secret).await
+    }
+
+    /// Like [`WebhookSink::connect`], with your own reqwest client (re-exported as
+    /// [`reqwest`]): custom root certificates, client certificates, proxies, timeouts.
+    pub async fn with_client(
+        client: reqwest::Client,
+        url: &str,
+        secret: &[u8],
+    ) -> Result<Self, SetupError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|error| SetupError::new(SINK, format!("invalid URL {url:?}: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(SetupError::new(
+                SINK,
+                format!("{url} is not an http:// or https:// URL"),
+            ));
+        }
+        if secret.is_empty() {
+            return Err(SetupError::new(SINK, "the signing secret is empty"));
+        }
+        client
+            .head(url.clone())
+            .send()
+            .await
+            .map_err(|error| SetupError::new(SINK, format!("{url} does not answer: {error}")))?;
+        Ok(WebhookSink {
+            client,
+            url,
+            secret: secret.into(),
+            envelope: Envelope::Payload,
+            max_events: 100,
+            max_bytes: 1 << 20,
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+        })
+    }
+
+    /// The body's elements (default: the events with their metadata).
+    pub fn envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
+    /// At most `events` events per request (default 100, at least 1).
+    pub fn max_events(mut self, events: usize) -> Self {
+        self.max_events = events.max(1);
+        self
+    }
+
+    /// At most about `bytes` of body per request (default 1 MiB); an event larger than that is
+    /// sent alone.
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How many times one call tries a request that failed for a reason worth retrying
+    /// (default 3, at least 1), waiting `backoff`, then twice that, … in between (default 200 ms).
+    pub fn retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    fn element(&self, message: &Message) -> String {
+        match self.envelope {
+            Envelope::CloudEvents { .. } => self.envelope.body(message),
+            Envelope::Payload => {
+                let payload: serde_json::Value = serde_json::from_str(&message.payload)
+                    .unwrap_or_else(|_| serde_json::Value::String(message.payload.clone()));
+                let mut element = serde_json::json!({
+                    "id": message.id.to_string(),
+                    "event_type": message.event_type,
+                    "aggregate_type": message.aggregate_type,
+                    "aggregate_id": message.aggregate_id,
+                    "payload": payload,
+                });
+                let headers = recorded_headers(message);
+                if !headers.is_empty() {
+                    element["headers"] = headers
+                        .into_iter()
+                        .map(|(name, value)| (name, serde_json::Value::String(value)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                element.to_string()
+            }
+        }
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self.envelope {
+            Envelope::Payload => "application/json",
+            Envelope::CloudEvents { .. } => "application/cloudevents-batch+json",
+        }
+    }
+
+    /// One signed POST of `elements`, retried in place while the failure is worth it.
+    async fn post(&self, elements: &[String]) -> Outcome {
+        let body = format!("[{}]", elements.join(","));
+        let mut wait = self.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let (timestamp, signature) = sign(&self.secret, SystemTime::now(), body.as_bytes());
+            let sent = self
+                .client
+                .post(self.url.clone())
+                .header(reqwest::header::CONTENT_TYPE, self.content_type())
+                .header(TIMESTAMP_HEADER, timestamp)
+                .header(SIGNATURE_HEADER, signature)
+                .body(body.clone())
+                .send()
+                .await;
+            let mut retry_after = None;
+            match sent {
+                Ok(response) if response.status().is_success() => return Outcome::Delivered,
+                Ok(response) => {
+                    let status = response.status();
+                    retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = response.text().await.unwrap_or_default();
+                    let text: String = text.chars().take(200).collect();
+                    last = format!("{} answered {status}: {text}", self.url);
+                    if refused_for_good(status) {
+                        return Outcome::Refused(last);
+                    }
+                    if !worth_retrying_now(status) {
+                        return Outcome::Failed(last);
+                    }
+                }
+                Err(error) => last = format!("POST {} failed: {error}", self.url),
+            }
+            if attempt == self.attempts {
+                break;
+            }
+            let pause = match retry_after {
+                Some(asked) if asked > MAX_RETRY_AFTER => return Outcome::Failed(last),
+                Some(asked) => asked,
+                None => wait,
+            };
+            tokio::time::sleep(pause).await;
+            wait *= 2;
+        }
+        Outcome::Failed(last)
+    }
+
+    /// Posts `elements`; a request refused for good is split in halves until the refused events
+    /// are alone, so that one bad event does not take its neighbours to the dead letters.
+    async fn deliver(&self, elements: &[String], results: &mut Vec<Delivery>) {
+        let mut stack = vec![elements];
+        while let Some(part) = stack.pop() {
+            match self.post(part).await {
+                Outcome::Delivered => results.extend(part.iter().map(|_| Ok(()))),
+                Outcome::Failed(error) => {
+                    let error = SinkError::transient(error);
+                    results.extend(part.iter().map(|_| Err(error.clone())));
+                }
+                Outcome::Refused(error) if part.len() == 1 => {
+                    results.push(Err(SinkError::permanent(error)));
+                }
+                Outcome::Refused(_) => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    stack.push(second);
+                    stack.push(first);
+                }
+            }
+        }
+    }
+}
+
+/// Statuses that say the request itself is wrong: the same body will never be accepted.
+fn refused_for_good(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        400 | 404 | 405 | 410 | 411 | 413 | 414 | 415 | 422
+    )
+}
+
+/// Statuses worth a retry within the same call: the receiver is overloaded or restarting.
+fn worth_retrying_now(status: StatusCode) -> bool {
+    status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429)
+}
+
+impl Sink for WebhookSink {
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut chunk: Vec<String> = Vec::new();
+        let mut bytes = 0;
+        for message in batch {
+            let element = self.element(message);
+            if !chunk.is_empty()
+                && (chunk.len() >= self.max_events || bytes + element.len() > self.max_bytes)
+            {
+                self.deliver(&chunk, &mut results).await;
+                chunk.clear();
+                bytes = 0;
+            }
+            bytes += element.len() + 1;
+            chunk.push(element);
+        }
+        if !chunk.is_empty() {
+            self.deliver(&chunk, &mut results).await;
+        }
+        results
+    }
+}
