@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p outbox-bench -- write   # the cost the outbox adds to a business transaction
 //! cargo run --release -p outbox-bench -- relay   # relay throughput and commit-to-publish latency
+//! cargo run --release -p outbox-bench -- sink nats   # the same into a real broker: nats, redis,
+//!                                                    # kafka, rabbitmq, mqtt or webhook
 //! ```
 //!
 //! PostgreSQL comes from `OUTBOX_BENCH_POSTGRES_URL` (else `OUTBOX_TEST_POSTGRES_URL`, else the
@@ -13,6 +15,7 @@
 //! latency quantiles and the gaps between publishes.
 
 mod relay;
+mod sink;
 
 use std::time::{Duration, Instant};
 
@@ -246,6 +249,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match scenario.as_str() {
         "write" => write(&pool).await,
         "relay" => relay::run(&pool).await,
-        other => Err(format!("unknown scenario {other:?}; available: write, relay").into()),
+        "sink" => match std::env::args().nth(2) {
+            Some(name) => sink::run(&pool, &name).await,
+            None => Err(format!("which sink? `sink <name>`, name one of: {}", sink::NAMES).into()),
+        },
+        other => {
+            Err(format!("unknown scenario {other:?}; available: write, relay, sink <name>").into())
+        }
     }
 }

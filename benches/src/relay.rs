@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox_core::relay::{HandlerSink, Message, Relay};
+use outbox_core::relay::{Delivery, HandlerSink, Message, Relay, Sink};
 use outbox_core::{Event, Outbox, TableName};
 use sqlx::{AssertSqlSafe, PgPool};
 
 const TABLE: &str = "outbox_bench_relay";
-const EVENTS: i64 = 200_000;
+pub(crate) const EVENTS: i64 = 200_000;
 const AGGREGATES: i64 = 20_000;
 const BATCH: usize = 1_000;
 
@@ -20,7 +20,7 @@ fn outbox(notify: bool) -> Outbox {
     Outbox::for_table(TableName::from_static(TABLE)).notify_on_commit(notify)
 }
 
-async fn preload(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub(crate) async fn preload(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
         .execute(pool)
         .await?;
@@ -57,18 +57,52 @@ async fn baseline(pool: &PgPool) -> Result<f64, sqlx::Error> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-/// `instances` relays in this process over the preloaded table, into a counting sink.
-async fn throughput(pool: &PgPool, instances: usize) -> Result<f64, Box<dyn std::error::Error>> {
+/// A sink wrapped to count what it delivered and, when asked, note when each event was.
+pub(crate) struct Observed<K> {
+    inner: K,
+    delivered: Arc<AtomicUsize>,
+    times: Option<Arc<Mutex<HashMap<uuid::Uuid, Instant>>>>,
+}
+
+impl<K: Sink> Sink for Observed<K> {
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        let results = self.inner.publish(batch).await;
+        let now = Instant::now();
+        let ok = results.iter().filter(|result| result.is_ok()).count();
+        self.delivered.fetch_add(ok, AtomicOrdering::Relaxed);
+        if let Some(times) = &self.times {
+            let mut times = times.lock().expect("lock");
+            for (message, result) in batch.iter().zip(&results) {
+                if result.is_ok() {
+                    times.entry(message.id).or_insert(now);
+                }
+            }
+        }
+        results
+    }
+}
+
+/// The in-process sink: delivery costs nothing, what is measured is the relay and the database.
+pub(crate) fn in_process() -> impl Sink {
+    HandlerSink::new(|_: Message| std::future::ready(Ok(())))
+}
+
+/// One relay per sink in `sinks`, in this process, over the preloaded table.
+pub(crate) async fn throughput<K: Sink>(
+    pool: &PgPool,
+    sinks: Vec<K>,
+) -> Result<f64, Box<dyn std::error::Error>> {
     preload(pool).await?;
     let delivered = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let relays: Vec<_> = (0..instances)
-        .map(|_| {
-            let delivered = delivered.clone();
-            let sink = HandlerSink::new(move |_: Message| {
-                delivered.fetch_add(1, AtomicOrdering::Relaxed);
-                std::future::ready(Ok(()))
-            });
+    let relays: Vec<_> = sinks
+        .into_iter()
+        .map(|inner| {
+            let sink = Observed {
+                inner,
+                delivered: delivered.clone(),
+                times: None,
+            };
             let relay = Relay::builder(pool.clone(), sink)
                 .outbox(&outbox(false))
                 .batch_size(BATCH)
@@ -78,7 +112,11 @@ async fn throughput(pool: &PgPool, instances: usize) -> Result<f64, Box<dyn std:
         .collect();
     while delivered.load(AtomicOrdering::Relaxed) < EVENTS as usize {
         if start.elapsed() > Duration::from_secs(300) {
-            return Err("the relay did not drain the table within 5 minutes".into());
+            return Err(format!(
+                "the relay delivered {} of {EVENTS} events in 5 minutes",
+                delivered.load(AtomicOrdering::Relaxed)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -90,8 +128,9 @@ async fn throughput(pool: &PgPool, instances: usize) -> Result<f64, Box<dyn std:
 }
 
 /// Commit-to-publish latency of events committed at `rate` per second for `seconds`.
-async fn latency(
+pub(crate) async fn latency<K: Sink>(
     pool: &PgPool,
+    inner: K,
     notify: bool,
     rate: u64,
     seconds: u64,
@@ -102,15 +141,10 @@ async fn latency(
         .execute(pool)
         .await?;
     let received: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
-    let sink = {
-        let received = received.clone();
-        HandlerSink::new(move |message: Message| {
-            received
-                .lock()
-                .expect("lock")
-                .insert(message.id, Instant::now());
-            std::future::ready(Ok(()))
-        })
+    let sink = Observed {
+        inner,
+        delivered: Arc::default(),
+        times: Some(received.clone()),
     };
     let mut builder = Relay::builder(pool.clone(), sink).outbox(&outbox);
     if notify {
@@ -189,29 +223,45 @@ async fn latency(
     Ok((at(0.50), at(0.99)))
 }
 
-pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// How long latency is measured: `OUTBOX_BENCH_SECONDS`, default 5.
+pub(crate) fn latency_seconds() -> u64 {
+    std::env::var("OUTBOX_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Creates the benchmark's outbox table afresh.
+pub(crate) async fn fresh_table(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    drop_table(pool).await?;
+    outbox(false).migrate(pool).await?;
+    Ok(())
+}
+
+pub(crate) async fn drop_table(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
         .execute(pool)
         .await?;
-    outbox(false).migrate(pool).await?;
+    Ok(())
+}
+
+pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    fresh_table(pool).await?;
     println!(
         "## relay: {EVENTS} preloaded events ({AGGREGATES} aggregates) into an in-process sink\n"
     );
     let base = baseline(pool).await?;
-    let one = throughput(pool, 1).await?;
-    let four = throughput(pool, 4).await?;
+    let one = throughput(pool, vec![in_process()]).await?;
+    let four = throughput(pool, (0..4).map(|_| in_process()).collect()).await?;
     println!("| what | events/s | ratio to the database alone |");
     println!("| --- | ---: | ---: |");
     println!("| database alone: claim {BATCH} with SKIP LOCKED + delete | {base:.0} | 1.000 |");
     println!("| relay, 1 instance | {one:.0} | {:.3} |", one / base);
     println!("| relay, 4 instances | {four:.0} | {:.3} |", four / base);
 
-    let seconds = std::env::var("OUTBOX_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let (p50, p99) = latency(pool, false, 1_000, seconds).await?;
-    let (n50, n99) = latency(pool, true, 1_000, seconds).await?;
+    let seconds = latency_seconds();
+    let (p50, p99) = latency(pool, in_process(), false, 1_000, seconds).await?;
+    let (n50, n99) = latency(pool, in_process(), true, 1_000, seconds).await?;
     println!(
         "\n### commit-to-publish latency at 1,000 events/s for {seconds}s (one writer, one relay)\n"
     );
@@ -222,8 +272,6 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
     println!(
         "\nsummary: events_per_s_1={one:.0} events_per_s_4={four:.0} p50_ms={p50:.1} p99_ms={p99:.1}"
     );
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS {TABLE}")))
-        .execute(pool)
-        .await?;
+    drop_table(pool).await?;
     Ok(())
 }

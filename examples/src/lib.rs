@@ -90,3 +90,5 @@ pub fn check_debit(account: &Account, amount_cents: i64) -> Result<(), BankError
     }
     Ok(())
 }
+
+pub mod sink_demo;

@@ -122,6 +122,7 @@ pub(crate) fn head_condition(table: &str, ordering: super::Ordering) -> String {
 
 /// A comma-separated list of `seq`s, for `IN (...)` in dialects without array parameters: safe
 /// to put in SQL because they are integers read from the table itself.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) fn seq_list(seqs: impl IntoIterator<Item = i64>) -> String {
     seqs.into_iter()
         .map(|seq| seq.to_string())

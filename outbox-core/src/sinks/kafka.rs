@@ -22,9 +22,13 @@
 //! For TLS, SASL or other producer settings, pass your own [`ClientConfig`] to
 //! [`KafkaSink::with_config`]; the settings above are applied on top of it unless you set them.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -41,8 +45,19 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct KafkaSink {
     producer: FutureProducer,
+    config: ClientConfig,
     routing: Routing,
     envelope: Envelope,
+    create: Option<TopicCreation>,
+}
+
+/// Creating missing topics: with what, and which topics are known to exist.
+#[derive(Clone)]
+struct TopicCreation {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    partitions: i32,
+    replication: i32,
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -107,16 +122,91 @@ impl KafkaSink {
         }
         Ok(KafkaSink {
             producer,
+            config,
             routing: Routing::default(),
             envelope: Envelope::Payload,
+            create: None,
         })
     }
 
-    /// Which topic each event goes to (default: its aggregate type). Topics are not created by
-    /// the sink: create them, or let the cluster create them on first use.
+    /// Which topic each event goes to (default: its aggregate type). Topics must exist, be
+    /// created by the cluster on first use, or by the sink ([`KafkaSink::create_topics`]).
     pub fn routing(mut self, routing: Routing) -> Self {
         self.routing = routing;
         self
+    }
+
+    /// Creates each topic the first time the sink meets it, with `partitions` partitions and
+    /// `replication` copies, unless it exists. Off by default: without it, producing to a
+    /// missing topic on a cluster that does not create topics fails (and is retried).
+    pub fn create_topics(mut self, partitions: i32, replication: i32) -> Result<Self, SetupError> {
+        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(|error| {
+            SetupError::new(SINK, format!("cannot create an admin client: {error}"))
+        })?;
+        self.create = Some(TopicCreation {
+            admin: Arc::new(admin),
+            partitions,
+            replication,
+            known: Arc::default(),
+        });
+        Ok(self)
+    }
+
+    /// Makes sure the topics of `batch` exist, when asked to create them.
+    async fn ensure_topics(&self, batch: &[Message]) -> Result<(), SinkError> {
+        let Some(create) = &self.create else {
+            return Ok(());
+        };
+        let missing: Vec<String> = {
+            let known = create
+                .known
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut missing: Vec<String> = batch
+                .iter()
+                .map(|message| self.routing.destination(message))
+                .filter(|topic| !known.contains(topic))
+                .collect();
+            missing.sort();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|topic| {
+                NewTopic::new(
+                    topic,
+                    create.partitions,
+                    TopicReplication::Fixed(create.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        let results = create
+            .admin
+            .create_topics(&topics, &options)
+            .await
+            .map_err(|error| SinkError::transient(format!("cannot create topics: {error}")))?;
+        let mut known = create
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for result in results {
+            match result {
+                Ok(topic) | Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    known.insert(topic);
+                }
+                Err((topic, code)) => {
+                    return Err(SinkError::transient(format!(
+                        "cannot create topic {topic}: {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The record value (default: the payload as recorded).
@@ -142,6 +232,9 @@ fn failure(error: &KafkaError) -> SinkError {
 
 impl Sink for KafkaSink {
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        if let Err(error) = self.ensure_topics(batch).await {
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
         let content_type = self.envelope.content_type();
         let mut pending = Vec::with_capacity(batch.len());
         for message in batch {

@@ -36,6 +36,8 @@ use tokio::sync::Mutex;
 use super::{Envelope, Routing, SetupError, headers};
 use crate::relay::{Delivery, Message, Sink, SinkError};
 
+pub use lapin;
+
 const SINK: &str = "RabbitMQ";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

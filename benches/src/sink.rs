@@ -1,0 +1,223 @@
+//! `sink <name>`: events per second relayed from a preloaded PostgreSQL table into a real
+//! broker, against the same relay into the in-process sink (the baseline: what the relay and
+//! the database allow); then commit-to-publish latency at a steady 1,000 events/s, "published"
+//! meaning the broker acknowledged the event.
+//!
+//! Brokers on 127.0.0.1 (start them with `scripts/services.sh`): NATS 4222, Redis 6379, Kafka
+//! (tansu) 9092, RabbitMQ 5672, Mosquitto 1883; the webhook receiver runs in this process and
+//! verifies every signature.
+
+use std::time::{Duration, SystemTime};
+
+use outbox_core::relay::Sink;
+use outbox_core::sinks::{self, Routing};
+use sqlx::PgPool;
+
+use crate::relay::{
+    EVENTS, drop_table, fresh_table, in_process, latency, latency_seconds, throughput,
+};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// The sinks this scenario knows.
+pub(crate) const NAMES: &str = "nats, redis, kafka, rabbitmq, mqtt, webhook";
+
+const PREFIX: &str = "outbox_bench";
+const SECRET: &[u8] = b"outbox-bench";
+
+/// Measures throughput with `first`, then latency with `second` (a fresh connection).
+async fn measure<K: Sink>(pool: &PgPool, name: &str, first: K, second: K) -> Result<(), BoxError> {
+    fresh_table(pool).await?;
+    let base = throughput(pool, vec![in_process()]).await?;
+    let rate = throughput(pool, vec![first]).await?;
+    let seconds = latency_seconds();
+    let (b50, b99) = latency(pool, in_process(), false, 1_000, seconds).await?;
+    let (p50, p99) = latency(pool, second, false, 1_000, seconds).await?;
+    drop_table(pool).await?;
+    println!("## sink {name}: {EVENTS} preloaded events, one relay\n");
+    println!("| sink | events/s | ratio to in-process | p50 ms at 1,000/s | p99 ms at 1,000/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| in-process (baseline) | {base:.0} | 1.000 | {b50:.1} | {b99:.1} |");
+    println!(
+        "| {name} | {rate:.0} | {:.3} | {p50:.1} | {p99:.1} |",
+        rate / base
+    );
+    println!("\nlatency: from commit to the broker's acknowledgement, polling every 25 ms");
+    println!("\nsummary: sink={name} events_per_s={rate:.0} p50_ms={p50:.1} p99_ms={p99:.1}");
+    Ok(())
+}
+
+fn hint(error: impl std::fmt::Display) -> BoxError {
+    format!("{error} (start the brokers with scripts/services.sh)").into()
+}
+
+pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
+    let routing = Routing::template(&format!("{PREFIX}.{{aggregate_type}}"))?;
+    match name {
+        "nats" => {
+            let sink = sinks::nats::NatsSink::connect("nats://127.0.0.1:4222")
+                .await
+                .map_err(hint)?
+                .routing(routing);
+            let stream = "OUTBOX_BENCH";
+            let _ = sink.jetstream().delete_stream(stream).await;
+            sink.jetstream()
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.into(),
+                    subjects: vec![format!("{PREFIX}.>")],
+                    ..Default::default()
+                })
+                .await?;
+            measure(pool, name, sink.clone(), sink.clone()).await?;
+            sink.jetstream().delete_stream(stream).await?;
+        }
+        "redis" => {
+            let sink = sinks::redis::RedisSink::connect("redis://127.0.0.1:6379")
+                .await
+                .map_err(hint)?
+                .routing(routing);
+            let key = format!("{PREFIX}.account");
+            let client = redis::Client::open("redis://127.0.0.1:6379")?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await?;
+            measure(pool, name, sink.clone(), sink.clone()).await?;
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await?;
+        }
+        "kafka" => {
+            use sinks::kafka::rdkafka::admin::{
+                AdminClient, AdminOptions, NewTopic, TopicReplication,
+            };
+            let bootstrap = "127.0.0.1:9092";
+            let sink = sinks::kafka::KafkaSink::connect(bootstrap)
+                .await
+                .map_err(hint)?
+                .routing(routing);
+            let admin: AdminClient<_> = sinks::kafka::rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .create()?;
+            let topic = format!("{PREFIX}.account");
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let _ = admin.delete_topics(&[&topic], &options).await;
+            admin
+                .create_topics(
+                    &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+                    &options,
+                )
+                .await?;
+            measure(pool, name, sink.clone(), sink.clone()).await?;
+            let _ = admin.delete_topics(&[&topic], &options).await;
+        }
+        "rabbitmq" => {
+            use sinks::rabbitmq::lapin;
+            let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+            // A durable queue bound to the exchange, so that the broker stores what it confirms.
+            let connection = lapin::Connection::connect(url, Default::default())
+                .await
+                .map_err(hint)?;
+            let channel = connection.create_channel().await?;
+            let exchange = format!("{PREFIX}.account");
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    lapin::ExchangeKind::Topic,
+                    lapin::options::ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            channel
+                .queue_declare(
+                    PREFIX.into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    PREFIX.into(),
+                    exchange.as_str().into(),
+                    "#".into(),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await?;
+            let make = || async {
+                sinks::rabbitmq::RabbitMqSink::connect(url)
+                    .await
+                    .map(|sink| sink.exchange(routing.clone()))
+            };
+            let first = make().await.map_err(hint)?;
+            let second = make().await.map_err(hint)?;
+            measure(pool, name, first, second).await?;
+            channel
+                .queue_delete(PREFIX.into(), Default::default())
+                .await?;
+        }
+        "mqtt" => {
+            let routing = Routing::template(&format!("{PREFIX}/{{aggregate_type}}"))?;
+            let make = || async {
+                sinks::mqtt::MqttSink::connect("mqtt://127.0.0.1:1883")
+                    .await
+                    .map(|sink| sink.routing(routing.clone()))
+            };
+            let first = make().await.map_err(hint)?;
+            let second = make().await.map_err(hint)?;
+            measure(pool, name, first, second).await?;
+        }
+        "webhook" => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}/hook", listener.local_addr()?);
+            let app = axum::Router::new()
+                .route("/hook", axum::routing::post(receive).head(|| async { "" }));
+            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+            let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
+                .await?
+                .max_events(500);
+            measure(pool, name, sink.clone(), sink.clone()).await?;
+            server.abort();
+        }
+        other => return Err(format!("unknown sink {other:?}; available: {NAMES}").into()),
+    }
+    Ok(())
+}
+
+/// The webhook receiver: verifies the signature, parses the batch.
+async fn receive(
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    use sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    };
+    let verified = verify(
+        SECRET,
+        header(TIMESTAMP_HEADER),
+        header(SIGNATURE_HEADER),
+        &body,
+        Duration::from_secs(300),
+        SystemTime::now(),
+    );
+    match (
+        verified,
+        serde_json::from_slice::<Vec<serde_json::Value>>(&body),
+    ) {
+        (Ok(()), Ok(_)) => axum::http::StatusCode::OK,
+        (Err(_), _) => axum::http::StatusCode::UNAUTHORIZED,
+        (_, Err(_)) => axum::http::StatusCode::BAD_REQUEST,
+    }
+}

@@ -1,0 +1,60 @@
+//! Runs each broker example against the local brokers (`scripts/services.sh` starts them): the
+//! three committed events are published, the rolled-back one is not, the outbox ends empty.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn run(binary: &str) {
+    let name = std::path::Path::new(binary)
+        .file_name()
+        .unwrap()
+        .to_string_lossy();
+    let db = std::env::temp_dir().join(format!("outbox-{name}-test-{}.db", std::process::id()));
+    let output = Command::new(binary).arg(&db).output().unwrap();
+    let _ = std::fs::remove_file(&db);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{binary} failed (are the brokers up? run scripts/services.sh):\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let published = stdout
+        .lines()
+        .filter(|line| line.starts_with("published AccountOpenedEvent of account "))
+        .count();
+    assert_eq!(published, 3, "{stdout}");
+    assert!(
+        stdout.contains("3 events published; 0 left in the outbox."),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn nats_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-nats"));
+}
+
+#[test]
+fn redis_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-redis"));
+}
+
+#[test]
+fn kafka_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-kafka"));
+}
+
+#[test]
+fn rabbitmq_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-rabbitmq"));
+}
+
+#[test]
+fn mqtt_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-mqtt"));
+}
+
+#[test]
+fn webhook_example_publishes_the_committed_events() {
+    run(env!("CARGO_BIN_EXE_sink-webhook"));
+}
