@@ -123,3 +123,19 @@ impl<T: Display + ?Sized> PresentId for &IdProbe<'_, T> {
         Some(self.0.to_string())
     }
 }
+
+/// The id of an `#[inbox_handler]`'s message, checked to be an `InboxMessage` at its span.
+#[inline(always)]
+pub fn message_id<M: crate::inbox::InboxMessage + ?Sized>(message: &M) -> Result<String, Error> {
+    message.message_id()
+}
+
+/// Records an `#[inbox_handler]`'s message id through its transaction parameter.
+pub fn inbox_record<'a, C: OutboxConnection + ?Sized>(
+    inbox: &'a crate::inbox::Inbox,
+    conn: &'a mut C,
+    consumer: &'a str,
+    message_id: &'a str,
+) -> impl Future<Output = Result<crate::inbox::Recorded, Error>> + Send + 'a {
+    inbox.record(conn, consumer, message_id)
+}

@@ -36,6 +36,30 @@ pub trait OutboxConnection: Send + sealed::Sealed {
         &'a mut self,
         outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Inserts the inbox entry unless it exists; true when inserted.
+    #[doc(hidden)]
+    fn __inbox_insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        consumer: &'a str,
+        message_id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __inbox_migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Deletes up to `limit` entries older than `older_than_ms`; how many.
+    #[doc(hidden)]
+    fn __inbox_purge<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        older_than_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
 }
 
 /// A database the outbox supports, for code generic over the database:
@@ -100,6 +124,31 @@ where
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
         (**self).__migrate(outbox)
     }
+
+    fn __inbox_insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        consumer: &'a str,
+        message_id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
+        (**self).__inbox_insert(table, consumer, message_id)
+    }
+
+    fn __inbox_migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__inbox_migrate(table)
+    }
+
+    fn __inbox_purge<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        older_than_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a {
+        (**self).__inbox_purge(table, older_than_ms, limit)
+    }
 }
 
 impl<DB> OutboxConnection for sqlx::pool::PoolConnection<DB>
@@ -126,6 +175,31 @@ where
         outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
         (**self).__migrate(outbox)
+    }
+
+    fn __inbox_insert<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        consumer: &'a str,
+        message_id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
+        (**self).__inbox_insert(table, consumer, message_id)
+    }
+
+    fn __inbox_migrate<'a>(
+        &'a mut self,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        (**self).__inbox_migrate(table)
+    }
+
+    fn __inbox_purge<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        older_than_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a {
+        (**self).__inbox_purge(table, older_than_ms, limit)
     }
 }
 

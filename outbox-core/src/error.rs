@@ -98,8 +98,32 @@ pub enum Error {
         table: String,
     },
 
+    /// An inbox was given an empty consumer name or message id, or one over 255 bytes (the
+    /// width of the MySQL columns).
+    #[error("inbox of consumer {consumer:?}: the {field} {problem}")]
+    InvalidInboxKey {
+        /// The consumer name.
+        consumer: String,
+        /// `consumer name` or `message id`.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A message from a broker carries no id to deduplicate on.
+    #[error(
+        "the {broker} message has no id: expected {expected}; publish it through the outbox, \
+         or set a message id"
+    )]
+    MissingMessageId {
+        /// Which broker's message.
+        broker: &'static str,
+        /// Where the id was looked for.
+        expected: &'static str,
+    },
+
     /// The database refused an operation.
-    #[error("{operation} on outbox table `{table}` failed ({dialect}): {source}")]
+    #[error("{operation} on table `{table}` failed ({dialect}): {source}")]
     Database {
         /// What was being done: `record`, `migrate`, ...
         operation: &'static str,

@@ -60,6 +60,7 @@
 mod connection;
 mod error;
 mod event;
+pub mod inbox;
 mod outbox;
 mod registry;
 pub mod relay;
@@ -95,6 +96,50 @@ pub use table::TableName;
 /// Without the derive, give all three of `aggregate_type`, `event_type` and `aggregate_id`.
 #[cfg(feature = "macros")]
 pub use outbox_derive::outbox_event;
+
+/// `#[inbox_handler]`: processes a message exactly once, the consumer-side mirror of
+/// [`outbox_event`]. Before the function's body runs, the message id is recorded in the
+/// [inbox](inbox::Inbox) through the function's own transaction; a message whose id is already
+/// there returns [`Processed::Duplicate`](inbox::Processed::Duplicate) without running the body.
+///
+/// The function must be `async`, take one transaction parameter (as for [`outbox_event`]) and
+/// the message — the parameter named `message`, or the only other one — whose type implements
+/// [`InboxMessage`](inbox::InboxMessage), and return `Result<T, E>` with
+/// `E: From<outbox_core::Error>`. The attribute changes the return type to
+/// `Result<Processed<T>, E>`. On `Err`, roll the transaction back (drop it): the id is not
+/// recorded and the message can be retried. The caller commits, then acknowledges the message.
+///
+/// ```
+/// # #[cfg(feature = "postgres")] mod demo {
+/// use outbox_core::inbox::Processed;
+/// use outbox_core::inbox_handler;
+/// use outbox_core::relay::Message;
+/// use sqlx::{Postgres, Transaction};
+///
+/// #[inbox_handler(consumer = "read-model")]
+/// async fn on_account_event(
+///     tx: &mut Transaction<'_, Postgres>,
+///     message: &Message,
+/// ) -> Result<(), outbox_core::Error> {
+///     // apply `message.payload` to the read model through `tx`
+///     Ok(())
+/// }
+///
+/// async fn consume(pool: &sqlx::PgPool, message: &Message) -> Result<(), Box<dyn std::error::Error>> {
+///     let mut tx = pool.begin().await?;
+///     match on_account_event(&mut tx, message).await? {
+///         Processed::Done(()) => tx.commit().await?,
+///         Processed::Duplicate => tx.rollback().await?,
+///     }
+///     Ok(()) // now acknowledge the message to the broker
+/// }
+/// # }
+/// ```
+///
+/// Arguments, both optional: `consumer = "..."`, the consumer's name in the inbox (default: the
+/// function's name); `inbox = PATH`, an [`Inbox`](inbox::Inbox) constant for another table.
+#[cfg(feature = "macros")]
+pub use outbox_derive::inbox_handler;
 
 /// `#[derive(OutboxEvent)]`: implements [`OutboxEvent`] from
 /// `#[outbox(aggregate_type = "...", event_type = "...")]` on a struct with named fields and

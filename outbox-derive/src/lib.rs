@@ -1,5 +1,5 @@
-//! Procedural macros of [outbox](https://docs.rs/outbox-core): `#[outbox_event]` and
-//! `#[derive(OutboxEvent)]`. Depend on `outbox-core`, which re-exports them; the generated code
+//! Procedural macros of [outbox](https://docs.rs/outbox-core): `#[outbox_event]`,
+//! `#[inbox_handler]` and `#[derive(OutboxEvent)]`. Depend on `outbox-core`, which re-exports them; the generated code
 //! names everything through `::outbox_core`.
 //!
 //! Each macro is three stages, one module each: *parse* the arguments into a typed struct,
@@ -10,6 +10,8 @@
 mod attribute;
 mod derive;
 mod errors;
+mod inbox;
+mod signature;
 
 use proc_macro::TokenStream;
 
@@ -18,6 +20,13 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream {
     attribute::outbox_event(args.into(), item.into()).into()
+}
+
+/// Processes a message exactly once: records its id in the inbox through the handler's
+/// transaction before the body runs. Documented on `outbox_core::inbox_handler`.
+#[proc_macro_attribute]
+pub fn inbox_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    inbox::inbox_handler(args.into(), item.into()).into()
 }
 
 /// Implements `outbox_core::OutboxEvent`. Documented on `outbox_core::OutboxEvent`.

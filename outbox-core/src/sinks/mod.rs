@@ -5,7 +5,11 @@
 //! | sink | feature | destination | dedup id |
 //! | --- | --- | --- | --- |
 //! | [`NatsSink`](nats::NatsSink) | `nats` | JetStream subject | `Nats-Msg-Id` = event id |
+//! | [`KafkaSink`](kafka::KafkaSink) | `kafka` | topic, key = aggregate id | header `outbox-event-id` |
+//! | [`RabbitMqSink`](rabbitmq::RabbitMqSink) | `rabbitmq` | exchange + routing key | `message_id` = event id |
 //! | [`RedisSink`](redis::RedisSink) | `redis` | Redis stream key | field `id` = event id |
+//! | [`MqttSink`](mqtt::MqttSink) | `mqtt` | MQTT topic | user property `outbox-event-id` |
+//! | [`WebhookSink`](webhook::WebhookSink) | `webhook` | one URL, signed batches | element `id` |
 
 use std::collections::HashMap;
 

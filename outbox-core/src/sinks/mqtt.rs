@@ -146,9 +146,15 @@ impl MqttSink {
     }
 
     /// Connects with rumqttc's `options` (re-exported as [`rumqttc`]), e.g. for TLS. The session
-    /// is made clean: delivery is tracked per batch, not left to the session.
+    /// is made clean (delivery is tracked per batch, not left to the session) and `TCP_NODELAY`
+    /// is set.
     pub async fn with_options(mut options: MqttOptions) -> Result<Self, SetupError> {
         options.set_clean_start(true);
+        // Without TCP_NODELAY, Nagle's algorithm holds a small batch's last packets back until
+        // the broker's delayed ACK: some 40 ms per batch.
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let link = open(&options).await.map_err(|error| {
             let (host, port) = options.broker_address();
             SetupError::new(SINK, format!("cannot connect to {host}:{port}: {error}"))

@@ -8,7 +8,7 @@ use syn::visit::Visit;
 use syn::{ItemFn, Type};
 
 use super::args::Args;
-use super::signature::Signature;
+use crate::signature::Signature;
 
 pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) -> TokenStream {
     let ItemFn {

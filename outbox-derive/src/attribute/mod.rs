@@ -2,12 +2,23 @@
 
 mod args;
 mod expand;
-mod signature;
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 
 use crate::errors::Errors;
+use crate::signature::{self, Rules};
+
+const RULES: Rules = Rules {
+    name: "#[outbox_event]",
+    writes: "the outbox row",
+    not_result: "`#[outbox_event]` records the entity of an `Ok` and nothing on an `Err`, so the \
+                 function must return `Result<Entity, YourError>` (with \
+                 `YourError: From<outbox_core::Error>`)",
+    returns_nothing: "`#[outbox_event]` records the entity the function returns, but this one \
+                      returns nothing: return `Result<Entity, YourError>` (with \
+                      `YourError: From<outbox_core::Error>`)",
+};
 
 pub(crate) fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
@@ -34,7 +45,7 @@ pub(crate) fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream 
             return with_errors(errors, item);
         }
     };
-    let checked = signature::validate(&function);
+    let checked = signature::validate(&function, &RULES);
     let (args, signature) = match (args, checked) {
         (Some(args), Ok(signature)) => (args, signature),
         (_, Err(error)) => {
@@ -48,7 +59,7 @@ pub(crate) fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream 
 
 /// The item unchanged, plus the errors: the rest of the user's code still compiles, so they
 /// see our errors and not a cascade of "cannot find function".
-fn with_errors(errors: Errors, item: TokenStream) -> TokenStream {
+pub(crate) fn with_errors(errors: Errors, item: TokenStream) -> TokenStream {
     match errors.finish(()) {
         Ok(()) => item,
         Err(error) => {
@@ -60,7 +71,7 @@ fn with_errors(errors: Errors, item: TokenStream) -> TokenStream {
 }
 
 /// The tokens that introduce an item (`struct Name`, `impl Trait for T`, ...), for spans.
-fn item_head(item: &syn::Item) -> TokenStream {
+pub(crate) fn item_head(item: &syn::Item) -> TokenStream {
     match item {
         syn::Item::Struct(s) => {
             let (k, i) = (&s.struct_token, &s.ident);

@@ -1,6 +1,7 @@
 //! SQLite: JSON text payload, `INTEGER PRIMARY KEY AUTOINCREMENT` so that `seq` is never
 //! reused after a delete, ISO-8601 UTC timestamps.
 
+mod inbox;
 pub(crate) mod relay;
 
 use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
@@ -33,6 +34,28 @@ impl OutboxConnection for SqliteConnection {
             .execute(&mut *self)
             .await?;
         Ok(())
+    }
+
+    async fn __inbox_insert(
+        &mut self,
+        table: &TableName,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        inbox::insert(self, table, consumer, message_id).await
+    }
+
+    async fn __inbox_migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
+        inbox::migrate(self, table).await
+    }
+
+    async fn __inbox_purge(
+        &mut self,
+        table: &TableName,
+        older_than_ms: i64,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
+        inbox::purge(self, table, older_than_ms, limit).await
     }
 
     async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {

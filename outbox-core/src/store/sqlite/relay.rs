@@ -25,7 +25,7 @@ const COLUMNS: &str =
     "o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.headers, o.attempts";
 
 /// A table beside the outbox table, in its schema: `<table><suffix>`, quoted.
-fn companion(table: &TableName, suffix: &str) -> String {
+pub(crate) fn companion(table: &TableName, suffix: &str) -> String {
     match table.parts() {
         (Some(schema), name) => format!("\"{schema}\".\"{name}{suffix}\""),
         (None, name) => format!("\"{name}{suffix}\""),

@@ -1,4 +1,5 @@
-//! The rules a function must follow to be annotated, checked on its signature.
+//! The rules a function must follow to be annotated, checked on its signature: shared by
+//! `#[outbox_event]` and `#[inbox_handler]`, which both write through the caller's transaction.
 //!
 //! A macro sees tokens, not types: these checks recognise what is visibly wrong (a pool, a
 //! transaction by value, no `Result`). What only the type checker can know (an alias of a pool,
@@ -28,18 +29,33 @@ pub(crate) struct Transaction<'a> {
     pub(crate) by_reference: bool,
 }
 
+/// What differs between the attributes in their messages.
+pub(crate) struct Rules {
+    /// `#[outbox_event]`.
+    pub(crate) name: &'static str,
+    /// What is written through the transaction: `the outbox row`.
+    pub(crate) writes: &'static str,
+    /// Why the return must be a `Result`, when it is something else.
+    pub(crate) not_result: &'static str,
+    /// The same, when the function returns nothing.
+    pub(crate) returns_nothing: &'static str,
+}
+
 const HOW_TO_TAKE_TX: &str = "take `tx: &mut sqlx::Transaction<'_, Postgres>` (or `&mut PgConnection`, \
      `&mut MySqlConnection`, `&mut SqliteConnection`) and let the caller commit";
 
-pub(crate) fn validate(function: &ItemFn) -> syn::Result<Signature<'_>> {
+pub(crate) fn validate<'a>(function: &'a ItemFn, rules: &Rules) -> syn::Result<Signature<'a>> {
     let sig = &function.sig;
     let mut errors = Errors::default();
 
     if sig.asyncness.is_none() {
         errors.spanned(
             sig.fn_token,
-            "`#[outbox_event]` needs an `async fn`: the outbox row is written with `.await` \
-             through your transaction; write `async fn`",
+            format!(
+                "`{}` needs an `async fn`: {} is written with `.await` through your \
+                 transaction; write `async fn`",
+                rules.name, rules.writes
+            ),
         );
     }
 
@@ -47,27 +63,17 @@ pub(crate) fn validate(function: &ItemFn) -> syn::Result<Signature<'_>> {
         ReturnType::Type(_, ty) => match result_types(ty) {
             Some(types) => Some(types),
             None => {
-                errors.spanned(
-                    ty,
-                    "`#[outbox_event]` records the entity of an `Ok` and nothing on an `Err`, so \
-                     the function must return `Result<Entity, YourError>` (with \
-                     `YourError: From<outbox_core::Error>`)",
-                );
+                errors.spanned(ty, rules.not_result);
                 None
             }
         },
         ReturnType::Default => {
-            errors.spanned(
-                &sig.ident,
-                "`#[outbox_event]` records the entity the function returns, but this one returns \
-                 nothing: return `Result<Entity, YourError>` (with \
-                 `YourError: From<outbox_core::Error>`)",
-            );
+            errors.spanned(&sig.ident, rules.returns_nothing);
             None
         }
     };
 
-    let transaction = find_transaction(function, &mut errors);
+    let transaction = find_transaction(function, rules, &mut errors);
 
     match (transaction, result) {
         (Some(transaction), Some((entity, error))) => errors.finish(Signature {
@@ -175,7 +181,11 @@ fn is_generic(ty: &Type, generics: &[&Ident]) -> bool {
         if path.segments.len() == 1 && generics.contains(&&path.segments[0].ident))
 }
 
-fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Transaction<'a>> {
+fn find_transaction<'a>(
+    function: &'a ItemFn,
+    rules: &Rules,
+    errors: &mut Errors,
+) -> Option<Transaction<'a>> {
     let sig = &function.sig;
     let generics: Vec<&Ident> = sig.generics.type_params().map(|p| &p.ident).collect();
     let mut transactions = Vec::new();
@@ -190,11 +200,12 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
             Kind::Pool => {
                 refused = true;
                 errors.spanned(
-                &param.ty,
-                format!(
-                    "a pool is not a transaction: the outbox row would commit on its own, apart \
-                     from your data; {HOW_TO_TAKE_TX}"
-                ),
+                    &param.ty,
+                    format!(
+                        "a pool is not a transaction: {} would commit on its own, apart from your \
+                     data; {HOW_TO_TAKE_TX}",
+                        rules.writes
+                    ),
                 )
             }
             Kind::NotMutable => {
@@ -202,9 +213,10 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
                 errors.spanned(
                     &param.ty,
                     format!(
-                        "the transaction must be borrowed mutably, not taken by value or shared: a \
-                     function that owns the transaction could commit it before the outbox row \
-                     is written; {HOW_TO_TAKE_TX}"
+                        "the transaction must be borrowed mutably, not taken by value or shared: \
+                         a function that owns the transaction could commit it before {} is \
+                         written; {HOW_TO_TAKE_TX}",
+                        rules.writes
                     ),
                 )
             }
@@ -228,8 +240,8 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
                 errors.spanned(
                     &param.ty,
                     format!(
-                        "`#[outbox_event]` cannot tell which parameter is the transaction; \
-                         {HOW_TO_TAKE_TX}"
+                        "`{}` cannot tell which parameter is the transaction; {HOW_TO_TAKE_TX}",
+                        rules.name
                     ),
                 );
             }
@@ -237,8 +249,9 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
             errors.at(
                 sig.paren_token.span.join(),
                 format!(
-                    "`#[outbox_event]` writes the outbox row through the function's \
-                     transaction, but this function takes none: {HOW_TO_TAKE_TX}"
+                    "`{}` writes {} through the function's transaction, but this function \
+                     takes none: {HOW_TO_TAKE_TX}",
+                    rules.name, rules.writes
                 ),
             );
         }
@@ -251,9 +264,9 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
             errors.spanned(
                 param,
                 format!(
-                    "a second transaction parameter: `#[outbox_event]` records into exactly one \
-                     transaction (`{first}` comes first); take one transaction and run both \
-                     writes in it"
+                    "a second transaction parameter: `{}` records into exactly one transaction \
+                     (`{first}` comes first); take one transaction and run both writes in it",
+                    rules.name
                 ),
             );
         }
@@ -270,8 +283,11 @@ fn find_transaction<'a>(function: &'a ItemFn, errors: &mut Errors) -> Option<Tra
         other => {
             errors.at(
                 other.span(),
-                "give the transaction parameter a name (`tx: &mut Transaction<'_, DB>`): the \
-                 outbox row is written through it",
+                format!(
+                    "give the transaction parameter a name (`tx: &mut Transaction<'_, DB>`): {} \
+                     is written through it",
+                    rules.writes
+                ),
             );
             None
         }

@@ -1,0 +1,293 @@
+//! The consumer side: exactly-once processing of at-least-once deliveries.
+//!
+//! An outbox delivers every event at least once; sooner or later a consumer sees one twice (a
+//! relay crash after publishing, a broker redelivery, a consumer crash before its ack). The
+//! [`Inbox`] makes processing exactly-once: the message id is recorded in an inbox table **in the
+//! same transaction** as the consumer's own writes, and a message whose id is already there is
+//! skipped.
+//!
+//! ```no_run
+//! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # async fn demo(pool: sqlx::PgPool, message_id: &str) -> Result<(), BoxError> {
+//! use outbox_core::inbox::{Inbox, Processed};
+//!
+//! const INBOX: Inbox = Inbox::DEFAULT;
+//! INBOX.migrate(&pool).await?; // once, at start-up
+//!
+//! let outcome = INBOX
+//!     .process(&pool, "read-model", message_id, |tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("UPDATE balances SET cents = cents + 100 WHERE account = 42")
+//!                 .execute(&mut **tx)
+//!                 .await?;
+//!             Ok::<_, BoxError>(())
+//!         })
+//!     })
+//!     .await?;
+//! if outcome.is_duplicate() {
+//!     // seen before: nothing ran, nothing changed; acknowledge it again
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! How it stays exactly-once under concurrency: the inbox row is inserted **first**, before the
+//! handler runs. A second delivery of the same message, processed at the same time, waits on the
+//! row's key until the first transaction ends: if it committed, the second is a duplicate; if it
+//! rolled back (the handler failed), the second one processes the message.
+//!
+//! * [`Inbox::process`] runs a handler and records the id in one transaction, from a pool.
+//! * [`Inbox::record`] is the step alone, through a transaction you manage.
+//! * `#[inbox_handler]` (feature `macros`) adds that step to an async function.
+//! * [`nats`] and [`rabbitmq`] take a message from the broker's consumer, process it through the
+//!   inbox, and only then acknowledge it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::connection::{Dialect, OutboxConnection};
+use crate::relay::source::delete_in_batches;
+use crate::{Error, TableName};
+
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+
+/// Longest consumer name or message id: the width of the MySQL columns.
+const MAX_KEY_LEN: usize = 255;
+
+/// An inbox table and its retention. A `const`, like [`Outbox`](crate::Outbox):
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_core::{TableName, inbox::Inbox};
+///
+/// pub const INBOX: Inbox = Inbox::for_table(TableName::from_static("billing_inbox"))
+///     .retention(Duration::from_secs(30 * 24 * 3600));
+/// assert_eq!(INBOX.table().as_str(), "billing_inbox");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbox {
+    table: TableName,
+    retention: Duration,
+}
+
+/// What [`Inbox::process`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Processed<T> {
+    /// First delivery: the handler ran and its writes committed with the message id.
+    Done(T),
+    /// The message id was already recorded: the handler did not run.
+    Duplicate,
+}
+
+impl<T> Processed<T> {
+    /// True for [`Processed::Duplicate`].
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Processed::Duplicate)
+    }
+}
+
+/// What [`Inbox::record`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Recorded {
+    /// The id was not there: it is now, in the caller's transaction. Process the message, then
+    /// commit.
+    New,
+    /// The id was already recorded by a committed transaction: skip the message.
+    Duplicate,
+}
+
+/// A handler run by [`Inbox::process`]: it gets the open transaction and returns a boxed future
+/// (`|tx| Box::pin(async move { ... })`), so that it may borrow the transaction.
+pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
+
+/// A message that has an id to deduplicate on: the outbox's own [`Message`](crate::relay::Message)
+/// (its event id), a NATS JetStream message, a RabbitMQ delivery (with their features), or the
+/// id itself (`&str`, `String`, `Uuid`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no message id the inbox can deduplicate on",
+    label = "`{Self}` does not implement `InboxMessage`",
+    note = "take the message as `outbox_core::relay::Message`, `async_nats::jetstream::Message` or `lapin::message::Delivery`, or its id as `&str`",
+    note = "or implement `outbox_core::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
+)]
+pub trait InboxMessage {
+    /// The id; an error when the message carries none.
+    fn message_id(&self) -> Result<String, Error>;
+}
+
+impl InboxMessage for crate::relay::Message {
+    fn message_id(&self) -> Result<String, Error> {
+        Ok(self.id.to_string())
+    }
+}
+
+impl InboxMessage for uuid::Uuid {
+    fn message_id(&self) -> Result<String, Error> {
+        Ok(self.to_string())
+    }
+}
+
+impl InboxMessage for str {
+    fn message_id(&self) -> Result<String, Error> {
+        Ok(self.to_owned())
+    }
+}
+
+impl InboxMessage for String {
+    fn message_id(&self) -> Result<String, Error> {
+        Ok(self.clone())
+    }
+}
+
+impl<M: InboxMessage + ?Sized> InboxMessage for &M {
+    fn message_id(&self) -> Result<String, Error> {
+        (**self).message_id()
+    }
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox::DEFAULT
+    }
+}
+
+impl Inbox {
+    /// Table `inbox`, entries kept 7 days.
+    pub const DEFAULT: Inbox = Inbox::for_table(TableName::from_static("inbox"));
+
+    /// Default retention: 7 days.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// An inbox in `table`.
+    pub const fn for_table(table: TableName) -> Self {
+        Inbox {
+            table,
+            retention: Self::DEFAULT_RETENTION,
+        }
+    }
+
+    /// How long [`Inbox::purge`] keeps entries. It must be longer than the longest a duplicate
+    /// can arrive after the first delivery (broker redelivery, relay retries, replayed dead
+    /// letters): an id purged before its duplicate arrives lets the duplicate through.
+    pub const fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The inbox table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Creates the inbox table if it does not exist: primary key (`consumer`, `message_id`),
+    /// `processed_at`, and an index on `processed_at` for purging. Idempotent.
+    pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
+        let wrap = |source| Error::database("migrate inbox", &self.table, dialect, source);
+        let mut conn = pool.acquire().await.map_err(wrap)?;
+        conn.__inbox_migrate(&self.table).await.map_err(wrap)
+    }
+
+    /// Records that `consumer` processes `message_id`, through `conn`, which must be inside a
+    /// transaction: commit it after the message's own writes, or roll it back to leave the
+    /// message unprocessed. Returns [`Recorded::Duplicate`] when a committed transaction recorded
+    /// it before. A concurrent transaction recording the same id waits for this one to end.
+    pub async fn record<C>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<Recorded, Error>
+    where
+        C: OutboxConnection + ?Sized,
+    {
+        check_key(consumer, "consumer name", consumer)?;
+        check_key(consumer, "message id", message_id)?;
+        if !conn.__in_transaction() {
+            return Err(Error::NoTransaction {
+                event_type: format!("inbox entry of {consumer}"),
+                table: self.table.to_string(),
+                dialect: C::DIALECT,
+            });
+        }
+        let inserted = conn
+            .__inbox_insert(&self.table, consumer, message_id)
+            .await
+            .map_err(|source| Error::database("record", &self.table, C::DIALECT, source))?;
+        Ok(if inserted {
+            Recorded::New
+        } else {
+            tracing::debug!(table = %self.table, consumer, message_id, "duplicate message skipped");
+            Recorded::Duplicate
+        })
+    }
+
+    /// Processes a message exactly once: begins a transaction on `pool`, records `message_id`
+    /// for `consumer`, runs `handler` with the transaction and commits. A message already
+    /// recorded returns [`Processed::Duplicate`] without running the handler. A handler error
+    /// rolls everything back (the id is not recorded), so the message can be retried.
+    pub async fn process<DB, T, E, F>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        consumer: &str,
+        message_id: &str,
+        handler: F,
+    ) -> Result<Processed<T>, E>
+    where
+        DB: Dialect,
+        E: From<Error>,
+        F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
+    {
+        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
+        let wrap = |source| Error::database("process", &self.table, dialect, source);
+        let mut tx = pool.begin().await.map_err(wrap)?;
+        match self.record(&mut *tx, consumer, message_id).await? {
+            Recorded::Duplicate => {
+                tx.rollback().await.map_err(wrap)?;
+                return Ok(Processed::Duplicate);
+            }
+            Recorded::New => {}
+        }
+        // On an error the transaction is dropped, which rolls it back.
+        let value = handler(&mut tx).await?;
+        tx.commit().await.map_err(wrap)?;
+        Ok(Processed::Done(value))
+    }
+
+    /// Deletes the entries older than the [retention](Inbox::retention), in batches; returns how
+    /// many. Run it periodically (hourly, daily).
+    pub async fn purge<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<u64, Error> {
+        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
+        let wrap = |source| Error::database("purge inbox", &self.table, dialect, source);
+        let older_than_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        delete_in_batches(PURGE_BATCH, || async {
+            let mut conn = pool.acquire().await?;
+            conn.__inbox_purge(&self.table, older_than_ms, PURGE_BATCH)
+                .await
+        })
+        .await
+        .map_err(wrap)
+    }
+}
+
+/// Rows deleted per purge statement.
+const PURGE_BATCH: i64 = 5_000;
+
+fn check_key(consumer: &str, field: &'static str, value: &str) -> Result<(), Error> {
+    let problem = if value.is_empty() {
+        "is empty".to_owned()
+    } else if value.len() > MAX_KEY_LEN {
+        format!("is {} bytes long, more than {MAX_KEY_LEN}", value.len())
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidInboxKey {
+        consumer: consumer.to_owned(),
+        field,
+        problem,
+    })
+}

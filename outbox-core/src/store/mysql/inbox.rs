@@ -1,0 +1,61 @@
+//! The inbox on MySQL / MariaDB: `INSERT IGNORE` on the primary key. The key's length was
+//! checked before (at most 255 bytes), so `IGNORE` can only skip a duplicate.
+
+use sqlx::{AssertSqlSafe, MySqlConnection};
+
+use crate::TableName;
+
+pub(crate) async fn insert(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "INSERT IGNORE INTO {} (consumer, message_id, processed_at) VALUES (?, ?, UTC_TIMESTAMP(6))",
+        table.quoted('`')
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(consumer)
+        .bind(message_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn migrate(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             consumer     VARCHAR(255) NOT NULL,
+             message_id   VARCHAR(255) NOT NULL,
+             processed_at DATETIME(6)  NOT NULL,
+             PRIMARY KEY (consumer, message_id),
+             INDEX processed_idx (processed_at)
+         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        table.quoted('`')
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+pub(crate) async fn purge(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+    older_than_ms: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {} WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL ? * 1000 MICROSECOND \
+         LIMIT ?",
+        table.quoted('`')
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(older_than_ms)
+        .bind(limit)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

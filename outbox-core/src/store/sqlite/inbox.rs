@@ -1,0 +1,65 @@
+//! The inbox on SQLite: `INSERT ... ON CONFLICT DO NOTHING`; one writer at a time, so a second
+//! delivery waits for the first transaction's write lock.
+
+use sqlx::{AssertSqlSafe, SqliteConnection};
+
+use super::relay::companion;
+use crate::TableName;
+
+pub(crate) async fn insert(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {} (consumer, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        table.quoted('"')
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(consumer)
+        .bind(message_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn migrate(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+) -> Result<(), sqlx::Error> {
+    let name = table.parts().1;
+    // `processed_at` in Unix milliseconds: purging compares numbers.
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             consumer     TEXT    NOT NULL,
+             message_id   TEXT    NOT NULL,
+             processed_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+             PRIMARY KEY (consumer, message_id)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS {index} ON \"{name}\" (processed_at);",
+        table.quoted('"'),
+        index = companion(table, "_processed_idx"),
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+pub(crate) async fn purge(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+    older_than_ms: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let quoted = table.quoted('"');
+    let sql = format!(
+        "DELETE FROM {quoted} WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM {quoted} \
+         WHERE processed_at < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ? LIMIT ?)"
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(older_than_ms)
+        .bind(limit)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,486 @@
+//! The consumer inbox against the real databases: each message's side effect happens exactly
+//! once however often, and however concurrently, it is delivered; a failed attempt leaves no
+//! trace; old entries are purged.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outbox_core::inbox::{Inbox, Processed, Recorded};
+use outbox_core::{Dialect, TableName};
+use outbox_tests::{Lite, My, Pg, TestDb, run_id};
+use sqlx::AssertSqlSafe;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An inbox table of its own and a one-row table counting the side effects.
+struct Fixture<D: TestDb> {
+    db: D,
+    inbox: Inbox,
+    effects: String,
+}
+
+impl<D: TestDb> Fixture<D>
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    async fn new() -> Self {
+        let db = D::connect().await;
+        let id = run_id();
+        let inbox = Inbox::for_table(TableName::new(format!("inbox_{id}")).unwrap());
+        inbox.migrate(db.pool()).await.unwrap();
+        let effects = format!("effects_{id}");
+        db.execute(format!("CREATE TABLE {effects} (n BIGINT NOT NULL)"))
+            .await;
+        db.execute(format!("INSERT INTO {effects} (n) VALUES (0)"))
+            .await;
+        Fixture { db, inbox, effects }
+    }
+
+    async fn effects(&self) -> i64 {
+        self.db
+            .scalar(format!("SELECT n FROM {}", self.effects))
+            .await
+    }
+
+    async fn entries(&self, condition: &str) -> i64 {
+        self.db
+            .scalar(format!(
+                "SELECT COUNT(*) FROM {} WHERE {condition}",
+                self.inbox.table()
+            ))
+            .await
+    }
+
+    /// Processes `message_id` for consumer `c`: the side effect is one more in the counter.
+    async fn deliver(&self, message_id: &str) -> Result<Processed<()>, BoxError> {
+        deliver(&self.inbox, self.db.pool(), &self.effects, message_id).await
+    }
+
+    async fn drop_tables(self) {
+        self.db
+            .execute(format!(
+                "DROP TABLE {}; DROP TABLE {}",
+                self.inbox.table(),
+                self.effects
+            ))
+            .await;
+    }
+}
+
+async fn deliver<DB: Dialect>(
+    inbox: &Inbox,
+    pool: &sqlx::Pool<DB>,
+    effects: &str,
+    message_id: &str,
+) -> Result<Processed<()>, BoxError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let sql = format!("UPDATE {effects} SET n = n + 1");
+    inbox
+        .process(pool, "counter", message_id, |tx| {
+            Box::pin(async move {
+                sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **tx).await?;
+                Ok::<_, BoxError>(())
+            })
+        })
+        .await
+}
+
+async fn the_same_message_ten_times_has_one_effect<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let fixture = Fixture::<D>::new().await;
+    // One after the other.
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        outcomes.push(fixture.deliver("message-1").await.unwrap());
+    }
+    assert_eq!(outcomes[0], Processed::Done(()));
+    assert!(
+        outcomes[1..].iter().all(Processed::is_duplicate),
+        "{outcomes:?}"
+    );
+    assert_eq!(fixture.effects().await, 1);
+
+    // At the same time, from 10 tasks: the first to insert the id wins, the others wait for its
+    // commit and find a duplicate.
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (inbox, pool, effects) = (
+                fixture.inbox.clone(),
+                fixture.db.pool().clone(),
+                fixture.effects.clone(),
+            );
+            let done = done.clone();
+            tokio::spawn(async move {
+                match deliver(&inbox, &pool, &effects, "message-2").await.unwrap() {
+                    Processed::Done(()) => done.fetch_add(1, Ordering::SeqCst),
+                    Processed::Duplicate => 0,
+                };
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 1, "processed more than once");
+    assert_eq!(fixture.effects().await, 2);
+    assert_eq!(fixture.entries("TRUE").await, 2);
+    fixture.drop_tables().await;
+}
+
+async fn a_failing_handler_leaves_no_trace_and_the_retry_succeeds<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let fixture = Fixture::<D>::new().await;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    for attempt in 1..=3 {
+        let sql = format!("UPDATE {} SET n = n + 1", fixture.effects);
+        let attempts = attempts.clone();
+        let outcome = fixture
+            .inbox
+            .process(fixture.db.pool(), "counter", "flaky", |tx| {
+                Box::pin(async move {
+                    // The side effect happens, then the handler fails on its first two attempts.
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **tx).await?;
+                    if attempts.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return Err::<(), BoxError>("downstream unavailable".into());
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        if attempt < 3 {
+            assert_eq!(outcome.unwrap_err().to_string(), "downstream unavailable");
+            assert_eq!(
+                fixture.effects().await,
+                0,
+                "a failed attempt left its effect"
+            );
+            assert_eq!(
+                fixture.entries("TRUE").await,
+                0,
+                "a failed attempt left its id"
+            );
+        } else {
+            assert_eq!(outcome.unwrap(), Processed::Done(()));
+        }
+    }
+    assert_eq!(fixture.effects().await, 1);
+    assert_eq!(fixture.entries("message_id = 'flaky'").await, 1);
+    assert!(fixture.deliver("flaky").await.unwrap().is_duplicate());
+    assert_eq!(fixture.effects().await, 1);
+    fixture.drop_tables().await;
+}
+
+async fn purge_keeps_entries_younger_than_the_retention<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let fixture = Fixture::<D>::new().await;
+    for n in 0..12 {
+        let outcome = fixture.deliver(&format!("m{n}")).await.unwrap();
+        assert_eq!(outcome, Processed::Done(()));
+    }
+    let keep_an_hour = fixture.inbox.clone().retention(Duration::from_secs(3600));
+    assert_eq!(keep_an_hour.purge(fixture.db.pool()).await.unwrap(), 0);
+    assert_eq!(fixture.entries("TRUE").await, 12);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let keep_nothing = fixture.inbox.clone().retention(Duration::ZERO);
+    assert_eq!(keep_nothing.purge(fixture.db.pool()).await.unwrap(), 12);
+    assert_eq!(fixture.entries("TRUE").await, 0);
+    // A purged id is new again: the retention must outlast any redelivery.
+    assert_eq!(fixture.deliver("m0").await.unwrap(), Processed::Done(()));
+    fixture.drop_tables().await;
+}
+
+async fn record_refuses_bad_keys_and_connections_outside_a_transaction<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let fixture = Fixture::<D>::new().await;
+    let mut tx = fixture.db.pool().begin().await.unwrap();
+    let error = fixture.inbox.record(&mut *tx, "", "m").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "inbox of consumer \"\": the consumer name is empty"
+    );
+    let long = "x".repeat(256);
+    let error = fixture
+        .inbox
+        .record(&mut *tx, "c", &long)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the message id is 256 bytes long, more than 255"),
+        "{error}"
+    );
+    assert_eq!(
+        fixture.inbox.record(&mut *tx, "c", "m").await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        fixture.inbox.record(&mut *tx, "c", "m").await.unwrap(),
+        Recorded::Duplicate
+    );
+    assert_eq!(
+        fixture
+            .inbox
+            .record(&mut *tx, "other consumer", "m")
+            .await
+            .unwrap(),
+        Recorded::New,
+        "each consumer has its own ids"
+    );
+    tx.rollback().await.unwrap();
+    let mut conn = fixture.db.pool().acquire().await.unwrap();
+    let error = fixture
+        .inbox
+        .record(&mut *conn, "c", "m")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, outbox_core::Error::NoTransaction { .. }),
+        "{error}"
+    );
+    drop(conn);
+    fixture.drop_tables().await;
+}
+
+macro_rules! inbox_tests {
+    ($module:ident, $db:ty) => {
+        mod $module {
+            use super::*;
+
+            inbox_tests!(@each $db;
+                the_same_message_ten_times_has_one_effect,
+                a_failing_handler_leaves_no_trace_and_the_retry_succeeds,
+                purge_keeps_entries_younger_than_the_retention,
+                record_refuses_bad_keys_and_connections_outside_a_transaction
+            );
+        }
+    };
+    (@each $db:ty; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test::<$db>().await;
+            }
+        )*
+    };
+}
+
+inbox_tests!(postgres, Pg);
+inbox_tests!(mysql, My);
+inbox_tests!(sqlite, Lite);
+
+// --- `#[inbox_handler]`, and a consumer that is also a producer -------------------------------
+
+mod chain {
+    use outbox_core::inbox::{Inbox, Processed};
+    use outbox_core::relay::Message;
+    use outbox_core::{Outbox, OutboxEvent, TableName, inbox_handler, outbox_event};
+    use sqlx::{Postgres, Transaction};
+
+    pub const INBOX: Inbox = Inbox::for_table(TableName::from_static("inbox_chain_test"));
+    pub const OUTBOX: Outbox = Outbox::for_table(TableName::from_static("outbox_chain_test"));
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum AppError {
+        #[error(transparent)]
+        Outbox(#[from] outbox_core::Error),
+        #[error(transparent)]
+        Database(#[from] sqlx::Error),
+        #[error(transparent)]
+        Json(#[from] serde_json::Error),
+    }
+
+    /// What the welcome service emits once per opened account.
+    #[derive(serde::Serialize, OutboxEvent)]
+    #[outbox(aggregate_type = "welcome", event_type = "WelcomeSent")]
+    pub struct Welcome {
+        #[outbox(aggregate_id)]
+        pub account: String,
+    }
+
+    #[outbox_event(outbox = OUTBOX)]
+    async fn send_welcome(
+        tx: &mut Transaction<'_, Postgres>,
+        account: &str,
+    ) -> Result<Welcome, AppError> {
+        sqlx::query("INSERT INTO welcomed_chain_test (account) VALUES ($1)")
+            .bind(account)
+            .execute(&mut **tx)
+            .await?;
+        Ok(Welcome {
+            account: account.to_owned(),
+        })
+    }
+
+    /// Handles `AccountOpened`: its own write and its own event, in the transaction that records
+    /// the message id.
+    #[inbox_handler(consumer = "welcome", inbox = INBOX)]
+    pub async fn on_account_opened(
+        tx: &mut Transaction<'_, Postgres>,
+        message: &Message,
+    ) -> Result<String, AppError> {
+        let opened: serde_json::Value = serde_json::from_str(&message.payload)?;
+        let account = opened["account"].as_str().unwrap_or_default().to_owned();
+        send_welcome(tx, &account).await?;
+        Ok(account)
+    }
+
+    /// One delivery: begin, handle, commit (or roll back a duplicate).
+    pub async fn deliver(
+        pool: &sqlx::PgPool,
+        message: &Message,
+    ) -> Result<Processed<String>, AppError> {
+        let mut tx = pool.begin().await?;
+        let processed = on_account_opened(&mut tx, message).await?;
+        match processed {
+            Processed::Done(_) => tx.commit().await?,
+            Processed::Duplicate => tx.rollback().await?,
+        }
+        Ok(processed)
+    }
+}
+
+/// The tables of the chain, shared by its tests: created under a lock, since concurrent
+/// `CREATE TABLE IF NOT EXISTS` can collide in PostgreSQL's catalog.
+async fn chain_setup(db: &Pg) {
+    chain::INBOX.migrate(db.pool()).await.unwrap();
+    chain::OUTBOX.migrate(db.pool()).await.unwrap();
+    db.execute(
+        "BEGIN; SELECT pg_advisory_xact_lock(7340); \
+         CREATE TABLE IF NOT EXISTS welcomed_chain_test (account TEXT NOT NULL); COMMIT"
+            .into(),
+    )
+    .await;
+}
+
+/// A relayed `AccountOpened` for `account`, as a consumer receives it.
+async fn opened_message(pool: &sqlx::PgPool, account: &str) -> outbox_core::relay::Message {
+    let table = format!("opened_{}", run_id());
+    let outbox = outbox_core::Outbox::for_table(TableName::new(table.clone()).unwrap());
+    outbox.migrate(pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let event = outbox_core::Event::new(
+        "account",
+        "AccountOpened",
+        Some(account),
+        &serde_json::json!({ "account": account }),
+    )
+    .unwrap();
+    outbox.record(&mut *tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let (sink, mut received) = outbox_core::relay::ChannelSink::new(4);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        outbox_core::relay::Relay::builder(pool.clone(), sink)
+            .outbox(&outbox)
+            .build()
+            .run(async move {
+                let _ = stopped.await;
+            }),
+    );
+    let message = received.recv().await.unwrap();
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(pool)
+        .await
+        .unwrap();
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_produces_records_its_event_once_per_message() {
+    let db = Pg::connect().await;
+    let pool = db.pool().clone();
+    chain_setup(&db).await;
+    let account = format!("acc-{}", run_id());
+    let message = opened_message(&pool, &account).await;
+
+    // Redelivered three times, then ten times at once.
+    let first = chain::deliver(&pool, &message).await.unwrap();
+    assert_eq!(first, Processed::Done(account.clone()));
+    for _ in 0..2 {
+        assert!(
+            chain::deliver(&pool, &message)
+                .await
+                .unwrap()
+                .is_duplicate()
+        );
+    }
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (pool, message) = (pool.clone(), message.clone());
+            tokio::spawn(async move { chain::deliver(&pool, &message).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.unwrap().is_duplicate());
+    }
+
+    let welcomed = db
+        .scalar(format!(
+            "SELECT COUNT(*) FROM welcomed_chain_test WHERE account = '{account}'"
+        ))
+        .await;
+    assert_eq!(
+        welcomed, 1,
+        "the handler's own write happened more than once"
+    );
+    let events = db
+        .scalar(format!(
+            "SELECT COUNT(*) FROM outbox_chain_test WHERE aggregate_id = '{account}' \
+             AND event_type = 'WelcomeSent'"
+        ))
+        .await;
+    assert_eq!(events, 1, "the handler's event was recorded more than once");
+    let entries = db
+        .scalar(format!(
+            "SELECT COUNT(*) FROM inbox_chain_test WHERE consumer = 'welcome' AND message_id = '{}'",
+            message.id
+        ))
+        .await;
+    assert_eq!(entries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_inbox_handler_records_nothing_and_its_retry_works() {
+    let db = Pg::connect().await;
+    let pool = db.pool().clone();
+    chain_setup(&db).await;
+    let account = format!("acc-{}", run_id());
+    let mut message = opened_message(&pool, &account).await;
+    let good_payload = message.payload.clone();
+    message.payload = "not json".into();
+    let error = chain::deliver(&pool, &message).await.unwrap_err();
+    assert!(matches!(error, chain::AppError::Json(_)), "{error}");
+    let entries = db
+        .scalar(format!(
+            "SELECT COUNT(*) FROM inbox_chain_test WHERE message_id = '{}'",
+            message.id
+        ))
+        .await;
+    assert_eq!(entries, 0, "a failed handler recorded the message id");
+    message.payload = good_payload;
+    assert_eq!(
+        chain::deliver(&pool, &message).await.unwrap(),
+        Processed::Done(account)
+    );
+}
