@@ -3,10 +3,10 @@
 #![deny(missing_docs)]
 
 use outbox_core::OutboxEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A customer account. Opening one emits `AccountOpenedEvent`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, OutboxEvent)]
 #[outbox(aggregate_type = "account", event_type = "AccountOpenedEvent")]
 pub struct Account {
     /// Assigned by the database.
@@ -22,7 +22,7 @@ pub struct Account {
 
 /// A money movement on one account. Creating one emits `TransactionCreatedEvent`; its aggregate
 /// is the transaction, and the payload carries the account it moved money on.
-#[derive(Debug, Clone, PartialEq, Serialize, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
 #[outbox(aggregate_type = "transaction", event_type = "TransactionCreatedEvent")]
 pub struct TransactionEntity {
     /// Assigned by the database.
@@ -44,6 +44,9 @@ pub enum BankError {
     /// The database refused a statement.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A consumed event's payload is not what its type says.
+    #[error("malformed event payload: {0}")]
+    Payload(#[from] serde_json::Error),
     /// Recording the event failed; the caller's transaction must roll back.
     #[error(transparent)]
     Outbox(#[from] outbox_core::Error),

@@ -484,3 +484,382 @@ async fn a_failing_inbox_handler_records_nothing_and_its_retry_works() {
         Processed::Done(account)
     );
 }
+
+// --- End to end: producer, relay (killed twice), RabbitMQ, consumer with its inbox ------------
+
+/// Publishes through the inner sink, and on its `hang_at`-th batch publishes, then never
+/// returns: the relay is killed there, between publishing and settling, so that its successor
+/// publishes that batch again.
+struct CrashAfterPublishing<K> {
+    inner: K,
+    hang_at: usize,
+    batches: AtomicUsize,
+    hung: Arc<tokio::sync::Notify>,
+}
+
+impl<K: outbox_core::relay::Sink> outbox_core::relay::Sink for CrashAfterPublishing<K> {
+    async fn publish(
+        &self,
+        batch: &[outbox_core::relay::Message],
+    ) -> Vec<outbox_core::relay::Delivery> {
+        let results = self.inner.publish(batch).await;
+        if self.batches.fetch_add(1, Ordering::SeqCst) + 1 == self.hang_at {
+            self.hung.notify_one();
+            std::future::pending::<()>().await;
+        }
+        results
+    }
+}
+
+fn amqp_url() -> String {
+    std::env::var("OUTBOX_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_once() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use outbox_core::relay::{Backoff, Relay};
+    use outbox_core::sinks::{Routing, rabbitmq::RabbitMqSink};
+    use outbox_tests::RelayTable;
+    use std::collections::HashMap;
+
+    const EVENTS: i64 = 5_000;
+    const ACCOUNTS: i64 = 50;
+    let hint = "start RabbitMQ with scripts/services.sh";
+
+    // The producer: deposits recorded in its outbox, 50 per transaction.
+    let producer = RelayTable::<Pg>::new().await;
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for first in (0..EVENTS).step_by(50) {
+        let mut tx = producer.pool.begin().await.unwrap();
+        for n in first..first + 50 {
+            let account = format!("acc-{}", n % ACCOUNTS);
+            let amount = n % 97 + 1;
+            *expected.entry(account.clone()).or_default() += amount;
+            let event = outbox_core::Event::new(
+                "account",
+                "Deposited",
+                Some(&account),
+                &serde_json::json!({ "account": account, "amount": amount }),
+            )
+            .unwrap();
+            producer.outbox.record(&mut *tx, &event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    // The broker: a queue bound to the producer's exchange.
+    let exchange = format!("{}.account", producer.name);
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ: {e}; {hint}"));
+    let channel = connection.create_channel().await.unwrap();
+    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
+    let sink = || async {
+        RabbitMqSink::connect(&amqp_url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}; {hint}"))
+            .exchange(routing.clone())
+    };
+    drop(sink().await); // declares the exchange on first publish; declare it now for the bind
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    // The consumer: a read model of balances, with its inbox, in its own tables.
+    let consumer_db = Pg::connect().await;
+    let id = run_id();
+    let inbox = Inbox::for_table(TableName::new(format!("inbox_e2e_{id}")).unwrap());
+    inbox.migrate(consumer_db.pool()).await.unwrap();
+    let (balances, applied) = (format!("balances_{id}"), format!("applied_{id}"));
+    consumer_db
+        .execute(format!(
+            "CREATE TABLE {balances} (account TEXT PRIMARY KEY, cents BIGINT NOT NULL);
+             CREATE TABLE {applied} (event_id TEXT PRIMARY KEY)"
+        ))
+        .await;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().clone(),
+            "e2e".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    let consumer = {
+        let (pool, inbox, duplicates) = (
+            consumer_db.pool().clone(),
+            inbox.clone(),
+            duplicates.clone(),
+        );
+        let (balances, applied) = (balances.clone(), applied.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = deliveries.next().await {
+                let delivery = delivery.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+                let event_id = delivery
+                    .properties
+                    .message_id()
+                    .clone()
+                    .unwrap()
+                    .to_string();
+                let (balances, applied) = (balances.clone(), applied.clone());
+                let outcome = outbox_core::inbox::rabbitmq::process(
+                    &inbox,
+                    &pool,
+                    "balances",
+                    &delivery,
+                    |tx| {
+                        Box::pin(async move {
+                            sqlx::query(AssertSqlSafe(format!(
+                                "INSERT INTO {balances} (account, cents) VALUES ($1, $2) \
+                                 ON CONFLICT (account) DO UPDATE SET cents = {balances}.cents + $2"
+                            )))
+                            .bind(event["account"].as_str())
+                            .bind(event["amount"].as_i64())
+                            .execute(&mut **tx)
+                            .await?;
+                            // A second application of one event would violate this key.
+                            sqlx::query(AssertSqlSafe(format!(
+                                "INSERT INTO {applied} (event_id) VALUES ($1)"
+                            )))
+                            .bind(event_id)
+                            .execute(&mut **tx)
+                            .await?;
+                            Ok::<_, BoxError>(())
+                        })
+                    },
+                )
+                .await
+                .unwrap();
+                if outcome.is_duplicate() {
+                    duplicates.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    // The relay, killed twice right after publishing a batch, before settling it.
+    for hang_at in [12, 20, usize::MAX] {
+        let hung = Arc::new(tokio::sync::Notify::new());
+        let relay = tokio::spawn(
+            Relay::builder(
+                producer.pool.clone(),
+                CrashAfterPublishing {
+                    inner: sink().await,
+                    hang_at,
+                    batches: AtomicUsize::new(0),
+                    hung: hung.clone(),
+                },
+            )
+            .outbox(&producer.outbox)
+            .batch_size(100)
+            .backoff(Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+            ))
+            .build()
+            .run(std::future::pending()),
+        );
+        if hang_at == usize::MAX {
+            outbox_tests::eventually(Duration::from_secs(120), "the outbox to drain", || async {
+                producer.remaining().await == 0
+            })
+            .await;
+        } else {
+            tokio::time::timeout(Duration::from_secs(60), hung.notified())
+                .await
+                .expect("the relay reached the batch it dies after");
+        }
+        relay.abort();
+        let _ = relay.await;
+    }
+
+    outbox_tests::eventually(Duration::from_secs(120), "every event applied", || async {
+        consumer_db
+            .scalar(format!("SELECT COUNT(*) FROM {applied}"))
+            .await
+            == EVENTS
+    })
+    .await;
+    // Redeliveries still in flight are dropped too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        consumer_db
+            .scalar(format!("SELECT COUNT(*) FROM {applied}"))
+            .await,
+        EVENTS
+    );
+    assert!(
+        duplicates.load(Ordering::SeqCst) > 0,
+        "the killed relays caused no redelivery: the test proves nothing"
+    );
+    for (account, cents) in &expected {
+        let got = consumer_db
+            .scalar(format!(
+                "SELECT cents FROM {balances} WHERE account = '{account}'"
+            ))
+            .await;
+        assert_eq!(got, *cents, "balance of {account}");
+    }
+    eprintln!(
+        "{EVENTS} events applied once; {} duplicates dropped by the inbox",
+        duplicates.load(Ordering::SeqCst)
+    );
+    consumer.abort();
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    consumer_db
+        .execute(format!(
+            "DROP TABLE {balances}; DROP TABLE {applied}; DROP TABLE {}",
+            inbox.table()
+        ))
+        .await;
+    producer.drop_table().await;
+}
+
+/// A handler whose side effect is one more in `effects`.
+fn count_effect(
+    effects: Arc<AtomicUsize>,
+) -> impl for<'c> FnOnce(
+    &'c mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> outbox_core::inbox::Handler<'c, (), BoxError> {
+    move |_| {
+        Box::pin(async move {
+            effects.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
+    use async_nats::jetstream::consumer::pull;
+    use futures::StreamExt;
+    use outbox_core::relay::Relay;
+    use outbox_core::sinks::{Routing, nats::NatsSink};
+    use outbox_tests::RelayTable;
+
+    let producer = RelayTable::<Pg>::new().await;
+    let prefix = producer.name.clone();
+    let url =
+        std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let sink = NatsSink::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; start NATS with scripts/services.sh"))
+        .routing(Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap());
+    let stream = sink
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: prefix.to_uppercase(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut tx = producer.pool.begin().await.unwrap();
+    let event =
+        outbox_core::Event::new("account", "Opened", Some(7), &serde_json::json!({})).unwrap();
+    let event_id = producer.outbox.record(&mut *tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = tokio::spawn(
+        Relay::builder(producer.pool.clone(), sink.clone())
+            .outbox(&producer.outbox)
+            .build()
+            .run(std::future::pending()),
+    );
+
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("inbox-test".into()),
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let db = Pg::connect().await;
+    let inbox = Inbox::for_table(TableName::new(format!("inbox_nats_{}", run_id())).unwrap());
+    inbox.migrate(db.pool()).await.unwrap();
+    let effects = Arc::new(AtomicUsize::new(0));
+    // First delivery: processed and committed, then the consumer "crashes" before its ack.
+    let first = messages.next().await.unwrap().unwrap();
+    let id = outbox_core::inbox::InboxMessage::message_id(&first).unwrap();
+    assert_eq!(id, event_id.to_string(), "the id is the outbox event id");
+    let outcome = inbox
+        .process(db.pool(), "nats-test", &id, count_effect(effects.clone()))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Processed::Done(()));
+    drop(first);
+
+    // JetStream redelivers it after `ack_wait`: the helper finds the id, skips the handler, acks.
+    let again = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a redelivery")
+        .unwrap()
+        .unwrap();
+    assert!(again.info().unwrap().delivered >= 2);
+    let outcome = outbox_core::inbox::nats::process(
+        &inbox,
+        db.pool(),
+        "nats-test",
+        &again,
+        count_effect(effects.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.is_duplicate());
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+    // Acknowledged: nothing comes back.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), messages.next())
+            .await
+            .is_err(),
+        "the duplicate was not acknowledged"
+    );
+
+    relay.abort();
+    sink.jetstream()
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
+    db.execute(format!("DROP TABLE {}", inbox.table())).await;
+    producer.drop_table().await;
+}
