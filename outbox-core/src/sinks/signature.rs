@@ -15,7 +15,7 @@
 //! use std::time::{Duration, SystemTime};
 //! use outbox_core::sinks::signature::{sign, verify};
 //!
-//! let body = br#"[{"id":"0190…"}]"#;
+//! let body = br#"[{"id":"0190f2c4-7d2a-7c1e-9b0a-3f1c2d4e5f60"}]"#;
 //! let now = SystemTime::now();
 //! let (timestamp, signature) = sign(b"s3cret", now, body);
 //! // The receiver, with the header values and the raw body:
