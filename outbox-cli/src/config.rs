@@ -1,0 +1,87 @@
+//! The relay's configuration: a TOML file, then environment variables, then flags, each
+//! overriding the one before.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::CliError;
+
+/// The whole file. Unknown keys are refused, so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// `postgres://…`, `mysql://…`, `sqlite://…`.
+    pub(crate) database_url: Option<String>,
+    /// The outbox table (default `outbox`).
+    pub(crate) table: Option<String>,
+    /// This relay's name, in logs and metrics (default: host name and process id).
+    pub(crate) instance_id: Option<String>,
+    #[serde(default)]
+    pub(crate) relay: RelayConfig,
+    pub(crate) sink: Option<SinkConfig>,
+    #[serde(default)]
+    pub(crate) http: HttpConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RelayConfig {
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) poll_interval_ms: Option<u64>,
+    /// Keep published events this many seconds (default: delete them at once).
+    pub(crate) retention_secs: Option<u64>,
+    /// `per-aggregate` (default) or `unordered`.
+    pub(crate) ordering: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpConfig {
+    /// Where `/metrics` and `/health` are served (default `127.0.0.1:9464`).
+    pub(crate) listen: Option<String>,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SinkConfig {
+    /// `nats`, `kafka`, `rabbitmq`, `redis`, `mqtt` or `webhook`.
+    pub(crate) kind: String,
+    /// The broker's URL (Kafka: the bootstrap servers; webhook: the endpoint).
+    pub(crate) url: String,
+    /// Destination template: subject, topic, exchange, stream key or MQTT topic.
+    pub(crate) routing: Option<String>,
+    /// Per event type: another destination template.
+    #[serde(default)]
+    pub(crate) routes: BTreeMap<String, String>,
+    /// RabbitMQ: the routing key template (default `{event_type}`).
+    pub(crate) routing_key: Option<String>,
+    /// Webhook: the signing secret (prefer `OUTBOX_WEBHOOK_SECRET`).
+    pub(crate) secret: Option<String>,
+    /// `payload` (default) or `cloudevents`.
+    pub(crate) envelope: Option<String>,
+    /// The CloudEvents `source` attribute (default `/outbox`).
+    pub(crate) source: Option<String>,
+}
+
+impl Config {
+    /// Reads `path`; a missing file, bad TOML or an unknown key is an error naming the file.
+    pub(crate) fn load(path: &Path) -> Result<Config, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            CliError::Config(format!("cannot read {}: {error}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|error| {
+            let message = error.message().to_owned();
+            let line = error
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            match line {
+                Some(line) => CliError::Config(format!("{}:{line}: {message}", path.display())),
+                None => CliError::Config(format!("{}: {message}", path.display())),
+            }
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! The database behind a URL, whichever dialect it is, and the queries of `status`.
+
+use std::time::Duration;
+
+use outbox_core::Outbox;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
+
+use crate::CliError;
+
+/// A pool of one of the three dialects.
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the dialect's pool.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::MySql($pool) => $body,
+            $crate::db::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// A pool of a few connections. One connection is opened first, alone, so that an unreachable
+/// server or refused credentials are reported as such, not as a pool timeout.
+async fn open<DB: sqlx::Database>(url: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    use sqlx::Connection;
+    let first = tokio::time::timeout(Duration::from_secs(10), DB::Connection::connect(url))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    first.close().await?;
+    sqlx::pool::PoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(url)
+}
+
+/// The outbox table quoted with `quote` (its name was validated by `TableName`).
+fn quoted(outbox: &Outbox, quote: char) -> String {
+    match outbox.table().parts() {
+        (Some(schema), name) => format!("{quote}{schema}{quote}.{quote}{name}{quote}"),
+        (None, name) => format!("{quote}{name}{quote}"),
+    }
+}
+
+/// Hides the password of a URL for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Db {
+    /// Connects to `url`; the error says which part to fix.
+    pub(crate) async fn connect(url: &str) -> Result<Db, CliError> {
+        let shown = redact(url);
+        let unreachable =
+            |error: sqlx::Error| CliError::Database(format!("cannot connect to {shown}: {error}"));
+        let scheme = url.split("://").next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Ok(Db::Postgres(
+                open::<sqlx::Postgres>(url).await.map_err(unreachable)?,
+            )),
+            "mysql" | "mariadb" => Ok(Db::MySql(
+                open::<sqlx::MySql>(url).await.map_err(unreachable)?,
+            )),
+            "sqlite" => Ok(Db::Sqlite(
+                open::<sqlx::Sqlite>(url).await.map_err(unreachable)?,
+            )),
+            _ => Err(CliError::Config(format!(
+                "database URL {shown:?} is not postgres://, mysql:// or sqlite://"
+            ))),
+        }
+    }
+
+    /// Fails with a clear message when the outbox table is not there.
+    pub(crate) async fn check_table(&self, outbox: &Outbox) -> Result<(), CliError> {
+        let sql = match self {
+            Db::MySql(_) => format!("SELECT COUNT(*) FROM {} WHERE 1 = 0", quoted(outbox, '`')),
+            _ => format!("SELECT COUNT(*) FROM {} WHERE 1 = 0", quoted(outbox, '"')),
+        };
+        let found = with_pool!(self, pool => sqlx::query(AssertSqlSafe(sql)).fetch_all(pool).await.map(drop));
+        found.map_err(|error| {
+            CliError::Database(format!(
+                "outbox table `{}` is not usable ({error}); create it with `outbox migrate`",
+                outbox.table()
+            ))
+        })
+    }
+
+    /// Counts per aggregate and event type.
+    pub(crate) async fn status(&self, outbox: &Outbox) -> Result<Vec<StatusRow>, CliError> {
+        let table = outbox.table();
+        let (double, back) = (quoted(outbox, '"'), quoted(outbox, '`'));
+        let pending = "published_at IS NULL AND dead_at IS NULL";
+        let rows: Result<Vec<RawStatus>, sqlx::Error> = match self {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT aggregate_type, event_type,
+                            COUNT(*) FILTER (WHERE {pending}),
+                            COUNT(*) FILTER (WHERE dead_at IS NOT NULL),
+                            COUNT(*) FILTER (WHERE published_at IS NOT NULL),
+                            EXTRACT(EPOCH FROM clock_timestamp() - MIN(created_at) FILTER (WHERE {pending}))::float8
+                     FROM {double} GROUP BY 1, 2 ORDER BY 1, 2"
+                );
+                sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await
+            }
+            Db::MySql(pool) => {
+                let sql = format!(
+                    "SELECT aggregate_type, event_type,
+                            CAST(SUM({pending}) AS SIGNED),
+                            CAST(SUM(dead_at IS NOT NULL) AS SIGNED),
+                            CAST(SUM(published_at IS NOT NULL) AS SIGNED),
+                            CAST(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN {pending} THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE)
+                     FROM {back} GROUP BY 1, 2 ORDER BY 1, 2"
+                );
+                sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT aggregate_type, event_type,
+                            SUM({pending}), SUM(dead_at IS NOT NULL), SUM(published_at IS NOT NULL),
+                            (julianday('now') - julianday(MIN(CASE WHEN {pending} THEN created_at END))) * 86400.0
+                     FROM {double} GROUP BY 1, 2 ORDER BY 1, 2"
+                );
+                sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await
+            }
+        };
+        let rows = rows.map_err(|error| {
+            CliError::Database(format!("cannot read outbox table `{table}`: {error}"))
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(aggregate_type, event_type, pending, dead, published, age)| StatusRow {
+                    aggregate_type,
+                    event_type,
+                    pending,
+                    dead,
+                    published,
+                    oldest_pending_secs: age.map(|age| age.max(0.0)),
+                },
+            )
+            .collect())
+    }
+}
+
+/// A status row as the query returns it: aggregate type, event type, pending, dead, kept,
+/// age of the oldest pending event in seconds.
+type RawStatus = (String, String, i64, i64, i64, Option<f64>);
+
+/// One line of `outbox status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusRow {
+    pub(crate) aggregate_type: String,
+    pub(crate) event_type: String,
+    pub(crate) pending: i64,
+    pub(crate) dead: i64,
+    /// Published and kept (retention mode).
+    pub(crate) published: i64,
+    /// Age of the oldest pending event: the relay's lag.
+    pub(crate) oldest_pending_secs: Option<f64>,
+}

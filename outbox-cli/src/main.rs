@@ -1,0 +1,466 @@
+//! `outbox`: run the relay as its own service, migrate, inspect, and handle dead letters.
+//!
+//! ```text
+//! outbox --config relay.toml migrate
+//! outbox --config relay.toml relay          # until SIGINT or SIGTERM
+//! outbox --database-url postgres://… status --json
+//! outbox --database-url postgres://… dead-letters list
+//! outbox --database-url postgres://… dead-letters replay --all --yes
+//! ```
+//!
+//! Settings come from the configuration file, then `OUTBOX_*` environment variables, then
+//! flags, each overriding the one before. Errors are one line on stderr and a non-zero exit
+//! status: 2 for a configuration to fix, 1 for anything else.
+
+mod config;
+mod db;
+mod sink;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use outbox_core::inbox::Inbox;
+use outbox_core::relay::{Ordering, Relay};
+use outbox_core::{Outbox, TableName};
+
+use crate::config::Config;
+use crate::db::{Db, redact, with_pool};
+use crate::sink::AnySink;
+
+/// What went wrong, said in one line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The configuration must change.
+    #[error("{0}")]
+    Config(String),
+    /// The database is unreachable or refused an operation.
+    #[error("{0}")]
+    Database(String),
+    /// The sink could not be set up.
+    #[error("{0}")]
+    Sink(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox",
+    version,
+    about = "Transactional outbox relay, migrations, status and dead letters"
+)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "OUTBOX_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The database: postgres://…, mysql://… or sqlite://….
+    #[arg(
+        long,
+        env = "OUTBOX_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// The outbox table (default `outbox`).
+    #[arg(long, env = "OUTBOX_TABLE", global = true)]
+    table: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates or upgrades the outbox table, and the inbox table.
+    Migrate {
+        /// The inbox table (default `inbox`).
+        #[arg(long, env = "OUTBOX_INBOX_TABLE")]
+        inbox_table: Option<String>,
+        /// Leave the inbox table out.
+        #[arg(long)]
+        no_inbox: bool,
+    },
+    /// Relays events to the configured sink until SIGINT or SIGTERM.
+    Relay {
+        /// Events per batch.
+        #[arg(long, env = "OUTBOX_BATCH_SIZE")]
+        batch_size: Option<usize>,
+        /// Where `/metrics` and `/health` are served.
+        #[arg(long, env = "OUTBOX_LISTEN")]
+        listen: Option<String>,
+        /// The broker URL, overriding `sink.url`.
+        #[arg(long, env = "OUTBOX_SINK_URL", hide_env_values = true)]
+        sink_url: Option<String>,
+        /// The webhook sink's signing secret.
+        #[arg(long, env = "OUTBOX_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// This relay's name in logs and metrics.
+        #[arg(long, env = "OUTBOX_INSTANCE_ID")]
+        instance_id: Option<String>,
+    },
+    /// Pending events, lag, dead letters and kept events, per aggregate and event type.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists or replays the events that ran out of attempts.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetters {
+    /// Lists dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only this event type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Makes dead letters deliverable again.
+    Replay {
+        /// The event ids to replay.
+        ids: Vec<uuid::Uuid>,
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("outbox: error: cannot start the runtime: {error}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("outbox: error: {error}");
+            std::process::ExitCode::from(match error {
+                CliError::Config(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+/// The file's settings with the environment and flags over them.
+struct Settings {
+    config: Config,
+    database_url: String,
+    outbox: Outbox,
+}
+
+fn table_name(name: &str) -> Result<TableName, CliError> {
+    TableName::new(name).map_err(|error| CliError::Config(error.to_string()))
+}
+
+fn settings(cli: &Cli) -> Result<Settings, CliError> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let database_url = cli
+        .database_url
+        .clone()
+        .or_else(|| config.database_url.clone())
+        .ok_or_else(|| {
+            CliError::Config(
+                "no database URL: set `database_url` in the configuration file, \
+                 OUTBOX_DATABASE_URL, or --database-url"
+                    .into(),
+            )
+        })?;
+    let table = cli
+        .table
+        .clone()
+        .or_else(|| config.table.clone())
+        .unwrap_or_else(|| "outbox".into());
+    let outbox = Outbox::for_table(table_name(&table)?);
+    Ok(Settings {
+        config,
+        database_url,
+        outbox,
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = settings(&cli)?;
+    let db = Db::connect(&settings.database_url).await?;
+    let outbox = &settings.outbox;
+    match cli.command {
+        Command::Migrate {
+            inbox_table,
+            no_inbox,
+        } => {
+            let migrated = with_pool!(&db, pool => outbox.migrate(pool).await);
+            migrated.map_err(|error| CliError::Database(error.to_string()))?;
+            println!("outbox table `{}` is ready", outbox.table());
+            if !no_inbox {
+                let inbox =
+                    Inbox::for_table(table_name(inbox_table.as_deref().unwrap_or("inbox"))?);
+                let migrated = with_pool!(&db, pool => inbox.migrate(pool).await);
+                migrated.map_err(|error| CliError::Database(error.to_string()))?;
+                println!("inbox table `{}` is ready", inbox.table());
+            }
+            Ok(())
+        }
+        Command::Relay {
+            batch_size,
+            listen,
+            sink_url,
+            webhook_secret,
+            instance_id,
+        } => {
+            db.check_table(outbox).await?;
+            let config = &settings.config;
+            let Some(mut sink_config) = config.sink.clone() else {
+                return Err(CliError::Config(
+                    "no sink: add a [sink] section with `kind` and `url` to the configuration file"
+                        .into(),
+                ));
+            };
+            if let Some(url) = sink_url {
+                sink_config.url = url;
+            }
+            let sink = AnySink::connect(&sink_config, webhook_secret.as_deref()).await?;
+            let instance = instance_id
+                .or_else(|| config.instance_id.clone())
+                .unwrap_or_else(|| format!("relay-{}", std::process::id()));
+            let listen = listen
+                .or_else(|| config.http.listen.clone())
+                .unwrap_or_else(|| "127.0.0.1:9464".into());
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .add_global_label("instance", instance.clone())
+                .install_recorder()
+                .map_err(|error| CliError::Other(format!("cannot install metrics: {error}")))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
+            let server = tokio::spawn(serve(listener, metrics, db.clone()));
+            eprintln!(
+                "outbox relay {instance}: table `{}` of {} -> {} {}; /metrics and /health on http://{listen}",
+                outbox.table(),
+                redact(&settings.database_url),
+                sink_config.kind,
+                redact(&sink_config.url),
+            );
+            let relay_config = &config.relay;
+            let ordering = match relay_config.ordering.as_deref() {
+                None | Some("per-aggregate") => Ordering::PerAggregate,
+                Some("unordered") => Ordering::Unordered,
+                Some(other) => {
+                    return Err(CliError::Config(format!(
+                        "relay.ordering {other:?} is not `per-aggregate` or `unordered`"
+                    )));
+                }
+            };
+            let batch = batch_size.or(relay_config.batch_size).unwrap_or(500);
+            if batch == 0 {
+                return Err(CliError::Config("the batch size must be at least 1".into()));
+            }
+            with_pool!(&db, pool => {
+                let mut builder = Relay::builder(pool.clone(), sink)
+                    .outbox(outbox)
+                    .batch_size(batch)
+                    .ordering(ordering);
+                if let Some(attempts) = relay_config.max_attempts {
+                    builder = builder.max_attempts(attempts);
+                }
+                if let Some(ms) = relay_config.poll_interval_ms {
+                    builder = builder.poll_interval(Duration::from_millis(ms));
+                }
+                if let Some(secs) = relay_config.retention_secs {
+                    builder = builder.retention(Duration::from_secs(secs));
+                }
+                builder.build().run(shutdown_signal()).await;
+            });
+            server.abort();
+            eprintln!("outbox relay {instance}: stopped");
+            Ok(())
+        }
+        Command::Status { json } => {
+            db.check_table(outbox).await?;
+            let rows = db.status(outbox).await?;
+            print_status(&rows, json)
+        }
+        Command::DeadLetters(command) => {
+            db.check_table(outbox).await?;
+            dead_letters(&db, outbox, command).await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    eprintln!("outbox relay: stopping (the batch in hand is settled first)");
+}
+
+/// `/metrics` in the Prometheus text format; `/health`: 200 while the database answers.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    db: Db,
+) {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.render();
+                async move { text }
+            }),
+        )
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let db = db.clone();
+                async move {
+                    let ping = with_pool!(&db, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop));
+                    match ping {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(error) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("database unreachable: {error}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    if let Err(error) = axum::serve(listener, app).await {
+        eprintln!("outbox: error: the metrics endpoint stopped: {error}");
+    }
+}
+
+fn print_status(rows: &[db::StatusRow], json: bool) -> Result<(), CliError> {
+    if json {
+        let text = serde_json::to_string_pretty(rows)
+            .map_err(|error| CliError::Other(error.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12}",
+        "aggregate_type", "event_type", "pending", "dead", "kept", "oldest (s)"
+    );
+    for row in rows {
+        let age = row
+            .oldest_pending_secs
+            .map(|age| format!("{age:.1}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12}",
+            row.aggregate_type, row.event_type, row.pending, row.dead, row.published, age
+        );
+    }
+    let (pending, dead): (i64, i64) = rows
+        .iter()
+        .fold((0, 0), |(p, d), row| (p + row.pending, d + row.dead));
+    println!("total: {pending} pending, {dead} dead");
+    Ok(())
+}
+
+async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<(), CliError> {
+    let database = |error: outbox_core::Error| CliError::Database(error.to_string());
+    match command {
+        DeadLetters::List {
+            limit,
+            event_type,
+            json,
+        } => {
+            let letters =
+                with_pool!(db, pool => outbox.dead_letters(pool, limit).await).map_err(database)?;
+            let letters = letters.into_iter().filter(|letter| {
+                event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == letter.message.event_type)
+            });
+            for letter in letters {
+                let message = &letter.message;
+                if json {
+                    let line = serde_json::json!({
+                        "id": message.id.to_string(),
+                        "aggregate_type": message.aggregate_type,
+                        "aggregate_id": message.aggregate_id,
+                        "event_type": message.event_type,
+                        "attempts": message.attempts,
+                        "last_error": letter.last_error,
+                        "payload": serde_json::from_str::<serde_json::Value>(&message.payload)
+                            .unwrap_or_else(|_| message.payload.clone().into()),
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{}  {} {} {}  attempts {}  {}",
+                        message.id,
+                        message.aggregate_type,
+                        message.aggregate_id,
+                        message.event_type,
+                        message.attempts,
+                        letter.last_error
+                    );
+                }
+            }
+            Ok(())
+        }
+        DeadLetters::Replay { ids, all, yes } => {
+            if ids.is_empty() && !all {
+                return Err(CliError::Config(
+                    "name the dead letters to replay by id, or pass --all".into(),
+                ));
+            }
+            if !yes {
+                let what = if all {
+                    "every dead letter".to_owned()
+                } else {
+                    format!("{} dead letters", ids.len())
+                };
+                eprint!("replay {what} of `{}`? [y/N] ", outbox.table());
+                let _ = std::io::stderr().flush();
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(CliError::Other("nothing replayed".into()));
+                }
+            }
+            let replayed = if all {
+                with_pool!(db, pool => outbox.replay_all_dead_letters(pool).await)
+            } else {
+                with_pool!(db, pool => outbox.replay_dead_letters(pool, &ids).await)
+            }
+            .map_err(database)?;
+            println!("{replayed} dead letters replayed");
+            Ok(())
+        }
+    }
+}

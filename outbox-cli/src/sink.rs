@@ -1,0 +1,140 @@
+//! The sink a configuration names, built and checked at start-up.
+
+use outbox_core::relay::{Delivery, Message, Sink};
+use outbox_core::sinks::{
+    Envelope, Routing, kafka::KafkaSink, mqtt::MqttSink, nats::NatsSink, rabbitmq::RabbitMqSink,
+    redis::RedisSink, webhook::WebhookSink,
+};
+
+use crate::CliError;
+use crate::config::SinkConfig;
+
+/// One of the library's broker sinks.
+#[derive(Debug)]
+pub(crate) enum AnySink {
+    Nats(NatsSink),
+    Kafka(KafkaSink),
+    RabbitMq(RabbitMqSink),
+    Redis(RedisSink),
+    Mqtt(MqttSink),
+    Webhook(WebhookSink),
+}
+
+const KINDS: &str = "nats, kafka, rabbitmq, redis, mqtt, webhook";
+
+impl AnySink {
+    /// Builds the sink and connects it; `webhook_secret` comes from the environment or a flag.
+    pub(crate) async fn connect(
+        config: &SinkConfig,
+        webhook_secret: Option<&str>,
+    ) -> Result<AnySink, CliError> {
+        let routing = |default: Option<&str>| -> Result<Option<Routing>, CliError> {
+            let template = config.routing.as_deref().or(default);
+            let Some(template) = template else {
+                if config.routes.is_empty() {
+                    return Ok(None);
+                }
+                return Err(CliError::Config(
+                    "sink.routes needs sink.routing, the template for the other event types".into(),
+                ));
+            };
+            let mut routing = Routing::template(template).map_err(config_error)?;
+            for (event_type, template) in &config.routes {
+                routing = routing.route(event_type, template).map_err(config_error)?;
+            }
+            Ok(Some(routing))
+        };
+        let envelope = match config.envelope.as_deref() {
+            None | Some("payload") => Envelope::Payload,
+            Some("cloudevents") => Envelope::CloudEvents {
+                source: config.source.clone().unwrap_or_else(|| "/outbox".into()),
+            },
+            Some(other) => {
+                return Err(CliError::Config(format!(
+                    "sink.envelope {other:?} is not `payload` or `cloudevents`"
+                )));
+            }
+        };
+        let url = config.url.as_str();
+        let sink = match config.kind.as_str() {
+            "nats" => {
+                let mut sink = NatsSink::connect(url).await.map_err(sink_error)?;
+                if let Some(routing) = routing(None)? {
+                    sink = sink.routing(routing);
+                }
+                AnySink::Nats(sink.envelope(envelope))
+            }
+            "kafka" => {
+                let mut sink = KafkaSink::connect(url).await.map_err(sink_error)?;
+                if let Some(routing) = routing(None)? {
+                    sink = sink.routing(routing);
+                }
+                AnySink::Kafka(sink.envelope(envelope))
+            }
+            "rabbitmq" => {
+                let mut sink = RabbitMqSink::connect(url).await.map_err(sink_error)?;
+                if let Some(routing) = routing(None)? {
+                    sink = sink.exchange(routing);
+                }
+                if let Some(key) = &config.routing_key {
+                    sink = sink.routing_key(Routing::template(key).map_err(config_error)?);
+                }
+                AnySink::RabbitMq(sink.envelope(envelope))
+            }
+            "redis" => {
+                let mut sink = RedisSink::connect(url).await.map_err(sink_error)?;
+                if let Some(routing) = routing(None)? {
+                    sink = sink.routing(routing);
+                }
+                AnySink::Redis(sink.envelope(envelope))
+            }
+            "mqtt" => {
+                let mut sink = MqttSink::connect(url).await.map_err(sink_error)?;
+                if let Some(routing) = routing(None)? {
+                    sink = sink.routing(routing);
+                }
+                AnySink::Mqtt(sink.envelope(envelope))
+            }
+            "webhook" => {
+                let secret = webhook_secret.or(config.secret.as_deref()).ok_or_else(|| {
+                    CliError::Config(
+                        "the webhook sink needs a signing secret: set OUTBOX_WEBHOOK_SECRET \
+                         (or sink.secret)"
+                            .into(),
+                    )
+                })?;
+                let sink = WebhookSink::connect(url, secret.as_bytes())
+                    .await
+                    .map_err(sink_error)?;
+                AnySink::Webhook(sink.envelope(envelope))
+            }
+            other => {
+                return Err(CliError::Config(format!(
+                    "sink.kind {other:?} is not one of {KINDS}"
+                )));
+            }
+        };
+        Ok(sink)
+    }
+}
+
+fn config_error(error: outbox_core::sinks::SetupError) -> CliError {
+    CliError::Config(error.to_string())
+}
+
+fn sink_error(error: outbox_core::sinks::SetupError) -> CliError {
+    CliError::Sink(error.to_string())
+}
+
+impl Sink for AnySink {
+    async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
+        match self {
+            AnySink::Nats(sink) => sink.publish(batch).await,
+            AnySink::Kafka(sink) => sink.publish(batch).await,
+            AnySink::RabbitMq(sink) => sink.publish(batch).await,
+            AnySink::Redis(sink) => sink.publish(batch).await,
+            AnySink::Mqtt(sink) => sink.publish(batch).await,
+            AnySink::Webhook(sink) => sink.publish(batch).await,
+        }
+    }
+}

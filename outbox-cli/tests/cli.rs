@@ -1,0 +1,456 @@
+//! The real `outbox` binary against the real PostgreSQL and NATS: migrate, status, a relay
+//! child process stopped with SIGTERM and killed with SIGKILL, metrics, dead letters, and every
+//! error a user can make, with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use outbox_core::{Event, Outbox, TableName};
+
+const OUTBOX: &str = env!("CARGO_BIN_EXE_outbox");
+const HINT: &str = "start the servers with scripts/services.sh";
+
+fn postgres_url() -> String {
+    std::env::var("OUTBOX_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn nats_url() -> String {
+    std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Runs `outbox` with `args` and the database URL in the environment.
+fn outbox(args: &[&str]) -> Output {
+    Command::new(OUTBOX)
+        .args(args)
+        .env("OUTBOX_DATABASE_URL", postgres_url())
+        .env_remove("OUTBOX_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `outbox status --json`, as (pending, dead) over all rows.
+fn status(table: &str) -> (i64, i64) {
+    let output = outbox(&["--table", table, "status", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    rows.iter().fold((0, 0), |(pending, dead), row| {
+        (
+            pending + row["pending"].as_i64().unwrap(),
+            dead + row["dead"].as_i64().unwrap(),
+        )
+    })
+}
+
+async fn record(table: &str, count: i64) {
+    let pool = sqlx::PgPool::connect(&postgres_url())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL: {e}; {HINT}"));
+    let outbox = Outbox::for_table(TableName::new(table).unwrap());
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut tx = pool.begin().await.unwrap();
+        for n in chunk {
+            let event = Event::new(
+                "account",
+                "Deposited",
+                Some(format!("acc-{}", n % 20)),
+                &serde_json::json!({ "n": n }),
+            )
+            .unwrap();
+            outbox.record(&mut *tx, &event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A relay configuration for `table` into NATS subjects `<table>.<aggregate_type>`.
+fn relay_config(table: &str, port: u16) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{table}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"# outbox relay configuration
+database_url = "{db}"
+table = "{table}"
+instance_id = "test-relay"
+
+[relay]
+batch_size = 50
+poll_interval_ms = 20
+
+[sink]
+kind = "nats"
+url = "{nats}"
+routing = "{table}.{{aggregate_type}}"
+
+[http]
+listen = "127.0.0.1:{port}"
+"#,
+            db = postgres_url(),
+            nats = nats_url(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_relay(config: &std::path::Path) -> Child {
+    Command::new(OUTBOX)
+        .arg("--config")
+        .arg(config)
+        .arg("relay")
+        .env_remove("OUTBOX_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn stream_for(table: &str) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats_url())
+        .await
+        .unwrap_or_else(|e| panic!("NATS: {e}; {HINT}"));
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: table.to_uppercase(),
+            subjects: vec![format!("{table}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_service_drains_the_outbox_reports_metrics_and_stops_on_sigterm() {
+    let table = unique("cli");
+    let migrated = outbox(&["--table", &table, "migrate", "--no-inbox"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    assert_eq!(
+        stdout(&migrated),
+        format!("outbox table `{table}` is ready\n")
+    );
+    let mut stream = stream_for(&table).await;
+    record(&table, 300).await;
+    assert_eq!(status(&table), (300, 0));
+
+    let port = free_port();
+    let config = relay_config(&table, port);
+    let mut relay = start_relay(&config);
+    wait_for(
+        "the relay to drain the outbox",
+        Duration::from_secs(60),
+        || status(&table).0 == 0,
+    );
+    let (code, health) = http_get(port, "/health").await;
+    assert_eq!((code, health.as_str()), (200, "ok\n"));
+    let (code, metrics) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    let published: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("outbox_events_published_total"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no published counter in:\n{metrics}"));
+    assert!(published >= 300.0, "{metrics}");
+    assert!(metrics.contains("instance=\"test-relay\""), "{metrics}");
+
+    signal(&relay, "TERM");
+    let exited = Instant::now();
+    let status_code = relay.wait().unwrap();
+    assert!(status_code.success(), "the relay exited with {status_code}");
+    assert!(exited.elapsed() < Duration::from_secs(10));
+    assert_eq!(stream.info().await.unwrap().state.messages, 300);
+    std::fs::remove_file(config).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_service_killed_with_sigkill_loses_nothing() {
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    let mut stream = stream_for(&table).await;
+    record(&table, 2_000).await;
+    let config = relay_config(&table, free_port());
+    let mut relay = start_relay(&config);
+    wait_for("some events to be relayed", Duration::from_secs(60), || {
+        status(&table).0 < 2_000
+    });
+    signal(&relay, "KILL");
+    relay.wait().unwrap();
+    let left = status(&table).0;
+    assert!(
+        left > 0,
+        "the relay finished before it was killed; record more"
+    );
+    let mut relay = start_relay(&config);
+    wait_for(
+        "the restarted relay to drain",
+        Duration::from_secs(60),
+        || status(&table).0 == 0,
+    );
+    signal(&relay, "TERM");
+    assert!(relay.wait().unwrap().success());
+    // The batch in flight at the kill was published again; the stream's duplicate window
+    // (`Nats-Msg-Id` = event id) kept one copy of each.
+    assert_eq!(stream.info().await.unwrap().state.messages, 2_000);
+    std::fs::remove_file(config).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed() {
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    record(&table, 3).await;
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET dead_at = now(), attempts = 10, last_error = 'broker said no' \
+         WHERE payload->>'n' IN ('0', '2')"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status(&table), (1, 2));
+
+    let listed = outbox(&["--table", &table, "dead-letters", "list", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let letters: Vec<serde_json::Value> = stdout(&listed)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["last_error"], "broker said no");
+    assert_eq!(letters[0]["payload"]["n"], 0);
+
+    let one = letters[0]["id"].as_str().unwrap();
+    let replayed = outbox(&["--table", &table, "dead-letters", "replay", one, "--yes"]);
+    assert_eq!(
+        stdout(&replayed),
+        "1 dead letters replayed\n",
+        "{}",
+        stderr(&replayed)
+    );
+    assert_eq!(status(&table), (2, 1));
+    // Without --yes, a "no" replays nothing.
+    let mut asked = Command::new(OUTBOX)
+        .args(["--table", &table, "dead-letters", "replay", "--all"])
+        .env("OUTBOX_DATABASE_URL", postgres_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    asked.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let refused = asked.wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).ends_with("outbox: error: nothing replayed\n"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(status(&table), (2, 1));
+    let all = outbox(&[
+        "--table",
+        &table,
+        "dead-letters",
+        "replay",
+        "--all",
+        "--yes",
+    ]);
+    assert_eq!(stdout(&all), "1 dead letters replayed\n");
+    assert_eq!(status(&table), (3, 0));
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// Runs `outbox` with exactly `env` and `args`; returns (exit code, stderr).
+fn fails(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let mut command = Command::new(OUTBOX);
+    command
+        .args(args)
+        .env_remove("OUTBOX_DATABASE_URL")
+        .env_remove("OUTBOX_CONFIG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "one line expected:\n{text}");
+    (output.status.code().unwrap(), text)
+}
+
+#[test]
+fn every_mistake_is_one_line_that_says_what_to_fix() {
+    assert_eq!(
+        fails(&[], &["status"]),
+        (
+            2,
+            "outbox: error: no database URL: set `database_url` in the configuration file, \
+             OUTBOX_DATABASE_URL, or --database-url\n"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        fails(&[], &["--database-url", "redis://127.0.0.1", "status"]),
+        (
+            2,
+            "outbox: error: database URL \"redis://127.0.0.1\" is not postgres://, mysql:// or sqlite://\n"
+                .to_owned()
+        )
+    );
+    let (code, text) = fails(
+        &[],
+        &[
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/test",
+            "status",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with("outbox: error: cannot connect to postgres://postgres@127.0.0.1:1/test: ")
+            && text.contains("Connection refused"),
+        "{text}"
+    );
+    let (code, text) = fails(
+        &[],
+        &[
+            "--database-url",
+            "mysql://root:wrong@127.0.0.1:3306/test",
+            "status",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with("outbox: error: cannot connect to mysql://root:***@127.0.0.1:3306/test: ")
+            && text.contains("Access denied"),
+        "{text}"
+    );
+    let url = postgres_url();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--table", "no_such_outbox", "status"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with("outbox: error: outbox table `no_such_outbox` is not usable")
+            && text.ends_with("create it with `outbox migrate`\n"),
+        "{text}"
+    );
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--table", "bad name", "status"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        text.starts_with("outbox: error: invalid outbox table name \"bad name\""),
+        "{text}"
+    );
+
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("bad")));
+    std::fs::write(&config, "table = \"outbox\"\n[relay]\nbatchsize = 10\n").unwrap();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--config", config.to_str().unwrap(), "status"],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        text,
+        format!(
+            "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
+             `max_attempts`, `poll_interval_ms`, `retention_secs`, `ordering`\n",
+            config.display()
+        )
+    );
+
+    // A sink that refuses the credentials.
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "table = \"{table}\"\n[sink]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:wrong@127.0.0.1:5672/%2f\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--config", config.to_str().unwrap(), "relay"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with("outbox: error: RabbitMQ sink: cannot connect to amqp://guest:wrong@"),
+        "{text}"
+    );
+    std::fs::write(&config, format!("table = \"{table}\"\n")).unwrap();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--config", config.to_str().unwrap(), "relay"],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        text,
+        "outbox: error: no sink: add a [sink] section with `kind` and `url` to the configuration file\n"
+    );
+    std::fs::remove_file(config).unwrap();
+}
