@@ -454,3 +454,54 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
     );
     std::fs::remove_file(config).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_status_work_on_mariadb_and_sqlite() {
+    let mysql = std::env::var("OUTBOX_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let file = std::env::temp_dir().join(format!("{}.db", unique("cli")));
+    let sqlite = format!("sqlite://{}?mode=rwc", file.display());
+    for url in [mysql, sqlite] {
+        let table = unique("cli");
+        let run = |args: &[&str]| {
+            Command::new(OUTBOX)
+                .args(["--database-url", &url, "--table", &table])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let migrated = run(&["migrate", "--no-inbox"]);
+        assert!(migrated.status.success(), "{url}: {}", stderr(&migrated));
+        let outbox = Outbox::for_table(TableName::new(table.as_str()).unwrap());
+        let recorded = async {
+            macro_rules! record_three {
+                ($pool:expr) => {{
+                    let pool = $pool;
+                    let mut tx = pool.begin().await.unwrap();
+                    for n in 0..3 {
+                        let event =
+                            Event::new("account", "Opened", Some(n), &serde_json::json!({}))
+                                .unwrap();
+                        outbox.record(&mut *tx, &event).await.unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }};
+            }
+            if url.starts_with("mysql") {
+                record_three!(sqlx::MySqlPool::connect(&url).await.unwrap());
+            } else {
+                record_three!(sqlx::SqlitePool::connect(&url).await.unwrap());
+            }
+        };
+        recorded.await;
+        let status = run(&["status", "--json"]);
+        assert!(status.status.success(), "{url}: {}", stderr(&status));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(rows.len(), 1, "{url}: {rows:?}");
+        assert_eq!(rows[0]["pending"], 3, "{url}: {rows:?}");
+        assert_eq!(rows[0]["dead"], 0, "{url}: {rows:?}");
+        let age = rows[0]["oldest_pending_secs"].as_f64().unwrap();
+        assert!((0.0..60.0).contains(&age), "{url}: lag {age}");
+    }
+    let _ = std::fs::remove_file(file);
+}

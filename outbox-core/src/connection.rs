@@ -99,109 +99,65 @@ pub struct NewRow {
     pub headers: Option<String>,
 }
 
-impl<DB> OutboxConnection for sqlx::Transaction<'_, DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: OutboxConnection,
-{
-    const DIALECT: &'static str = <DB::Connection as OutboxConnection>::DIALECT;
+/// `OutboxConnection` for a wrapper that dereferences to the dialect's connection: every method
+/// forwards to it.
+macro_rules! forward_to_connection {
+    ($($wrapper:ty),*) => {$(
+        impl<DB> OutboxConnection for $wrapper
+        where
+            DB: sqlx::Database,
+            DB::Connection: OutboxConnection,
+        {
+            const DIALECT: &'static str = <DB::Connection as OutboxConnection>::DIALECT;
 
-    fn __in_transaction(&self) -> bool {
-        (**self).__in_transaction()
-    }
+            fn __in_transaction(&self) -> bool {
+                (**self).__in_transaction()
+            }
 
-    fn __insert<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        row: &'a NewRow,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__insert(table, row)
-    }
+            fn __insert<'a>(
+                &'a mut self,
+                table: &'a TableName,
+                row: &'a NewRow,
+            ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+                (**self).__insert(table, row)
+            }
 
-    fn __migrate<'a>(
-        &'a mut self,
-        outbox: &'a Outbox,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__migrate(outbox)
-    }
+            fn __migrate<'a>(
+                &'a mut self,
+                outbox: &'a Outbox,
+            ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+                (**self).__migrate(outbox)
+            }
 
-    fn __inbox_insert<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        consumer: &'a str,
-        message_id: &'a str,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
-        (**self).__inbox_insert(table, consumer, message_id)
-    }
+            fn __inbox_insert<'a>(
+                &'a mut self,
+                table: &'a TableName,
+                consumer: &'a str,
+                message_id: &'a str,
+            ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
+                (**self).__inbox_insert(table, consumer, message_id)
+            }
 
-    fn __inbox_migrate<'a>(
-        &'a mut self,
-        table: &'a TableName,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__inbox_migrate(table)
-    }
+            fn __inbox_migrate<'a>(
+                &'a mut self,
+                table: &'a TableName,
+            ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+                (**self).__inbox_migrate(table)
+            }
 
-    fn __inbox_purge<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        older_than_ms: i64,
-        limit: i64,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a {
-        (**self).__inbox_purge(table, older_than_ms, limit)
-    }
+            fn __inbox_purge<'a>(
+                &'a mut self,
+                table: &'a TableName,
+                older_than_ms: i64,
+                limit: i64,
+            ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a {
+                (**self).__inbox_purge(table, older_than_ms, limit)
+            }
+        }
+    )*};
 }
 
-impl<DB> OutboxConnection for sqlx::pool::PoolConnection<DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: OutboxConnection,
-{
-    const DIALECT: &'static str = <DB::Connection as OutboxConnection>::DIALECT;
-
-    fn __in_transaction(&self) -> bool {
-        (**self).__in_transaction()
-    }
-
-    fn __insert<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        row: &'a NewRow,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__insert(table, row)
-    }
-
-    fn __migrate<'a>(
-        &'a mut self,
-        outbox: &'a Outbox,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__migrate(outbox)
-    }
-
-    fn __inbox_insert<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        consumer: &'a str,
-        message_id: &'a str,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a {
-        (**self).__inbox_insert(table, consumer, message_id)
-    }
-
-    fn __inbox_migrate<'a>(
-        &'a mut self,
-        table: &'a TableName,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        (**self).__inbox_migrate(table)
-    }
-
-    fn __inbox_purge<'a>(
-        &'a mut self,
-        table: &'a TableName,
-        older_than_ms: i64,
-        limit: i64,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a {
-        (**self).__inbox_purge(table, older_than_ms, limit)
-    }
-}
+forward_to_connection!(sqlx::Transaction<'_, DB>, sqlx::pool::PoolConnection<DB>);
 
 pub(crate) mod sealed {
     /// Only the library implements `OutboxConnection`.

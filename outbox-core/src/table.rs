@@ -67,6 +67,7 @@ impl TableName {
 
     /// The name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL), part by
     /// part. Safe because validation admits no quote characters.
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     pub(crate) fn quoted(&self, quote: char) -> String {
         match self.parts() {
             (Some(schema), table) => format!("{quote}{schema}{quote}.{quote}{table}{quote}"),

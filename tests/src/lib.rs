@@ -521,3 +521,54 @@ impl Drop for Proxy {
         self.generation.send_modify(|generation| *generation += 1);
     }
 }
+
+/// The RabbitMQ test server: `OUTBOX_TEST_AMQP_URL`, default the local one.
+pub fn amqp_url() -> String {
+    std::env::var("OUTBOX_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A queue bound to `exchange` (declared durable, topic), to read what the sink published.
+pub async fn amqp_queue(exchange: &str) -> (lapin::Connection, lapin::Channel, String) {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ: {e}; start it with scripts/services.sh"));
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let name = queue.name().to_string();
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (connection, channel, name)
+}

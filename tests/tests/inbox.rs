@@ -511,15 +511,10 @@ impl<K: outbox_core::relay::Sink> outbox_core::relay::Sink for CrashAfterPublish
     }
 }
 
-fn amqp_url() -> String {
-    std::env::var("OUTBOX_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_once() {
     use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::BasicConsumeOptions;
     use outbox_core::relay::{Backoff, Relay};
     use outbox_core::sinks::{Routing, rabbitmq::RabbitMqSink};
     use outbox_tests::RelayTable;
@@ -552,51 +547,14 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
 
     // The broker: a queue bound to the producer's exchange.
     let exchange = format!("{}.account", producer.name);
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ: {e}; {hint}"));
-    let channel = connection.create_channel().await.unwrap();
+    let (_connection, channel, queue) = outbox_tests::amqp_queue(&exchange).await;
     let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
     let sink = || async {
-        RabbitMqSink::connect(&amqp_url())
+        RabbitMqSink::connect(&outbox_tests::amqp_url())
             .await
             .unwrap_or_else(|e| panic!("{e}; {hint}"))
             .exchange(routing.clone())
     };
-    drop(sink().await); // declares the exchange on first publish; declare it now for the bind
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            lapin::options::ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
 
     // The consumer: a read model of balances, with its inbox, in its own tables.
     let consumer_db = Pg::connect().await;
@@ -612,7 +570,7 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
         .await;
     let mut deliveries = channel
         .basic_consume(
-            queue.name().clone(),
+            queue.as_str().into(),
             "e2e".into(),
             BasicConsumeOptions::default(),
             Default::default(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use outbox_core::Event;
 use outbox_core::relay::{Backoff, Message, Relay, Sink};
 use outbox_core::sinks::{self, Routing};
-use outbox_tests::{Pg, Proxy, RelayTable, eventually};
+use outbox_tests::{Pg, Proxy, RelayTable, amqp_queue, amqp_url, eventually};
 use tokio::sync::oneshot;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -331,58 +331,8 @@ async fn unreachable_brokers_fail_at_start_up_with_a_clear_error() {
     );
 }
 
-fn amqp_url() -> String {
-    std::env::var("OUTBOX_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 const MQTT_PORT: u16 = 1883;
 const KAFKA_PORT: u16 = 9092;
-
-/// A queue bound to `exchange` (declared durable, topic), to read what the sink published.
-async fn amqp_queue(exchange: &str) -> (lapin::Connection, lapin::Channel, String) {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ: {e}; {START_HINT}"));
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            exchange.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let name = queue.name().to_string();
-    channel
-        .queue_bind(
-            name.as_str().into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (connection, channel, name)
-}
 
 /// Everything in `queue`: `(event id, aggregate id, n)`, checking each message's properties.
 async fn amqp_drain(channel: &lapin::Channel, queue: &str) -> Vec<(String, String, i64)> {

@@ -274,6 +274,39 @@ impl Inbox {
     }
 }
 
+/// The brokers' helpers: processes through `inbox`, then acknowledges the message (`ack`, after
+/// the commit or for a duplicate) or asks for it again (`nack`, after a handler error). Either
+/// failing is logged, not returned: after a commit, a redelivery is dropped by the inbox.
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn process_then_acknowledge<DB, T, E, F, A, N>(
+    inbox: &Inbox,
+    pool: &sqlx::Pool<DB>,
+    consumer: &str,
+    message_id: &str,
+    handler: F,
+    broker: &'static str,
+    ack: impl FnOnce() -> A,
+    nack: impl FnOnce() -> N,
+) -> Result<Processed<T>, E>
+where
+    DB: Dialect,
+    E: From<Error>,
+    F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
+    A: Future<Output = Result<(), String>>,
+    N: Future<Output = Result<(), String>>,
+{
+    let outcome = inbox.process(pool, consumer, message_id, handler).await;
+    let (acknowledgement, what) = match &outcome {
+        Ok(_) => (ack().await, "ack after processing"),
+        Err(_) => (nack().await, "negative ack"),
+    };
+    if let Err(error) = acknowledgement {
+        tracing::warn!(%error, message_id, broker, "{what} failed");
+    }
+    outcome
+}
+
 /// Rows deleted per purge statement.
 const PURGE_BATCH: i64 = 5_000;
 

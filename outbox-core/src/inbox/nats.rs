@@ -33,7 +33,7 @@
 
 use async_nats::jetstream::{AckKind, Message};
 
-use super::{Handler, Inbox, InboxMessage, Processed};
+use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
 use crate::connection::Dialect;
 use crate::{Error, sinks};
 
@@ -71,19 +71,18 @@ where
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {
     let id = message.message_id()?;
-    match inbox.process(pool, consumer, &id, handler).await {
-        Ok(processed) => {
-            if let Err(error) = message.double_ack().await {
-                // Processed and committed: a redelivery will be dropped by the inbox.
-                tracing::warn!(%error, message_id = %id, "NATS ack failed after processing");
-            }
-            Ok(processed)
-        }
-        Err(error) => {
-            if let Err(nak) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(error = %nak, message_id = %id, "NATS nak failed");
-            }
-            Err(error)
-        }
-    }
+    process_then_acknowledge(
+        inbox,
+        pool,
+        consumer,
+        &id,
+        handler,
+        "NATS",
+        || async { message.double_ack().await.map_err(|e| e.to_string()) },
+        || async {
+            let nak = message.ack_with(AckKind::Nak(None)).await;
+            nak.map_err(|e| e.to_string())
+        },
+    )
+    .await
 }

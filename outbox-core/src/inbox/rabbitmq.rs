@@ -34,7 +34,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 
-use super::{Handler, Inbox, InboxMessage, Processed};
+use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
 use crate::connection::Dialect;
 use crate::{Error, sinks};
 
@@ -76,23 +76,25 @@ where
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {
     let id = delivery.message_id()?;
-    match inbox.process(pool, consumer, &id, handler).await {
-        Ok(processed) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                // Processed and committed: a redelivery will be dropped by the inbox.
-                tracing::warn!(%error, message_id = %id, "RabbitMQ ack failed after processing");
-            }
-            Ok(processed)
-        }
-        Err(error) => {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(nack) = delivery.nack(requeue).await {
-                tracing::warn!(error = %nack, message_id = %id, "RabbitMQ nack failed");
-            }
-            Err(error)
-        }
-    }
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    process_then_acknowledge(
+        inbox,
+        pool,
+        consumer,
+        &id,
+        handler,
+        "RabbitMQ",
+        || async {
+            let acked = delivery.ack(BasicAckOptions::default()).await;
+            acked.map(drop).map_err(|e| e.to_string())
+        },
+        || async {
+            let nacked = delivery.nack(requeue).await;
+            nacked.map(drop).map_err(|e| e.to_string())
+        },
+    )
+    .await
 }

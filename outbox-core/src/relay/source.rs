@@ -64,9 +64,11 @@ pub struct Settlement {
 /// except those committed late or come due since housekeeping last lowered it. Without it, every
 /// claim would walk the index entries of all the deleted events the database has not yet
 /// cleaned up. Shared by the claims of one source.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LowWater(std::sync::Arc<std::sync::atomic::AtomicI64>);
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 impl LowWater {
     /// The `seq` to scan from.
     pub(crate) fn get(&self) -> i64 {
@@ -104,11 +106,13 @@ impl LowWater {
 }
 
 /// SQL shared by the dialects' claims: the condition that `o` (the table aliased) is pending.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) const PENDING: &str = "o.dead_at IS NULL AND o.published_at IS NULL";
 
 /// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
 /// is the head of its aggregate, with no earlier pending event. Another relay holding a head
 /// keeps its aggregate's later events out of a claim, since the head row is still there.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn head_condition(table: &str, ordering: super::Ordering) -> String {
     match ordering {
         super::Ordering::PerAggregate => format!(
