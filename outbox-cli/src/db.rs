@@ -159,6 +159,152 @@ impl Db {
     }
 }
 
+/// One recorded event, as `outbox tail` prints it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct TailRow {
+    pub(crate) seq: i64,
+    pub(crate) id: String,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) event_type: String,
+    pub(crate) payload: String,
+}
+
+impl Db {
+    /// The highest `seq` in the table (0 when empty).
+    pub(crate) async fn last_seq(&self, outbox: &Outbox) -> Result<i64, CliError> {
+        let found: Result<i64, sqlx::Error> = match self {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT COALESCE(MAX(seq), 0)::bigint FROM {}",
+                    quoted(outbox, '"')
+                );
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
+            }
+            Db::MySql(pool) => {
+                let sql = format!(
+                    "SELECT CAST(COALESCE(MAX(seq), 0) AS SIGNED) FROM {}",
+                    quoted(outbox, '`')
+                );
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!("SELECT COALESCE(MAX(seq), 0) FROM {}", quoted(outbox, '"'));
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
+            }
+        };
+        found.map_err(|error| {
+            CliError::Database(format!("cannot read `{}`: {error}", outbox.table()))
+        })
+    }
+
+    /// Events recorded after `after`, in `seq` order, at most `limit`.
+    pub(crate) async fn recorded_after(
+        &self,
+        outbox: &Outbox,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<TailRow>, CliError> {
+        let rows: Result<Vec<TailRow>, sqlx::Error> = match self {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT seq, id::text AS id, aggregate_type, aggregate_id, event_type, payload::text AS payload \
+                     FROM {} WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    quoted(outbox, '"')
+                );
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::MySql(pool) => {
+                let sql = format!(
+                    "SELECT CAST(seq AS SIGNED) AS seq, id, aggregate_type, aggregate_id, event_type, \
+                     CAST(payload AS CHAR) AS payload FROM {} WHERE seq > ? ORDER BY seq LIMIT ?",
+                    quoted(outbox, '`')
+                );
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT seq, id, aggregate_type, aggregate_id, event_type, payload \
+                     FROM {} WHERE seq > ? ORDER BY seq LIMIT ?",
+                    quoted(outbox, '"')
+                );
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        rows.map_err(|error| {
+            CliError::Database(format!("cannot read `{}`: {error}", outbox.table()))
+        })
+    }
+
+    /// Deletes the dead letters (of `event_type` only, when given); how many.
+    pub(crate) async fn purge_dead(
+        &self,
+        outbox: &Outbox,
+        event_type: Option<&str>,
+    ) -> Result<u64, CliError> {
+        let filter = |placeholder: &str| match event_type {
+            Some(_) => format!(" AND event_type = {placeholder}"),
+            None => String::new(),
+        };
+        let done = match self {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
+                    quoted(outbox, '"'),
+                    filter("$1")
+                );
+                let query = sqlx::query(AssertSqlSafe(sql));
+                let query = match event_type {
+                    Some(t) => query.bind(t),
+                    None => query,
+                };
+                query.execute(pool).await.map(|r| r.rows_affected())
+            }
+            Db::MySql(pool) => {
+                let sql = format!(
+                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
+                    quoted(outbox, '`'),
+                    filter("?")
+                );
+                let query = sqlx::query(AssertSqlSafe(sql));
+                let query = match event_type {
+                    Some(t) => query.bind(t),
+                    None => query,
+                };
+                query.execute(pool).await.map(|r| r.rows_affected())
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
+                    quoted(outbox, '"'),
+                    filter("?")
+                );
+                let query = sqlx::query(AssertSqlSafe(sql));
+                let query = match event_type {
+                    Some(t) => query.bind(t),
+                    None => query,
+                };
+                query.execute(pool).await.map(|r| r.rows_affected())
+            }
+        };
+        done.map_err(|error| {
+            CliError::Database(format!("cannot purge `{}`: {error}", outbox.table()))
+        })
+    }
+}
+
 /// A status row as the query returns it: aggregate type, event type, pending, dead, kept,
 /// age of the oldest pending event in seconds.
 type RawStatus = (String, String, i64, i64, i64, Option<f64>);

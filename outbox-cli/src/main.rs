@@ -106,9 +106,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Lists or replays the events that ran out of attempts.
+    /// Lists, shows, replays or purges the events that ran out of attempts.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Prints events as they are recorded, until interrupted.
+    Tail {
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Start with the events already in the table.
+        #[arg(long)]
+        from_start: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +133,20 @@ enum DeadLetters {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Shows one dead letter in full.
+    Show {
+        /// Its event id.
+        id: uuid::Uuid,
+    },
+    /// Deletes dead letters for good.
+    Purge {
+        /// Only this event type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Makes dead letters deliverable again.
     Replay {
@@ -306,6 +329,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             db.check_table(outbox).await?;
             dead_letters(&db, outbox, command).await
         }
+        Command::Tail { json, from_start } => {
+            db.check_table(outbox).await?;
+            tail(&db, outbox, json, from_start).await
+        }
     }
 }
 
@@ -323,7 +350,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-    eprintln!("outbox relay: stopping (the batch in hand is settled first)");
+    eprintln!("outbox: stopping");
 }
 
 /// `/metrics` in the Prometheus text format; `/health`: 200 while the database answers.
@@ -439,19 +466,13 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
                     "name the dead letters to replay by id, or pass --all".into(),
                 ));
             }
-            if !yes {
-                let what = if all {
-                    "every dead letter".to_owned()
-                } else {
-                    format!("{} dead letters", ids.len())
-                };
-                eprint!("replay {what} of `{}`? [y/N] ", outbox.table());
-                let _ = std::io::stderr().flush();
-                let mut answer = String::new();
-                let _ = std::io::stdin().read_line(&mut answer);
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    return Err(CliError::Other("nothing replayed".into()));
-                }
+            let what = if all {
+                "every dead letter".to_owned()
+            } else {
+                format!("{} dead letters", ids.len())
+            };
+            if !yes && !confirm(&format!("replay {what} of `{}`?", outbox.table())) {
+                return Err(CliError::Other("nothing replayed".into()));
             }
             let replayed = if all {
                 with_pool!(db, pool => outbox.replay_all_dead_letters(pool).await)
@@ -461,6 +482,95 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
             .map_err(database)?;
             println!("{replayed} dead letters replayed");
             Ok(())
+        }
+        DeadLetters::Show { id } => {
+            let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
+                .map_err(database)?;
+            let letter = letters
+                .into_iter()
+                .find(|letter| letter.message.id == id)
+                .ok_or_else(|| {
+                    CliError::Other(format!("no dead letter {id} in `{}`", outbox.table()))
+                })?;
+            let message = &letter.message;
+            let shown = serde_json::json!({
+                "id": message.id.to_string(),
+                "seq": message.seq,
+                "aggregate_type": message.aggregate_type,
+                "aggregate_id": message.aggregate_id,
+                "event_type": message.event_type,
+                "attempts": message.attempts,
+                "last_error": letter.last_error,
+                "headers": message.headers.as_deref().and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok()),
+                "payload": serde_json::from_str::<serde_json::Value>(&message.payload)
+                    .unwrap_or_else(|_| message.payload.clone().into()),
+            });
+            let text = serde_json::to_string_pretty(&shown)
+                .map_err(|error| CliError::Other(error.to_string()))?;
+            println!("{text}");
+            Ok(())
+        }
+        DeadLetters::Purge { event_type, yes } => {
+            let what = match &event_type {
+                Some(event_type) => format!("the `{event_type}` dead letters"),
+                None => "every dead letter".to_owned(),
+            };
+            if !yes && !confirm(&format!("delete {what} of `{}` for good?", outbox.table())) {
+                return Err(CliError::Other("nothing deleted".into()));
+            }
+            let purged = db.purge_dead(outbox, event_type.as_deref()).await?;
+            println!("{purged} dead letters deleted");
+            Ok(())
+        }
+    }
+}
+
+/// Asks `question` on stderr; true for a yes on stdin.
+fn confirm(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// Follows the table: prints what was recorded since the last poll, every 100 ms. Events the
+/// relay publishes and deletes between two polls are not seen: with `retention_secs` set, the
+/// relay keeps them and nothing is missed.
+async fn tail(db: &Db, outbox: &Outbox, json: bool, from_start: bool) -> Result<(), CliError> {
+    let mut last = if from_start {
+        0
+    } else {
+        db.last_seq(outbox).await?
+    };
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let rows = db.recorded_after(outbox, last, 1_000).await?;
+        for row in &rows {
+            if json {
+                let line =
+                    serde_json::to_string(row).map_err(|e| CliError::Other(e.to_string()))?;
+                println!("{line}");
+            } else {
+                println!(
+                    "{:>8}  {}  {} {}  {}  {}",
+                    row.seq,
+                    row.id,
+                    row.aggregate_type,
+                    row.aggregate_id,
+                    row.event_type,
+                    row.payload
+                );
+            }
+            last = row.seq;
+        }
+        let _ = std::io::stdout().flush();
+        if rows.len() < 1_000 {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 }

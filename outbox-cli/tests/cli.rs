@@ -312,6 +312,46 @@ async fn dead_letters_are_listed_and_replayed() {
     ]);
     assert_eq!(stdout(&all), "1 dead letters replayed\n");
     assert_eq!(status(&table), (3, 0));
+
+    // One dies again: shown in full, then purged for good.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET dead_at = now(), attempts = 10, last_error = 'refused: 422' \
+         WHERE payload->>'n' = '1'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let listed = outbox(&["--table", &table, "dead-letters", "list", "--json"]);
+    let letter: serde_json::Value = serde_json::from_str(stdout(&listed).trim()).unwrap();
+    let id = letter["id"].as_str().unwrap();
+    let shown = outbox(&["--table", &table, "dead-letters", "show", id]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["last_error"], "refused: 422");
+    assert_eq!(shown["payload"]["n"], 1);
+    assert_eq!(shown["attempts"], 10);
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let missing = outbox(&["--table", &table, "dead-letters", "show", &unknown]);
+    assert_eq!(
+        stderr(&missing),
+        format!("outbox: error: no dead letter {unknown} in `{table}`\n")
+    );
+    let purged = outbox(&[
+        "--table",
+        &table,
+        "dead-letters",
+        "purge",
+        "--event-type",
+        "Deposited",
+        "--yes",
+    ]);
+    assert_eq!(
+        stdout(&purged),
+        "1 dead letters deleted\n",
+        "{}",
+        stderr(&purged)
+    );
+    assert_eq!(status(&table), (2, 0));
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&pool)
         .await
@@ -504,4 +544,48 @@ async fn migrate_and_status_work_on_mariadb_and_sqlite() {
         assert!((0.0..60.0).contains(&age), "{url}: lag {age}");
     }
     let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_events_as_they_are_recorded() {
+    use std::io::BufRead;
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    record(&table, 2).await; // already there: not printed without --from-start
+    let mut tail = Command::new(OUTBOX)
+        .args(["--table", &table, "tail", "--json"])
+        .env("OUTBOX_DATABASE_URL", postgres_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::io::BufReader::new(tail.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            if lines.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    record(&table, 5).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let line = received.recv_timeout(Duration::from_secs(10)).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event["event_type"], "Deposited");
+        seen.push(event["seq"].as_i64().unwrap());
+    }
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+    assert!(
+        seen[0] > 2,
+        "an event recorded before the tail started was printed: {seen:?}"
+    );
+    signal(&tail, "TERM");
+    assert!(tail.wait().unwrap().success());
 }
