@@ -65,8 +65,21 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl Db {
-    /// Connects to `url`; the error says which part to fix.
-    pub(crate) async fn connect(url: &str) -> Result<Db, CliError> {
+    /// Connects to `url`; the error says which part to fix. On PostgreSQL the connections carry
+    /// `application_name` when given, which is how `outbox status` finds the running relays.
+    pub(crate) async fn connect_as(
+        url: &str,
+        application_name: Option<&str>,
+    ) -> Result<Db, CliError> {
+        let named;
+        let url = match application_name {
+            Some(name) if url.starts_with("postgres") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                named = format!("{url}{separator}application_name={name}");
+                named.as_str()
+            }
+            _ => url,
+        };
         let shown = redact(url);
         let unreachable =
             |error: sqlx::Error| CliError::Database(format!("cannot connect to {shown}: {error}"));
@@ -156,6 +169,61 @@ impl Db {
                 },
             )
             .collect())
+    }
+}
+
+/// The prefix of a relay's PostgreSQL `application_name`.
+pub(crate) const RELAY_APPLICATION: &str = "outbox-relay:";
+
+/// A relay that `status` can see.
+#[derive(Debug, Serialize)]
+pub(crate) struct RelayInstance {
+    /// Its instance id.
+    pub(crate) instance: String,
+    /// Where it connects from, or its role.
+    pub(crate) detail: String,
+}
+
+impl Db {
+    /// The relays at work on this database: PostgreSQL connections named by `outbox relay`, or
+    /// the holder of the SQLite lease. `None` where the database cannot tell (MySQL).
+    pub(crate) async fn relays(
+        &self,
+        outbox: &Outbox,
+    ) -> Result<Option<Vec<RelayInstance>>, CliError> {
+        let found: Result<Vec<(String, String)>, sqlx::Error> = match self {
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT substr(application_name, length($1) + 1), \
+                            COALESCE(host(client_addr), 'local') || ', ' || COUNT(*) || ' connections' \
+                     FROM pg_stat_activity WHERE application_name LIKE $1 || '%' \
+                       AND datname = current_database() \
+                     GROUP BY application_name, client_addr ORDER BY 1",
+                )
+                .bind(RELAY_APPLICATION)
+                .fetch_all(pool)
+                .await
+            }
+            Db::Sqlite(pool) => {
+                let lease = match outbox.table().parts() {
+                    (Some(schema), name) => format!("\"{schema}\".\"{name}_lease\""),
+                    (None, name) => format!("\"{name}_lease\""),
+                };
+                let sql = format!(
+                    "SELECT holder, 'holds the lease' FROM {lease} \
+                     WHERE expires_at > CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+                );
+                sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await
+            }
+            Db::MySql(_) => return Ok(None),
+        };
+        let rows = found
+            .map_err(|error| CliError::Database(format!("cannot list the relays: {error}")))?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(instance, detail)| RelayInstance { instance, detail })
+                .collect(),
+        ))
     }
 }
 

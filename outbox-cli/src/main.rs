@@ -163,6 +163,14 @@ enum DeadLetters {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The library's warnings (retries, dead letters, reconnections) on stderr, not the clients'
+    // own chatter; `OUTBOX_LOG` replaces the filter, e.g. `OUTBOX_LOG=outbox_core=debug,lapin=info`.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox_core=warn,outbox=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -227,7 +235,20 @@ fn settings(cli: &Cli) -> Result<Settings, CliError> {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = settings(&cli)?;
-    let db = Db::connect(&settings.database_url).await?;
+    // The relay's connections carry its instance id, for `outbox status`.
+    let instance = match &cli.command {
+        Command::Relay { instance_id, .. } => Some(
+            instance_id
+                .clone()
+                .or_else(|| settings.config.instance_id.clone())
+                .unwrap_or_else(|| format!("relay-{}", std::process::id())),
+        ),
+        _ => None,
+    };
+    let application = instance
+        .as_ref()
+        .map(|instance| format!("{}{instance}", db::RELAY_APPLICATION));
+    let db = Db::connect_as(&settings.database_url, application.as_deref()).await?;
     let outbox = &settings.outbox;
     match cli.command {
         Command::Migrate {
@@ -251,7 +272,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             listen,
             sink_url,
             webhook_secret,
-            instance_id,
+            ..
         } => {
             db.check_table(outbox).await?;
             let config = &settings.config;
@@ -265,9 +286,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 sink_config.url = url;
             }
             let sink = AnySink::connect(&sink_config, webhook_secret.as_deref()).await?;
-            let instance = instance_id
-                .or_else(|| config.instance_id.clone())
-                .unwrap_or_else(|| format!("relay-{}", std::process::id()));
+            let instance = instance.unwrap_or_default();
             let listen = listen
                 .or_else(|| config.http.listen.clone())
                 .unwrap_or_else(|| "127.0.0.1:9464".into());
@@ -323,7 +342,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { json } => {
             db.check_table(outbox).await?;
             let rows = db.status(outbox).await?;
-            print_status(&rows, json)
+            let relays = db.relays(outbox).await?;
+            print_status(&rows, relays.as_deref(), json)
         }
         Command::DeadLetters(command) => {
             db.check_table(outbox).await?;
@@ -389,9 +409,14 @@ async fn serve(
     }
 }
 
-fn print_status(rows: &[db::StatusRow], json: bool) -> Result<(), CliError> {
+fn print_status(
+    rows: &[db::StatusRow],
+    relays: Option<&[db::RelayInstance]>,
+    json: bool,
+) -> Result<(), CliError> {
     if json {
-        let text = serde_json::to_string_pretty(rows)
+        let status = serde_json::json!({ "events": rows, "relays": relays });
+        let text = serde_json::to_string_pretty(&status)
             .map_err(|error| CliError::Other(error.to_string()))?;
         println!("{text}");
         return Ok(());
@@ -414,6 +439,17 @@ fn print_status(rows: &[db::StatusRow], json: bool) -> Result<(), CliError> {
         .iter()
         .fold((0, 0), |(p, d), row| (p + row.pending, d + row.dead));
     println!("total: {pending} pending, {dead} dead");
+    // Relays share the work by row locks (or, on SQLite, take turns under a lease): there are
+    // no partitions to show, only who is at work.
+    match relays {
+        None => println!("relays: not visible on MySQL/MariaDB"),
+        Some([]) => println!("relays: none running"),
+        Some(relays) => {
+            for relay in relays {
+                println!("relay {}: {}", relay.instance, relay.detail);
+            }
+        }
+    }
     Ok(())
 }
 

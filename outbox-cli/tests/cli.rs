@@ -46,7 +46,8 @@ fn stderr(output: &Output) -> String {
 fn status(table: &str) -> (i64, i64) {
     let output = outbox(&["--table", table, "status", "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = status["events"].as_array().unwrap();
     rows.iter().fold((0, 0), |(pending, dead), row| {
         (
             pending + row["pending"].as_i64().unwrap(),
@@ -186,6 +187,13 @@ async fn relay_service_drains_the_outbox_reports_metrics_and_stops_on_sigterm() 
         "the relay to drain the outbox",
         Duration::from_secs(60),
         || status(&table).0 == 0,
+    );
+    let output = outbox(&["--table", &table, "status", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let relays = shown["relays"].as_array().unwrap();
+    assert!(
+        relays.iter().any(|relay| relay["instance"] == "test-relay"),
+        "the running relay is not in the status: {shown}"
     );
     let (code, health) = http_get(port, "/health").await;
     assert_eq!((code, health.as_str()), (200, "ok\n"));
@@ -536,7 +544,8 @@ async fn migrate_and_status_work_on_mariadb_and_sqlite() {
         recorded.await;
         let status = run(&["status", "--json"]);
         assert!(status.status.success(), "{url}: {}", stderr(&status));
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&status.stdout).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let rows = status["events"].as_array().unwrap();
         assert_eq!(rows.len(), 1, "{url}: {rows:?}");
         assert_eq!(rows[0]["pending"], 3, "{url}: {rows:?}");
         assert_eq!(rows[0]["dead"], 0, "{url}: {rows:?}");
