@@ -127,9 +127,8 @@ enum DeadLetters {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Only this event type.
-        #[arg(long)]
-        event_type: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -148,18 +147,51 @@ enum DeadLetters {
         #[arg(long)]
         yes: bool,
     },
-    /// Makes dead letters deliverable again.
+    /// Makes dead letters deliverable again, in batches, with progress on large sets.
     Replay {
         /// The event ids to replay.
         ids: Vec<uuid::Uuid>,
-        /// Replay every dead letter.
+        /// Replay every dead letter (that the filters select).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        #[command(flatten)]
+        filter: Filter,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
     },
 }
+
+/// Which dead letters a command applies to.
+#[derive(Debug, clap::Args)]
+struct Filter {
+    /// Only this event type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Only this aggregate type.
+    #[arg(long)]
+    aggregate_type: Option<String>,
+    /// Only this aggregate.
+    #[arg(long)]
+    aggregate_id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, message: &outbox_core::relay::Message) -> bool {
+        let is =
+            |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
+        is(&self.event_type, &message.event_type)
+            && is(&self.aggregate_type, &message.aggregate_type)
+            && is(&self.aggregate_id, &message.aggregate_id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.event_type.is_none() && self.aggregate_type.is_none() && self.aggregate_id.is_none()
+    }
+}
+
+/// Dead letters replayed per statement.
+const REPLAY_BATCH: usize = 500;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -458,16 +490,15 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
     match command {
         DeadLetters::List {
             limit,
-            event_type,
+            filter,
             json,
         } => {
-            let letters =
-                with_pool!(db, pool => outbox.dead_letters(pool, limit).await).map_err(database)?;
-            let letters = letters.into_iter().filter(|letter| {
-                event_type
-                    .as_ref()
-                    .is_none_or(|t| *t == letter.message.event_type)
-            });
+            let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
+                .map_err(database)?;
+            let letters = letters
+                .into_iter()
+                .filter(|letter| filter.matches(&letter.message))
+                .take(limit);
             for letter in letters {
                 let message = &letter.message;
                 if json {
@@ -496,26 +527,47 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
             }
             Ok(())
         }
-        DeadLetters::Replay { ids, all, yes } => {
+        DeadLetters::Replay {
+            ids,
+            all,
+            filter,
+            yes,
+        } => {
             if ids.is_empty() && !all {
                 return Err(CliError::Config(
                     "name the dead letters to replay by id, or pass --all".into(),
                 ));
             }
-            let what = if all {
-                "every dead letter".to_owned()
+            let ids = if all {
+                let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
+                    .map_err(database)?;
+                letters
+                    .into_iter()
+                    .filter(|letter| filter.matches(&letter.message))
+                    .map(|letter| letter.message.id)
+                    .collect()
             } else {
-                format!("{} dead letters", ids.len())
+                ids
+            };
+            let what = match (all, filter.is_empty()) {
+                (true, true) => format!("every dead letter ({})", ids.len()),
+                (true, false) => format!("the {} dead letters selected", ids.len()),
+                (false, _) => format!("{} dead letters", ids.len()),
             };
             if !yes && !confirm(&format!("replay {what} of `{}`?", outbox.table())) {
                 return Err(CliError::Other("nothing replayed".into()));
             }
-            let replayed = if all {
-                with_pool!(db, pool => outbox.replay_all_dead_letters(pool).await)
-            } else {
-                with_pool!(db, pool => outbox.replay_dead_letters(pool, &ids).await)
+            let mut replayed = 0;
+            for batch in ids.chunks(REPLAY_BATCH) {
+                replayed += with_pool!(db, pool => outbox.replay_dead_letters(pool, batch).await)
+                    .map_err(database)?;
+                if ids.len() > REPLAY_BATCH {
+                    eprint!("\rreplayed {replayed} of {}", ids.len());
+                }
             }
-            .map_err(database)?;
+            if ids.len() > REPLAY_BATCH {
+                eprintln!();
+            }
             println!("{replayed} dead letters replayed");
             Ok(())
         }

@@ -282,6 +282,21 @@ async fn dead_letters_are_listed_and_replayed() {
     assert_eq!(letters[0]["last_error"], "broker said no");
     assert_eq!(letters[0]["payload"]["n"], 0);
 
+    let filtered = outbox(&[
+        "--table",
+        &table,
+        "dead-letters",
+        "list",
+        "--json",
+        "--aggregate-id",
+        "acc-2",
+    ]);
+    assert_eq!(
+        stdout(&filtered).lines().count(),
+        1,
+        "{}",
+        stdout(&filtered)
+    );
     let one = letters[0]["id"].as_str().unwrap();
     let replayed = outbox(&["--table", &table, "dead-letters", "replay", one, "--yes"]);
     assert_eq!(
@@ -597,4 +612,41 @@ async fn tail_prints_events_as_they_are_recorded() {
     );
     signal(&tail, "TERM");
     assert!(tail.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_large_set_shows_progress() {
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    record(&table, 1_200).await;
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET dead_at = now(), attempts = 10, last_error = 'down'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let replayed = outbox(&[
+        "--table",
+        &table,
+        "dead-letters",
+        "replay",
+        "--all",
+        "--yes",
+    ]);
+    assert_eq!(stdout(&replayed), "1200 dead letters replayed\n");
+    let progress = stderr(&replayed);
+    assert!(
+        progress.contains("replayed 500 of 1200") && progress.contains("replayed 1200 of 1200"),
+        "{progress}"
+    );
+    assert_eq!(status(&table), (1_200, 0));
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
