@@ -174,19 +174,29 @@ struct Filter {
     /// Only this aggregate.
     #[arg(long)]
     aggregate_id: Option<String>,
+    /// Only those dead for at least this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    older_than: Option<u64>,
 }
 
 impl Filter {
-    fn matches(&self, message: &outbox_core::relay::Message) -> bool {
+    fn matches(&self, letter: &outbox_core::relay::DeadLetter) -> bool {
+        let message = &letter.message;
         let is =
             |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
         is(&self.event_type, &message.event_type)
             && is(&self.aggregate_type, &message.aggregate_type)
             && is(&self.aggregate_id, &message.aggregate_id)
+            && self
+                .older_than
+                .is_none_or(|secs| letter.dead_for >= Duration::from_secs(secs))
     }
 
     fn is_empty(&self) -> bool {
-        self.event_type.is_none() && self.aggregate_type.is_none() && self.aggregate_id.is_none()
+        self.event_type.is_none()
+            && self.aggregate_type.is_none()
+            && self.aggregate_id.is_none()
+            && self.older_than.is_none()
     }
 }
 
@@ -497,7 +507,7 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
                 .map_err(database)?;
             let letters = letters
                 .into_iter()
-                .filter(|letter| filter.matches(&letter.message))
+                .filter(|letter| filter.matches(letter))
                 .take(limit);
             for letter in letters {
                 let message = &letter.message;
@@ -509,6 +519,7 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
                         "event_type": message.event_type,
                         "attempts": message.attempts,
                         "last_error": letter.last_error,
+                        "dead_for_secs": letter.dead_for.as_secs_f64(),
                         "payload": serde_json::from_str::<serde_json::Value>(&message.payload)
                             .unwrap_or_else(|_| message.payload.clone().into()),
                     });
@@ -543,7 +554,7 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
                     .map_err(database)?;
                 letters
                     .into_iter()
-                    .filter(|letter| filter.matches(&letter.message))
+                    .filter(|letter| filter.matches(letter))
                     .map(|letter| letter.message.id)
                     .collect()
             } else {

@@ -297,6 +297,15 @@ async fn dead_letters_are_listed_and_replayed() {
         "{}",
         stdout(&filtered)
     );
+    let old = outbox(&[
+        "--table",
+        &table,
+        "dead-letters",
+        "list",
+        "--older-than",
+        "3600",
+    ]);
+    assert_eq!(stdout(&old), "", "they died a moment ago");
     let one = letters[0]["id"].as_str().unwrap();
     let replayed = outbox(&["--table", &table, "dead-letters", "replay", one, "--yes"]);
     assert_eq!(

@@ -89,6 +89,8 @@ pub struct DeadLetter {
     pub message: Message,
     /// The sink's last error.
     pub last_error: String,
+    /// How long ago it became a dead letter.
+    pub dead_for: std::time::Duration,
 }
 
 /// A database the relay can read an outbox from.

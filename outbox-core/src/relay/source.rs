@@ -151,3 +151,10 @@ where
         }
     }
 }
+
+/// A dead letter's age from the seconds the database computed (a clock step may make it
+/// negative: zero then).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) fn dead_for(seconds: Option<f64>) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(seconds.unwrap_or(0.0).max(0.0)).unwrap_or_default()
+}

@@ -9,7 +9,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row, Transaction};
 
 use crate::relay::source::{
-    Claim, LowWater, PENDING, Settlement, Source, head_condition, seq_list,
+    Claim, LowWater, PENDING, Settlement, Source, dead_for, head_condition, seq_list,
 };
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
@@ -252,7 +252,7 @@ pub(crate) async fn dead_letters(
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!(
-        "SELECT {COLUMNS}, o.last_error FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?",
+        "SELECT {COLUMNS}, o.last_error, CAST(TIMESTAMPDIFF(MICROSECOND, o.dead_at, UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE) AS dead_secs FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?",
         table.quoted('`')
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
@@ -266,6 +266,7 @@ pub(crate) async fn dead_letters(
                 last_error: row
                     .try_get::<Option<String>, _>("last_error")?
                     .unwrap_or_default(),
+                dead_for: dead_for(row.try_get("dead_secs")?),
             })
         })
         .collect()

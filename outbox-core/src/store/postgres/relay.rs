@@ -8,7 +8,9 @@ use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 
-use crate::relay::source::{Claim, LowWater, PENDING, Settlement, Source, head_condition};
+use crate::relay::source::{
+    Claim, LowWater, PENDING, Settlement, Source, dead_for, head_condition,
+};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
@@ -305,7 +307,7 @@ pub(crate) async fn dead_letters(
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!(
-        "SELECT {COLUMNS}, o.last_error FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT $1",
+        "SELECT {COLUMNS}, o.last_error, EXTRACT(EPOCH FROM clock_timestamp() - o.dead_at)::float8 AS dead_secs FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT $1",
         table.quoted('"')
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
@@ -319,6 +321,7 @@ pub(crate) async fn dead_letters(
                 last_error: row
                     .try_get::<Option<String>, _>("last_error")?
                     .unwrap_or_default(),
+                dead_for: dead_for(row.try_get("dead_secs")?),
             })
         })
         .collect()

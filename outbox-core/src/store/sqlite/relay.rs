@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 
-use crate::relay::source::{Claim, PENDING, Settlement, Source, seq_list};
+use crate::relay::source::{Claim, PENDING, Settlement, Source, dead_for, seq_list};
 use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
@@ -341,7 +341,7 @@ pub(crate) async fn dead_letters(
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!(
-        "SELECT {COLUMNS}, o.last_error FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?1",
+        "SELECT {COLUMNS}, o.last_error, (julianday('now') - julianday(o.dead_at)) * 86400.0 AS dead_secs FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?1",
         table.quoted('"')
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
@@ -355,6 +355,7 @@ pub(crate) async fn dead_letters(
                 last_error: row
                     .try_get::<Option<String>, _>("last_error")?
                     .unwrap_or_default(),
+                dead_for: dead_for(row.try_get("dead_secs")?),
             })
         })
         .collect()
