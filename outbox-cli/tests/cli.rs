@@ -659,3 +659,58 @@ async fn replaying_a_large_set_shows_progress() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relay_processes_at_once_publish_everything_in_per_aggregate_order() {
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    let stream = stream_for(&table).await;
+    record(&table, 3_000).await;
+    let config = relay_config(&table, free_port());
+    let second = std::env::temp_dir().join(format!("{table}-b.toml"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let port = free_port();
+    std::fs::write(
+        &second,
+        text.replace("test-relay", "test-relay-b").replace(
+            &text[text.find("listen = ").unwrap()..],
+            &format!("listen = \"127.0.0.1:{port}\"\n"),
+        ),
+    )
+    .unwrap();
+    let mut relays = [start_relay(&config), start_relay(&second)];
+    wait_for("two relays to drain", Duration::from_secs(90), || {
+        status(&table).0 == 0
+    });
+    for relay in &mut relays {
+        signal(relay, "TERM");
+        assert!(relay.wait().unwrap().success());
+    }
+    // Per aggregate, the stream holds the events in recording order.
+    let info = stream.get_info().await.unwrap();
+    assert_eq!(info.state.messages, 3_000);
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for seq in 1..=info.state.messages {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let aggregate = message
+            .headers
+            .get(outbox_core::sinks::AGGREGATE_ID)
+            .unwrap()
+            .as_str()
+            .to_owned();
+        let n = serde_json::from_slice::<serde_json::Value>(&message.payload).unwrap()["n"]
+            .as_i64()
+            .unwrap();
+        let previous = last.insert(aggregate.clone(), n);
+        assert!(
+            previous.is_none_or(|previous| previous < n),
+            "{aggregate}: {n} after {previous:?}"
+        );
+    }
+    std::fs::remove_file(config).unwrap();
+    std::fs::remove_file(second).unwrap();
+}
