@@ -322,51 +322,24 @@ impl Db {
         outbox: &Outbox,
         event_type: Option<&str>,
     ) -> Result<u64, CliError> {
-        let filter = |placeholder: &str| match event_type {
+        let (table, placeholder) = match self {
+            Db::Postgres(_) => (quoted(outbox, '"'), "$1"),
+            Db::MySql(_) => (quoted(outbox, '`'), "?"),
+            Db::Sqlite(_) => (quoted(outbox, '"'), "?"),
+        };
+        let filter = match event_type {
             Some(_) => format!(" AND event_type = {placeholder}"),
             None => String::new(),
         };
-        let done = match self {
-            Db::Postgres(pool) => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
-                    quoted(outbox, '"'),
-                    filter("$1")
-                );
-                let query = sqlx::query(AssertSqlSafe(sql));
-                let query = match event_type {
-                    Some(t) => query.bind(t),
-                    None => query,
-                };
-                query.execute(pool).await.map(|r| r.rows_affected())
-            }
-            Db::MySql(pool) => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
-                    quoted(outbox, '`'),
-                    filter("?")
-                );
-                let query = sqlx::query(AssertSqlSafe(sql));
-                let query = match event_type {
-                    Some(t) => query.bind(t),
-                    None => query,
-                };
-                query.execute(pool).await.map(|r| r.rows_affected())
-            }
-            Db::Sqlite(pool) => {
-                let sql = format!(
-                    "DELETE FROM {} WHERE dead_at IS NOT NULL{}",
-                    quoted(outbox, '"'),
-                    filter("?")
-                );
-                let query = sqlx::query(AssertSqlSafe(sql));
-                let query = match event_type {
-                    Some(t) => query.bind(t),
-                    None => query,
-                };
-                query.execute(pool).await.map(|r| r.rows_affected())
-            }
-        };
+        let sql = format!("DELETE FROM {table} WHERE dead_at IS NOT NULL{filter}");
+        let done = with_pool!(self, pool => {
+            let query = sqlx::query(AssertSqlSafe(sql));
+            let query = match event_type {
+                Some(event_type) => query.bind(event_type),
+                None => query,
+            };
+            query.execute(pool).await.map(|done| done.rows_affected())
+        });
         done.map_err(|error| {
             CliError::Database(format!("cannot purge `{}`: {error}", outbox.table()))
         })
