@@ -36,27 +36,7 @@ impl OutboxConnection for SqliteConnection {
         Ok(())
     }
 
-    async fn __inbox_insert(
-        &mut self,
-        table: &TableName,
-        consumer: &str,
-        message_id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        inbox::insert(self, table, consumer, message_id).await
-    }
-
-    async fn __inbox_migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
-        inbox::migrate(self, table).await
-    }
-
-    async fn __inbox_purge(
-        &mut self,
-        table: &TableName,
-        older_than_ms: i64,
-        limit: i64,
-    ) -> Result<u64, sqlx::Error> {
-        inbox::purge(self, table, older_than_ms, limit).await
-    }
+    inbox_methods!();
 
     async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
         let table = outbox.table();
