@@ -42,14 +42,6 @@ async fn open<DB: sqlx::Database>(url: &str) -> Result<sqlx::Pool<DB>, sqlx::Err
         .connect_lazy(url)
 }
 
-/// The outbox table quoted with `quote` (its name was validated by `TableName`).
-fn quoted(outbox: &Outbox, quote: char) -> String {
-    match outbox.table().parts() {
-        (Some(schema), name) => format!("{quote}{schema}{quote}.{quote}{name}{quote}"),
-        (None, name) => format!("{quote}{name}{quote}"),
-    }
-}
-
 /// Hides the password of a URL for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -103,8 +95,14 @@ impl Db {
     /// Fails with a clear message when the outbox table is not there.
     pub(crate) async fn check_table(&self, outbox: &Outbox) -> Result<(), CliError> {
         let sql = match self {
-            Db::MySql(_) => format!("SELECT COUNT(*) FROM {} WHERE 1 = 0", quoted(outbox, '`')),
-            _ => format!("SELECT COUNT(*) FROM {} WHERE 1 = 0", quoted(outbox, '"')),
+            Db::MySql(_) => format!(
+                "SELECT COUNT(*) FROM {} WHERE 1 = 0",
+                outbox.table().quoted('`')
+            ),
+            _ => format!(
+                "SELECT COUNT(*) FROM {} WHERE 1 = 0",
+                outbox.table().quoted('"')
+            ),
         };
         let found = with_pool!(self, pool => sqlx::query(AssertSqlSafe(sql)).fetch_all(pool).await.map(drop));
         found.map_err(|error| {
@@ -118,7 +116,7 @@ impl Db {
     /// Counts per aggregate and event type.
     pub(crate) async fn status(&self, outbox: &Outbox) -> Result<Vec<StatusRow>, CliError> {
         let table = outbox.table();
-        let (double, back) = (quoted(outbox, '"'), quoted(outbox, '`'));
+        let (double, back) = (outbox.table().quoted('"'), outbox.table().quoted('`'));
         let pending = "published_at IS NULL AND dead_at IS NULL";
         let rows: Result<Vec<RawStatus>, sqlx::Error> = match self {
             Db::Postgres(pool) => {
@@ -245,19 +243,22 @@ impl Db {
             Db::Postgres(pool) => {
                 let sql = format!(
                     "SELECT COALESCE(MAX(seq), 0)::bigint FROM {}",
-                    quoted(outbox, '"')
+                    outbox.table().quoted('"')
                 );
                 sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
             }
             Db::MySql(pool) => {
                 let sql = format!(
                     "SELECT CAST(COALESCE(MAX(seq), 0) AS SIGNED) FROM {}",
-                    quoted(outbox, '`')
+                    outbox.table().quoted('`')
                 );
                 sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
             }
             Db::Sqlite(pool) => {
-                let sql = format!("SELECT COALESCE(MAX(seq), 0) FROM {}", quoted(outbox, '"'));
+                let sql = format!(
+                    "SELECT COALESCE(MAX(seq), 0) FROM {}",
+                    outbox.table().quoted('"')
+                );
                 sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await
             }
         };
@@ -278,7 +279,7 @@ impl Db {
                 let sql = format!(
                     "SELECT seq, id::text AS id, aggregate_type, aggregate_id, event_type, payload::text AS payload \
                      FROM {} WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    quoted(outbox, '"')
+                    outbox.table().quoted('"')
                 );
                 sqlx::query_as(AssertSqlSafe(sql))
                     .bind(after)
@@ -290,7 +291,7 @@ impl Db {
                 let sql = format!(
                     "SELECT CAST(seq AS SIGNED) AS seq, id, aggregate_type, aggregate_id, event_type, \
                      CAST(payload AS CHAR) AS payload FROM {} WHERE seq > ? ORDER BY seq LIMIT ?",
-                    quoted(outbox, '`')
+                    outbox.table().quoted('`')
                 );
                 sqlx::query_as(AssertSqlSafe(sql))
                     .bind(after)
@@ -302,7 +303,7 @@ impl Db {
                 let sql = format!(
                     "SELECT seq, id, aggregate_type, aggregate_id, event_type, payload \
                      FROM {} WHERE seq > ? ORDER BY seq LIMIT ?",
-                    quoted(outbox, '"')
+                    outbox.table().quoted('"')
                 );
                 sqlx::query_as(AssertSqlSafe(sql))
                     .bind(after)
@@ -323,9 +324,9 @@ impl Db {
         event_type: Option<&str>,
     ) -> Result<u64, CliError> {
         let (table, placeholder) = match self {
-            Db::Postgres(_) => (quoted(outbox, '"'), "$1"),
-            Db::MySql(_) => (quoted(outbox, '`'), "?"),
-            Db::Sqlite(_) => (quoted(outbox, '"'), "?"),
+            Db::Postgres(_) => (outbox.table().quoted('"'), "$1"),
+            Db::MySql(_) => (outbox.table().quoted('`'), "?"),
+            Db::Sqlite(_) => (outbox.table().quoted('"'), "?"),
         };
         let filter = match event_type {
             Some(_) => format!(" AND event_type = {placeholder}"),

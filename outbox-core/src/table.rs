@@ -66,9 +66,16 @@ impl TableName {
     }
 
     /// The name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL), part by
-    /// part. Safe because validation admits no quote characters.
-    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-    pub(crate) fn quoted(&self, quote: char) -> String {
+    /// part, for SQL that names the table (tools, migrations of your own). Safe because
+    /// validation admits no quote characters.
+    ///
+    /// ```
+    /// # use outbox_core::TableName;
+    /// let table = TableName::new("billing.outbox")?;
+    /// assert_eq!(table.quoted('"'), "\"billing\".\"outbox\"");
+    /// # Ok::<(), outbox_core::Error>(())
+    /// ```
+    pub fn quoted(&self, quote: char) -> String {
         match self.parts() {
             (Some(schema), table) => format!("{quote}{schema}{quote}.{quote}{table}{quote}"),
             (None, table) => format!("{quote}{table}{quote}"),
