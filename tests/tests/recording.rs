@@ -503,3 +503,84 @@ macro_rules! dialect_tests {
 dialect_tests!(postgres, Pg, sqlx::Postgres, sqlx::PgConnection);
 dialect_tests!(mysql, My, sqlx::MySql, sqlx::MySqlConnection);
 dialect_tests!(sqlite, Lite, sqlx::Sqlite, sqlx::SqliteConnection);
+
+// --- Headers: from the outbox's source, overridden by the event's own -------------------------
+
+fn trace_context() -> Vec<(String, String)> {
+    vec![
+        ("traceparent".into(), "00-from-the-source-01".into()),
+        ("service".into(), "bank".into()),
+    ]
+}
+
+const TRACED: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_headers_test")).header_source(trace_context);
+
+#[outbox_event(outbox = TRACED)]
+async fn open_traced(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: &str,
+) -> Result<Account, Error> {
+    let _ = &mut *tx;
+    Ok(Account {
+        id: id.to_owned(),
+        owner: "Ada".into(),
+    })
+}
+
+#[tokio::test]
+async fn headers_come_from_the_source_and_the_event_overrides_them() {
+    let db = Pg::connect().await;
+    TRACED.migrate(db.pool()).await.unwrap();
+    let (by_attribute, by_event) = (format!("attr-{}", run_id()), format!("event-{}", run_id()));
+    let mut tx = db.pool().begin().await.unwrap();
+    open_traced(&mut tx, &by_attribute).await.unwrap();
+    let event =
+        outbox_core::Event::new("account", "Opened", Some(&by_event), &serde_json::json!({}))
+            .unwrap()
+            .header("traceparent", "00-from-the-event-01")
+            .header("tenant", "t1");
+    TRACED.record(&mut *tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let headers = |id: String| {
+        let pool = db.pool().clone();
+        async move {
+            let text: String = sqlx::query_scalar(
+                "SELECT headers::text FROM outbox_headers_test WHERE aggregate_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        }
+    };
+    assert_eq!(
+        headers(by_attribute).await,
+        serde_json::json!({ "traceparent": "00-from-the-source-01", "service": "bank" })
+    );
+    assert_eq!(
+        headers(by_event).await,
+        serde_json::json!({
+            "traceparent": "00-from-the-event-01",
+            "service": "bank",
+            "tenant": "t1"
+        })
+    );
+    // Without a source or event headers, nothing is stored.
+    let plain = Outbox::for_table(TableName::from_static("outbox_headers_test"));
+    let id = format!("plain-{}", run_id());
+    let mut tx = db.pool().begin().await.unwrap();
+    let event =
+        outbox_core::Event::new("account", "Opened", Some(&id), &serde_json::json!({})).unwrap();
+    plain.record(&mut *tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT headers::text FROM outbox_headers_test WHERE aggregate_id = $1")
+            .bind(id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, None);
+}

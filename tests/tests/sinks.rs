@@ -817,6 +817,8 @@ struct Receiver {
     port: u16,
     events: Arc<Mutex<Vec<serde_json::Value>>>,
     refused_signatures: Arc<std::sync::atomic::AtomicUsize>,
+    /// While above zero, each request is answered 503 and counted down.
+    unavailable: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -825,6 +827,7 @@ struct Receiver {
 struct ReceiverState {
     events: Arc<Mutex<Vec<serde_json::Value>>>,
     refused_signatures: Arc<std::sync::atomic::AtomicUsize>,
+    unavailable: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn receive(
@@ -849,6 +852,14 @@ async fn receive(
         Duration::from_secs(300),
         std::time::SystemTime::now(),
     );
+    let busy = state.unavailable.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |left| left.checked_sub(1),
+    );
+    if busy.is_ok() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     if checked.is_err() {
         state
             .refused_signatures
@@ -872,9 +883,11 @@ impl Receiver {
     /// Starts on `port` (0: a free one), keeping the events in `events`.
     fn start(port: u16, events: Arc<Mutex<Vec<serde_json::Value>>>) -> Receiver {
         let refused_signatures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let unavailable = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = ReceiverState {
             events: events.clone(),
             refused_signatures: refused_signatures.clone(),
+            unavailable: unavailable.clone(),
         };
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -903,6 +916,7 @@ impl Receiver {
             port,
             events,
             refused_signatures,
+            unavailable,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -1136,4 +1150,38 @@ async fn more_unreachable_or_misconfigured_sinks_fail_at_start_up() {
         .unwrap_err()
         .to_string();
     assert_eq!(error, "webhook sink: the signing secret is empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_retries_a_receiver_that_answers_503() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let table = RelayTable::<Pg>::new().await;
+    let receiver = Receiver::start(0, Arc::default());
+    // Five 503s: two in-call retries of the first call fail, then the relay's retries.
+    receiver.unavailable.store(5, SeqCst);
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap()
+        .retries(2, Duration::from_millis(20));
+    let committed = record_numbered(&table, 0, 12).await;
+    relay_all(&table, sink).await;
+    assert_eq!(
+        receiver.unavailable.load(SeqCst),
+        0,
+        "the 503s were not all met"
+    );
+    assert_eq!(
+        per_aggregate(&first_deliveries(receiver.received())),
+        per_aggregate(&committed)
+    );
+    assert!(
+        table
+            .outbox
+            .dead_letters(&table.pool, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a 503 is not a reason to give up"
+    );
+    table.drop_table().await;
 }
