@@ -1185,3 +1185,54 @@ async fn webhook_retries_a_receiver_that_answers_503() {
     );
     table.drop_table().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_mandatory_publish_without_a_queue_is_a_failure_not_a_loss() {
+    let table = RelayTable::<Pg>::new().await;
+    let sink = sinks::rabbitmq::RabbitMqSink::connect(&amqp_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {START_HINT}"))
+        .exchange(Routing::template(&format!("{}.{{aggregate_type}}", table.name)).unwrap())
+        .mandatory(true); // and no queue is bound to the exchange
+    record_numbered(&table, 0, 1).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .max_attempts(1)
+            .build()
+            .run(async move {
+                let _ = stopped.await;
+            }),
+    );
+    eventually(
+        LIMIT,
+        "the unroutable event to be dead-lettered",
+        || async {
+            !table
+                .outbox
+                .dead_letters(&table.pool, 1)
+                .await
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let dead = table.outbox.dead_letters(&table.pool, 1).await.unwrap();
+    assert!(
+        dead[0].last_error.contains("NO_ROUTE"),
+        "{}",
+        dead[0].last_error
+    );
+    let (_connection, channel, _) = amqp_queue(&format!("{}.account", table.name)).await;
+    channel
+        .exchange_delete(
+            format!("{}.account", table.name).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    table.drop_table().await;
+}
