@@ -19,7 +19,7 @@ mod sink;
 
 use std::time::{Duration, Instant};
 
-use outbox_core::{Outbox, OutboxEvent, TableName, outbox_event};
+use outbox::{Outbox, OutboxEvent, TableName, outbox_event};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -41,7 +41,7 @@ struct Account {
 #[derive(Debug)]
 enum BenchError {
     Database(#[allow(dead_code)] sqlx::Error),
-    Outbox(#[allow(dead_code)] outbox_core::Error),
+    Outbox(#[allow(dead_code)] outbox::Error),
 }
 
 impl From<sqlx::Error> for BenchError {
@@ -50,8 +50,8 @@ impl From<sqlx::Error> for BenchError {
     }
 }
 
-impl From<outbox_core::Error> for BenchError {
-    fn from(e: outbox_core::Error) -> Self {
+impl From<outbox::Error> for BenchError {
+    fn from(e: outbox::Error) -> Self {
         BenchError::Outbox(e)
     }
 }

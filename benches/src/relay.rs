@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox_core::relay::{Delivery, HandlerSink, Message, Relay, Sink};
-use outbox_core::{Event, Outbox, TableName};
+use outbox::relay::{ChannelSink, Delivery, HandlerSink, Message, Relay, Sink};
+use outbox::{Event, Outbox, TableName};
 use sqlx::{AssertSqlSafe, PgPool};
 
 const TABLE: &str = "outbox_bench_relay";
@@ -21,13 +21,18 @@ fn outbox(notify: bool) -> Outbox {
 }
 
 pub(crate) async fn preload(pool: &PgPool) -> Result<(), sqlx::Error> {
+    preload_over(pool, EVENTS, AGGREGATES).await
+}
+
+/// `events` events spread over `aggregates` aggregates, in a freshly emptied table.
+async fn preload_over(pool: &PgPool, events: i64, aggregates: i64) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
         .execute(pool)
         .await?;
     let sql = format!(
         "INSERT INTO {TABLE} (id, aggregate_type, aggregate_id, event_type, payload) \
-         SELECT gen_random_uuid(), 'account', 'acc-' || (i % {AGGREGATES}), 'Numbered', jsonb_build_object('n', i) \
-         FROM generate_series(1, {EVENTS}) AS i"
+         SELECT gen_random_uuid(), 'account', 'acc-' || (i % {aggregates}), 'Numbered', jsonb_build_object('n', i) \
+         FROM generate_series(1, {events}) AS i"
     );
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await?;
     sqlx::raw_sql(AssertSqlSafe(format!("VACUUM ANALYZE {TABLE}")))
@@ -80,6 +85,10 @@ impl<K: Sink> Sink for Observed<K> {
         }
         results
     }
+
+    fn keeps_order(&self) -> bool {
+        self.inner.keeps_order()
+    }
 }
 
 /// The in-process sink: delivery costs nothing, what is measured is the relay and the database.
@@ -87,12 +96,31 @@ pub(crate) fn in_process() -> impl Sink {
     HandlerSink::new(|_: Message| std::future::ready(Ok(())))
 }
 
+/// An in-process sink that keeps order (a channel, drained by a task): the baseline of a sink
+/// that takes an aggregate's consecutive events together.
+pub(crate) fn in_process_ordered() -> ChannelSink {
+    let (sink, mut events) = ChannelSink::new(4096);
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    sink
+}
+
 /// One relay per sink in `sinks`, in this process, over the preloaded table.
 pub(crate) async fn throughput<K: Sink>(
     pool: &PgPool,
     sinks: Vec<K>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    preload(pool).await?;
+    throughput_over(pool, sinks, EVENTS, AGGREGATES).await
+}
+
+/// Events per second through `sinks`, one relay each, from `events` preloaded events of
+/// `aggregates` aggregates.
+pub(crate) async fn throughput_over<K: Sink>(
+    pool: &PgPool,
+    sinks: Vec<K>,
+    events: i64,
+    aggregates: i64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    preload_over(pool, events, aggregates).await?;
     let delivered = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let relays: Vec<_> = sinks
@@ -110,17 +138,17 @@ pub(crate) async fn throughput<K: Sink>(
             tokio::spawn(relay.run(std::future::pending()))
         })
         .collect();
-    while delivered.load(AtomicOrdering::Relaxed) < EVENTS as usize {
+    while delivered.load(AtomicOrdering::Relaxed) < events as usize {
         if start.elapsed() > Duration::from_secs(300) {
             return Err(format!(
-                "the relay delivered {} of {EVENTS} events in 5 minutes",
+                "the relay delivered {} of {events} events in 5 minutes",
                 delivered.load(AtomicOrdering::Relaxed)
             )
             .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = EVENTS as f64 / start.elapsed().as_secs_f64();
+    let rate = events as f64 / start.elapsed().as_secs_f64();
     for relay in relays {
         relay.abort();
     }

@@ -9,12 +9,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use outbox_core::relay::Sink;
-use outbox_core::sinks::{self, Routing};
+use outbox::relay::Sink;
+use outbox::sinks::{self, Routing};
 use sqlx::PgPool;
 
 use crate::relay::{
-    EVENTS, drop_table, fresh_table, in_process, latency, latency_seconds, throughput,
+    EVENTS, drop_table, fresh_table, in_process, in_process_ordered, latency, latency_seconds,
+    throughput, throughput_over,
 };
 
 type BoxError = Box<dyn std::error::Error>;
@@ -25,11 +26,22 @@ pub(crate) const NAMES: &str = "nats, redis, kafka, rabbitmq, mqtt, webhook";
 const PREFIX: &str = "outbox_bench";
 const SECRET: &[u8] = b"outbox-bench";
 
-/// Measures throughput with `first`, then latency with `second` (a fresh connection).
-async fn measure<K: Sink>(pool: &PgPool, name: &str, first: K, second: K) -> Result<(), BoxError> {
+/// Events of the hot-aggregate run: all of one aggregate.
+const HOT_EVENTS: i64 = 20_000;
+
+/// Measures throughput with `first` over many aggregates, with `hot` over one, then latency
+/// with `second` (each its own connection where the sink is not shared).
+async fn measure<K: Sink>(
+    pool: &PgPool,
+    name: &str,
+    [first, hot, second]: [K; 3],
+) -> Result<(), BoxError> {
     fresh_table(pool).await?;
     let base = throughput(pool, vec![in_process()]).await?;
     let rate = throughput(pool, vec![first]).await?;
+    let together = if hot.keeps_order() { "a batch" } else { "one" };
+    let hot_base = throughput_over(pool, vec![in_process_ordered()], HOT_EVENTS, 1).await?;
+    let hot = throughput_over(pool, vec![hot], HOT_EVENTS, 1).await?;
     let seconds = latency_seconds();
     let (b50, b99) = latency(pool, in_process(), false, 1_000, seconds).await?;
     let (p50, p99) = latency(pool, second, false, 1_000, seconds).await?;
@@ -43,7 +55,14 @@ async fn measure<K: Sink>(pool: &PgPool, name: &str, first: K, second: K) -> Res
         rate / base
     );
     println!("\nlatency: from commit to the broker's acknowledgement, polling every 25 ms");
-    println!("\nsummary: sink={name} events_per_s={rate:.0} p50_ms={p50:.1} p99_ms={p99:.1}");
+    println!("\n### one hot aggregate: {HOT_EVENTS} preloaded events of a single aggregate\n");
+    println!("| sink | events/s | ratio to in-process | events per sink call |");
+    println!("| --- | ---: | ---: | --- |");
+    println!("| in-process channel (baseline) | {hot_base:.0} | 1.000 | a batch |");
+    println!("| {name} | {hot:.0} | {:.3} | {together} |", hot / hot_base);
+    println!(
+        "\nsummary: sink={name} events_per_s={rate:.0} hot_aggregate_events_per_s={hot:.0} p50_ms={p50:.1} p99_ms={p99:.1}"
+    );
     Ok(())
 }
 
@@ -68,7 +87,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     ..Default::default()
                 })
                 .await?;
-            measure(pool, name, sink.clone(), sink.clone()).await?;
+            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             sink.jetstream().delete_stream(stream).await?;
         }
         "redis" => {
@@ -83,7 +102,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 .arg(&key)
                 .query_async(&mut connection)
                 .await?;
-            measure(pool, name, sink.clone(), sink.clone()).await?;
+            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             let _: () = redis::cmd("DEL")
                 .arg(&key)
                 .query_async(&mut connection)
@@ -110,7 +129,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     &options,
                 )
                 .await?;
-            measure(pool, name, sink.clone(), sink.clone()).await?;
+            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             let _ = admin.delete_topics(&[&topic], &options).await;
         }
         "rabbitmq" => {
@@ -157,9 +176,12 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     .await
                     .map(|sink| sink.exchange(routing.clone()))
             };
-            let first = make().await.map_err(hint)?;
-            let second = make().await.map_err(hint)?;
-            measure(pool, name, first, second).await?;
+            let sinks = [
+                make().await.map_err(hint)?,
+                make().await.map_err(hint)?,
+                make().await.map_err(hint)?,
+            ];
+            measure(pool, name, sinks).await?;
             channel
                 .queue_delete(PREFIX.into(), Default::default())
                 .await?;
@@ -171,9 +193,12 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     .await
                     .map(|sink| sink.routing(routing.clone()))
             };
-            let first = make().await.map_err(hint)?;
-            let second = make().await.map_err(hint)?;
-            measure(pool, name, first, second).await?;
+            let sinks = [
+                make().await.map_err(hint)?,
+                make().await.map_err(hint)?,
+                make().await.map_err(hint)?,
+            ];
+            measure(pool, name, sinks).await?;
         }
         "webhook" => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -184,7 +209,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
             let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
                 .await?
                 .max_events(500);
-            measure(pool, name, sink.clone(), sink.clone()).await?;
+            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             server.abort();
         }
         other => return Err(format!("unknown sink {other:?}; available: {NAMES}").into()),

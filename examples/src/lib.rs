@@ -2,7 +2,7 @@
 //! them. Every change is an outbox event, recorded in the transaction that makes it.
 #![deny(missing_docs)]
 
-use outbox_core::OutboxEvent;
+use outbox::OutboxEvent;
 use serde::{Deserialize, Serialize};
 
 /// A customer account. Opening one emits `AccountOpenedEvent`.
@@ -49,7 +49,7 @@ pub enum BankError {
     Payload(#[from] serde_json::Error),
     /// Recording the event failed; the caller's transaction must roll back.
     #[error(transparent)]
-    Outbox(#[from] outbox_core::Error),
+    Outbox(#[from] outbox::Error),
     /// Not enough money.
     #[error("account {account} has {balance_cents} cents, cannot debit {amount_cents}")]
     InsufficientFunds {

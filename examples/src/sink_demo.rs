@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use outbox_core::outbox_event;
-use outbox_core::relay::{Delivery, Message, Relay, Sink};
+use outbox::outbox_event;
+use outbox::relay::{Delivery, Message, Relay, Sink};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{Sqlite, Transaction};
 
@@ -34,7 +34,7 @@ pub async fn bank_with_events(path: &std::path::Path) -> Result<SqlitePool, Bank
             .create_if_missing(true),
     )
     .await?;
-    outbox_core::migrate(&pool).await?;
+    outbox::migrate(&pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, \
          balance_cents INTEGER NOT NULL, spending_limit_cents INTEGER NOT NULL)",
@@ -68,6 +68,10 @@ impl<K: Sink> Sink for Printing<K> {
             }
         }
         results
+    }
+
+    fn keeps_order(&self) -> bool {
+        self.0.keeps_order()
     }
 }
 

@@ -59,6 +59,11 @@ pub(crate) struct SinkConfig {
     pub(crate) routes: BTreeMap<String, String>,
     /// RabbitMQ: the routing key template (default `{event_type}`).
     pub(crate) routing_key: Option<String>,
+    /// RabbitMQ: publish `mandatory` (default true), so that an event no queue receives is
+    /// retried and dead-lettered instead of dropped.
+    pub(crate) mandatory: Option<bool>,
+    /// Kafka: `compression.type` (default `lz4`; `none`, `gzip`, `snappy`, `lz4`, `zstd`).
+    pub(crate) compression: Option<String>,
     /// Webhook: the signing secret (prefer `OUTBOX_WEBHOOK_SECRET`).
     pub(crate) secret: Option<String>,
     /// `payload` (default) or `cloudevents`.

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use outbox_core::Outbox;
+use outbox::Outbox;
+use outbox::sinks::redacted;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
 
@@ -42,20 +43,6 @@ async fn open<DB: sqlx::Database>(url: &str) -> Result<sqlx::Pool<DB>, sqlx::Err
         .connect_lazy(url)
 }
 
-/// Hides the password of a URL for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl Db {
     /// Connects to `url`; the error says which part to fix. On PostgreSQL the connections carry
     /// `application_name` when given, which is how `outbox status` finds the running relays.
@@ -63,6 +50,8 @@ impl Db {
         url: &str,
         application_name: Option<&str>,
     ) -> Result<Db, CliError> {
+        // Errors show the URL as the user wrote it, without the application name added here.
+        let shown = redacted(url);
         let named;
         let url = match application_name {
             Some(name) if url.starts_with("postgres") => {
@@ -72,7 +61,6 @@ impl Db {
             }
             _ => url,
         };
-        let shown = redact(url);
         let unreachable =
             |error: sqlx::Error| CliError::Database(format!("cannot connect to {shown}: {error}"));
         let scheme = url.split("://").next().unwrap_or_default();

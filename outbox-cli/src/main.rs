@@ -14,6 +14,7 @@
 
 mod config;
 mod db;
+mod relay;
 mod sink;
 
 use std::io::Write;
@@ -21,13 +22,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use outbox_core::inbox::Inbox;
-use outbox_core::relay::{Ordering, Relay};
-use outbox_core::{Outbox, TableName};
+use outbox::inbox::Inbox;
+use outbox::{Outbox, TableName};
 
 use crate::config::Config;
-use crate::db::{Db, redact, with_pool};
-use crate::sink::AnySink;
+use crate::db::{Db, with_pool};
 
 /// What went wrong, said in one line.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +37,12 @@ pub(crate) enum CliError {
     /// The database is unreachable or refused an operation.
     #[error("{0}")]
     Database(String),
-    /// The sink could not be set up.
+    /// The sink could not be set up: refused credentials, a missing capability.
     #[error("{0}")]
     Sink(String),
+    /// The sink's broker or receiver did not answer: `outbox relay` waits for it.
+    #[error("{0}")]
+    SinkUnreachable(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -180,7 +182,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, letter: &outbox_core::relay::DeadLetter) -> bool {
+    fn matches(&self, letter: &outbox::relay::DeadLetter) -> bool {
         let message = &letter.message;
         let is =
             |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
@@ -206,12 +208,15 @@ const REPLAY_BATCH: usize = 500;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The library's warnings (retries, dead letters, reconnections) on stderr, not the clients'
-    // own chatter; `OUTBOX_LOG` replaces the filter, e.g. `OUTBOX_LOG=outbox_core=debug,lapin=info`.
+    // own chatter; `OUTBOX_LOG` replaces the filter, e.g. `OUTBOX_LOG=outbox=debug,lapin=info`.
+    // The library and this command are both the `outbox` target. Colours only on a terminal,
+    // so that a log file or journal gets plain text.
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox_core=warn,outbox=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -236,10 +241,10 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The file's settings with the environment and flags over them.
-struct Settings {
-    config: Config,
-    database_url: String,
-    outbox: Outbox,
+pub(crate) struct Settings {
+    pub(crate) config: Config,
+    pub(crate) database_url: String,
+    pub(crate) outbox: Outbox,
 }
 
 fn table_name(name: &str) -> Result<TableName, CliError> {
@@ -317,69 +322,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             ..
         } => {
             db.check_table(outbox).await?;
-            let config = &settings.config;
-            let Some(mut sink_config) = config.sink.clone() else {
-                return Err(CliError::Config(
-                    "no sink: add a [sink] section with `kind` and `url` to the configuration file"
-                        .into(),
-                ));
+            let options = relay::Options {
+                batch_size,
+                listen,
+                sink_url,
+                webhook_secret,
+                instance: instance.unwrap_or_default(),
             };
-            if let Some(url) = sink_url {
-                sink_config.url = url;
-            }
-            let sink = AnySink::connect(&sink_config, webhook_secret.as_deref()).await?;
-            let instance = instance.unwrap_or_default();
-            let listen = listen
-                .or_else(|| config.http.listen.clone())
-                .unwrap_or_else(|| "127.0.0.1:9464".into());
-            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .add_global_label("instance", instance.clone())
-                .install_recorder()
-                .map_err(|error| CliError::Other(format!("cannot install metrics: {error}")))?;
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
-            let server = tokio::spawn(serve(listener, metrics, db.clone()));
-            eprintln!(
-                "outbox relay {instance}: table `{}` of {} -> {} {}; /metrics and /health on http://{listen}",
-                outbox.table(),
-                redact(&settings.database_url),
-                sink_config.kind,
-                redact(&sink_config.url),
-            );
-            let relay_config = &config.relay;
-            let ordering = match relay_config.ordering.as_deref() {
-                None | Some("per-aggregate") => Ordering::PerAggregate,
-                Some("unordered") => Ordering::Unordered,
-                Some(other) => {
-                    return Err(CliError::Config(format!(
-                        "relay.ordering {other:?} is not `per-aggregate` or `unordered`"
-                    )));
-                }
-            };
-            let batch = batch_size.or(relay_config.batch_size).unwrap_or(500);
-            if batch == 0 {
-                return Err(CliError::Config("the batch size must be at least 1".into()));
-            }
-            with_pool!(&db, pool => {
-                let mut builder = Relay::builder(pool.clone(), sink)
-                    .outbox(outbox)
-                    .batch_size(batch)
-                    .ordering(ordering);
-                if let Some(attempts) = relay_config.max_attempts {
-                    builder = builder.max_attempts(attempts);
-                }
-                if let Some(ms) = relay_config.poll_interval_ms {
-                    builder = builder.poll_interval(Duration::from_millis(ms));
-                }
-                if let Some(secs) = relay_config.retention_secs {
-                    builder = builder.retention(Duration::from_secs(secs));
-                }
-                builder.build().run(shutdown_signal()).await;
-            });
-            server.abort();
-            eprintln!("outbox relay {instance}: stopped");
-            Ok(())
+            relay::run(&settings, db, options).await
         }
         Command::Status { json } => {
             db.check_table(outbox).await?;
@@ -399,7 +349,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -413,42 +363,6 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     eprintln!("outbox: stopping");
-}
-
-/// `/metrics` in the Prometheus text format; `/health`: 200 while the database answers.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    db: Db,
-) {
-    use axum::http::StatusCode;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.render();
-                async move { text }
-            }),
-        )
-        .route(
-            "/health",
-            axum::routing::get(move || {
-                let db = db.clone();
-                async move {
-                    let ping = with_pool!(&db, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop));
-                    match ping {
-                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-                        Err(error) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("database unreachable: {error}\n"),
-                        ),
-                    }
-                }
-            }),
-        );
-    if let Err(error) = axum::serve(listener, app).await {
-        eprintln!("outbox: error: the metrics endpoint stopped: {error}");
-    }
 }
 
 fn print_status(
@@ -496,7 +410,7 @@ fn print_status(
 }
 
 async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<(), CliError> {
-    let database = |error: outbox_core::Error| CliError::Database(error.to_string());
+    let database = |error: outbox::Error| CliError::Database(error.to_string());
     match command {
         DeadLetters::List {
             limit,

@@ -1,7 +1,8 @@
 //! The sink a configuration names, built and checked at start-up.
 
-use outbox_core::relay::{Delivery, Message, Sink};
-use outbox_core::sinks::{
+use outbox::relay::{Delivery, Message, Sink};
+use outbox::sinks::kafka::rdkafka;
+use outbox::sinks::{
     Envelope, Routing, kafka::KafkaSink, mqtt::MqttSink, nats::NatsSink, rabbitmq::RabbitMqSink,
     redis::RedisSink, webhook::WebhookSink,
 };
@@ -21,6 +22,9 @@ pub(crate) enum AnySink {
 }
 
 const KINDS: &str = "nats, kafka, rabbitmq, redis, mqtt, webhook";
+
+/// The Kafka compression codecs librdkafka knows.
+const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
 impl AnySink {
     /// Builds the sink and connects it; `webhook_secret` comes from the environment or a flag.
@@ -55,6 +59,18 @@ impl AnySink {
                 )));
             }
         };
+        let only_for = |key: &str, set: bool, kind: &str| {
+            if set && config.kind != kind {
+                return Err(CliError::Config(format!(
+                    "sink.{key} applies to the {kind} sink only, not to {:?}",
+                    config.kind
+                )));
+            }
+            Ok(())
+        };
+        only_for("routing_key", config.routing_key.is_some(), "rabbitmq")?;
+        only_for("mandatory", config.mandatory.is_some(), "rabbitmq")?;
+        only_for("compression", config.compression.is_some(), "kafka")?;
         let url = config.url.as_str();
         let sink = match config.kind.as_str() {
             "nats" => {
@@ -65,7 +81,18 @@ impl AnySink {
                 AnySink::Nats(sink.envelope(envelope))
             }
             "kafka" => {
-                let mut sink = KafkaSink::connect(url).await.map_err(sink_error)?;
+                let mut producer = rdkafka::ClientConfig::new();
+                producer.set("bootstrap.servers", url);
+                if let Some(codec) = &config.compression {
+                    if !COMPRESSIONS.contains(&codec.as_str()) {
+                        return Err(CliError::Config(format!(
+                            "sink.compression {codec:?} is not one of {}",
+                            COMPRESSIONS.join(", ")
+                        )));
+                    }
+                    producer.set("compression.type", codec);
+                }
+                let mut sink = KafkaSink::with_config(producer).await.map_err(sink_error)?;
                 if let Some(routing) = routing(None)? {
                     sink = sink.routing(routing);
                 }
@@ -78,6 +105,9 @@ impl AnySink {
                 }
                 if let Some(key) = &config.routing_key {
                     sink = sink.routing_key(Routing::template(key).map_err(config_error)?);
+                }
+                if let Some(mandatory) = config.mandatory {
+                    sink = sink.mandatory(mandatory);
                 }
                 AnySink::RabbitMq(sink.envelope(envelope))
             }
@@ -118,12 +148,17 @@ impl AnySink {
     }
 }
 
-fn config_error(error: outbox_core::sinks::SetupError) -> CliError {
+fn config_error(error: outbox::sinks::SetupError) -> CliError {
     CliError::Config(error.to_string())
 }
 
-fn sink_error(error: outbox_core::sinks::SetupError) -> CliError {
-    CliError::Sink(error.to_string())
+/// An unreachable broker is waited for; anything else needs a person.
+fn sink_error(error: outbox::sinks::SetupError) -> CliError {
+    if error.is_unreachable() {
+        CliError::SinkUnreachable(error.to_string())
+    } else {
+        CliError::Sink(error.to_string())
+    }
 }
 
 impl Sink for AnySink {
@@ -135,6 +170,17 @@ impl Sink for AnySink {
             AnySink::Redis(sink) => sink.publish(batch).await,
             AnySink::Mqtt(sink) => sink.publish(batch).await,
             AnySink::Webhook(sink) => sink.publish(batch).await,
+        }
+    }
+
+    fn keeps_order(&self) -> bool {
+        match self {
+            AnySink::Nats(sink) => sink.keeps_order(),
+            AnySink::Kafka(sink) => sink.keeps_order(),
+            AnySink::RabbitMq(sink) => sink.keeps_order(),
+            AnySink::Redis(sink) => sink.keeps_order(),
+            AnySink::Mqtt(sink) => sink.keeps_order(),
+            AnySink::Webhook(sink) => sink.keeps_order(),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Event, Outbox, TableName};
+use outbox::{Event, Outbox, TableName};
 
 const OUTBOX: &str = env!("CARGO_BIN_EXE_outbox");
 const HINT: &str = "start the servers with scripts/services.sh";
@@ -698,7 +698,7 @@ async fn two_relay_processes_at_once_publish_everything_in_per_aggregate_order()
         let message = stream.get_raw_message(seq).await.unwrap();
         let aggregate = message
             .headers
-            .get(outbox_core::sinks::AGGREGATE_ID)
+            .get(outbox::sinks::AGGREGATE_ID)
             .unwrap()
             .as_str()
             .to_owned();

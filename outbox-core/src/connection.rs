@@ -15,7 +15,7 @@ use crate::{Outbox, TableName};
     label = "expected `sqlx::Transaction<'_, DB>` or a database connection",
     note = "the outbox row must commit or roll back with your data, so it is written through the caller's open transaction: take `tx: &mut sqlx::Transaction<'_, Postgres>` (or `&mut PgConnection`, `&mut MySqlConnection`, `&mut SqliteConnection`) and let the caller commit",
     note = "a pool is not a transaction: each query on a pool may run on another connection, in autocommit",
-    note = "in code generic over the database, bound it with `DB: outbox_core::Dialect`"
+    note = "in code generic over the database, bound it with `DB: outbox::Dialect`"
 )]
 pub trait OutboxConnection: Send + sealed::Sealed {
     #[doc(hidden)]
@@ -66,7 +66,7 @@ pub trait OutboxConnection: Send + sealed::Sealed {
 ///
 /// ```
 /// # #[cfg(feature = "postgres")] {
-/// use outbox_core::Dialect;
+/// use outbox::Dialect;
 ///
 /// async fn open_account<DB: Dialect>(tx: &mut sqlx::Transaction<'_, DB>) { /* ... */ }
 /// # }
@@ -75,7 +75,7 @@ pub trait OutboxConnection: Send + sealed::Sealed {
 /// Implemented for `Postgres`, `MySql` and `Sqlite` when their cargo features are on.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a database the outbox supports",
-    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox-core; in generic code bound the database with `DB: outbox_core::Dialect`"
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
 )]
 pub trait Dialect: sqlx::Database<Connection: OutboxConnection> {}
 

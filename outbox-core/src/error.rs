@@ -4,7 +4,7 @@ use crate::TableName;
 
 /// Everything that can go wrong while recording or configuring the outbox.
 ///
-/// Service errors convert from it (`impl From<outbox_core::Error> for AppError`), which is what
+/// Service errors convert from it (`impl From<outbox::Error> for AppError`), which is what
 /// lets `#[outbox_event]` use `?` on the recording step inside your function.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -13,7 +13,7 @@ use crate::Error;
 /// Derive it rather than implementing it by hand:
 ///
 /// ```
-/// use outbox_core::OutboxEvent;
+/// use outbox::OutboxEvent;
 /// use serde::Serialize;
 ///
 /// #[derive(Serialize, OutboxEvent)]
@@ -51,8 +51,8 @@ pub trait OutboxEvent: Serialize {
 /// assembled at the call site.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be recorded in the outbox",
-    label = "expected an `OutboxEvent` or an `outbox_core::Event`",
-    note = "derive `OutboxEvent` for it, or describe it at the call site: `outbox_core::Event::new(\"aggregate\", \"EventType\", Some(id), &value)?`"
+    label = "expected an `OutboxEvent` or an `outbox::Event`",
+    note = "derive `OutboxEvent` for it, or describe it at the call site: `outbox::Event::new(\"aggregate\", \"EventType\", Some(id), &value)?`"
 )]
 pub trait Recordable {
     /// Aggregate type of the event.
@@ -91,7 +91,7 @@ impl<T: OutboxEvent + ?Sized> Recordable for T {
 /// do not derive [`OutboxEvent`].
 ///
 /// ```
-/// use outbox_core::{Event, Recordable};
+/// use outbox::{Event, Recordable};
 ///
 /// #[derive(serde::Serialize)]
 /// struct Deposit { account: u64, amount: f64 }
@@ -155,10 +155,10 @@ impl<'a> Event<'a> {
     /// [header source](crate::Outbox::header_source).
     ///
     /// ```
-    /// # use outbox_core::Event;
+    /// # use outbox::Event;
     /// let event = Event::new("account", "AccountOpened", Some(42), &serde_json::json!({}))?
     ///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    /// # Ok::<(), outbox_core::Error>(())
+    /// # Ok::<(), outbox::Error>(())
     /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));

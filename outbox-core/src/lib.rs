@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "postgres")] mod demo {
-//! use outbox_core::{OutboxEvent, outbox_event};
+//! use outbox::{OutboxEvent, outbox_event};
 //! use serde::Serialize;
 //! use sqlx::{Postgres, Transaction};
 //!
@@ -23,9 +23,9 @@
 //! }
 //!
 //! #[derive(Debug)]
-//! pub enum AppError { Db(sqlx::Error), Outbox(outbox_core::Error) }
+//! pub enum AppError { Db(sqlx::Error), Outbox(outbox::Error) }
 //! impl From<sqlx::Error> for AppError { fn from(e: sqlx::Error) -> Self { AppError::Db(e) } }
-//! impl From<outbox_core::Error> for AppError { fn from(e: outbox_core::Error) -> Self { AppError::Outbox(e) } }
+//! impl From<outbox::Error> for AppError { fn from(e: outbox::Error) -> Self { AppError::Outbox(e) } }
 //!
 //! /// Opens an account; the `AccountOpened` event commits or rolls back with it.
 //! #[outbox_event]
@@ -55,7 +55,7 @@
 //! * `macros` (default): re-exports `#[outbox_event]` and `#[derive(OutboxEvent)]`.
 //! * `postgres`, `mysql` (MySQL 8 / MariaDB 10.6+), `sqlite`: the dialects.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
 mod error;
@@ -81,7 +81,7 @@ pub use table::TableName;
 /// The function must be `async`, take exactly one transaction parameter
 /// (`&mut sqlx::Transaction<'_, DB>` or `&mut PgConnection`/`MySqlConnection`/`SqliteConnection`,
 /// named anything) and return `Result<T, E>` where `T: Serialize` and
-/// `E: From<outbox_core::Error>`. On `Ok(entity)` the entity is recorded with
+/// `E: From<outbox::Error>`. On `Ok(entity)` the entity is recorded with
 /// [`record`] before the function returns; on `Err` nothing is recorded. A pool, a transaction
 /// taken by value, a missing transaction or a non-`Result` return are compile errors.
 ///
@@ -105,22 +105,22 @@ pub use outbox_derive::outbox_event;
 /// The function must be `async`, take one transaction parameter (as for [`outbox_event`]) and
 /// the message — the parameter named `message`, or the only other one — whose type implements
 /// [`InboxMessage`](inbox::InboxMessage), and return `Result<T, E>` with
-/// `E: From<outbox_core::Error>`. The attribute changes the return type to
+/// `E: From<outbox::Error>`. The attribute changes the return type to
 /// `Result<Processed<T>, E>`. On `Err`, roll the transaction back (drop it): the id is not
 /// recorded and the message can be retried. The caller commits, then acknowledges the message.
 ///
 /// ```
 /// # #[cfg(feature = "postgres")] mod demo {
-/// use outbox_core::inbox::Processed;
-/// use outbox_core::inbox_handler;
-/// use outbox_core::relay::Message;
+/// use outbox::inbox::Processed;
+/// use outbox::inbox_handler;
+/// use outbox::relay::Message;
 /// use sqlx::{Postgres, Transaction};
 ///
 /// #[inbox_handler(consumer = "read-model")]
 /// async fn on_account_event(
 ///     tx: &mut Transaction<'_, Postgres>,
 ///     message: &Message,
-/// ) -> Result<(), outbox_core::Error> {
+/// ) -> Result<(), outbox::Error> {
 ///     // apply `message.payload` to the read model through `tx`
 ///     Ok(())
 /// }

@@ -15,7 +15,7 @@ const MAX_METADATA_LEN: usize = 255;
 /// Build a `const` to use another table, also from the attribute:
 ///
 /// ```
-/// use outbox_core::{Outbox, TableName};
+/// use outbox::{Outbox, TableName};
 ///
 /// pub const BILLING: Outbox =
 ///     Outbox::for_table(TableName::from_static("billing_outbox")).max_payload_bytes(64 * 1024);
@@ -88,7 +88,7 @@ impl Outbox {
     /// Headers set on an [`Event`](crate::Event) win over those of the source.
     ///
     /// ```
-    /// use outbox_core::Outbox;
+    /// use outbox::Outbox;
     ///
     /// fn trace_context() -> Vec<(String, String)> {
     ///     // e.g. from OpenTelemetry's current context, with a TextMapPropagator
@@ -248,7 +248,7 @@ fn check_metadata(event_type: &str, field: &'static str, value: &str) -> Result<
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-/// use outbox_core::OutboxEvent;
+/// use outbox::OutboxEvent;
 ///
 /// #[derive(serde::Serialize, OutboxEvent)]
 /// #[outbox(aggregate_type = "account", event_type = "AccountOpened")]
@@ -261,7 +261,7 @@ fn check_metadata(event_type: &str, field: &'static str, value: &str) -> Result<
 ///     .bind(&account.owner)
 ///     .execute(&mut *tx)
 ///     .await?;
-/// outbox_core::record(&mut *tx, &account).await?;
+/// outbox::record(&mut *tx, &account).await?;
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```

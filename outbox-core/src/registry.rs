@@ -78,7 +78,7 @@ inventory::collect!(EventDescriptor);
 /// pages and generated documentation.
 ///
 /// ```
-/// use outbox_core::{OutboxEvent, registered_events};
+/// use outbox::{OutboxEvent, registered_events};
 ///
 /// #[derive(serde::Serialize, OutboxEvent)]
 /// #[outbox(aggregate_type = "account", event_type = "AccountOpened")]

@@ -16,7 +16,7 @@ const MAX_IDENT_LEN: usize = 63;
 /// words (`order`) work and case is kept.
 ///
 /// ```
-/// use outbox_core::TableName;
+/// use outbox::TableName;
 ///
 /// // Checked at compile time when built in a `const`:
 /// const BILLING: TableName = TableName::from_static("billing_outbox");
@@ -70,10 +70,10 @@ impl TableName {
     /// validation admits no quote characters.
     ///
     /// ```
-    /// # use outbox_core::TableName;
+    /// # use outbox::TableName;
     /// let table = TableName::new("billing.outbox")?;
     /// assert_eq!(table.quoted('"'), "\"billing\".\"outbox\"");
-    /// # Ok::<(), outbox_core::Error>(())
+    /// # Ok::<(), outbox::Error>(())
     /// ```
     pub fn quoted(&self, quote: char) -> String {
         match self.parts() {

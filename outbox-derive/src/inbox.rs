@@ -17,10 +17,10 @@ const RULES: Rules = Rules {
     writes: "the inbox entry",
     not_result: "`#[inbox_handler]` records the message id with an `Ok` and nothing with an \
                  `Err` (so that the message is retried), so the handler must return \
-                 `Result<T, YourError>` (with `YourError: From<outbox_core::Error>`)",
+                 `Result<T, YourError>` (with `YourError: From<outbox::Error>`)",
     returns_nothing: "`#[inbox_handler]` records the message id when the handler succeeds, but \
                       this one returns nothing: return `Result<(), YourError>` (with \
-                      `YourError: From<outbox_core::Error>`)",
+                      `YourError: From<outbox::Error>`)",
 };
 
 const KEYS: &[&str] = &["consumer", "inbox"];
@@ -79,7 +79,7 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
             }
             ("inbox", other) => errors.spanned(
                 other,
-                "`inbox` takes the path of an `outbox_core::inbox::Inbox` constant: write \
+                "`inbox` takes the path of an `outbox::inbox::Inbox` constant: write \
                  `inbox = MY_INBOX`",
             ),
             (other, _) => errors.spanned(&nv.path, unknown_key("argument", other, KEYS)),
@@ -154,7 +154,7 @@ fn find_message<'a>(
         [] => Err(syn::Error::new(
             function.sig.paren_token.span.join(),
             "`#[inbox_handler]` deduplicates on the message's id, but this function takes no \
-             message: add `message: &M` where `M: outbox_core::inbox::InboxMessage` (the outbox's \
+             message: add `message: &M` where `M: outbox::inbox::InboxMessage` (the outbox's \
              `relay::Message`, a NATS or RabbitMQ message, or the id itself as `&str`)",
         )),
         [_, rest @ ..] => {
@@ -185,7 +185,7 @@ fn processed_output(output: &Type) -> Type {
         && let Some(GenericArgument::Type(first)) = args.args.first_mut()
     {
         let inner = first.clone();
-        *first = syn::parse_quote_spanned!(inner.span()=> ::outbox_core::inbox::Processed<#inner>);
+        *first = syn::parse_quote_spanned!(inner.span()=> ::outbox::inbox::Processed<#inner>);
     }
     output
 }
@@ -213,12 +213,12 @@ fn expand(
     let connection = signature.transaction.connection;
     let convert = match signature.error {
         Some(error) => {
-            quote_spanned!(error.span()=> ::outbox_core::__private::into_error::<#error>)
+            quote_spanned!(error.span()=> ::outbox::__private::into_error::<#error>)
         }
         None => quote!(::core::convert::From::from),
     };
     let assert_tx = quote_spanned! {connection.span()=>
-        ::outbox_core::__private::assert_transaction::<#connection>();
+        ::outbox::__private::assert_transaction::<#connection>();
     };
     let borrow = if signature.transaction.by_reference {
         quote!(&mut *#tx)
@@ -234,33 +234,35 @@ fn expand(
     };
     let inbox = match &args.inbox {
         Some(inbox) => quote!(&#inbox),
-        None => quote!(&::outbox_core::inbox::Inbox::DEFAULT),
+        None => quote!(&::outbox::inbox::Inbox::DEFAULT),
     };
     let message_id = quote_spanned! {message.span()=>
-        ::outbox_core::__private::message_id(&#message)
+        ::outbox::__private::message_id(&#message)
     };
     let recorded = quote_spanned! {connection.span()=>
-        ::outbox_core::__private::inbox_record(#inbox, #borrow, #consumer, &__inbox_id).await
+        ::outbox::__private::inbox_record(#inbox, #borrow, #consumer, &__inbox_id).await
     };
+    let (outer, inner) = crate::signature::split_attributes(attrs);
     quote! {
-        #(#attrs)*
+        #(#outer)*
         #vis #new_sig {
+            #(#inner)*
             #assert_tx
             let __inbox_id = match #message_id {
                 ::core::result::Result::Ok(id) => id,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(#convert(error)),
             };
             match #recorded {
-                ::core::result::Result::Ok(::outbox_core::inbox::Recorded::New) => {}
-                ::core::result::Result::Ok(::outbox_core::inbox::Recorded::Duplicate) => {
-                    return ::core::result::Result::Ok(::outbox_core::inbox::Processed::Duplicate);
+                ::core::result::Result::Ok(::outbox::inbox::Recorded::New) => {}
+                ::core::result::Result::Ok(::outbox::inbox::Recorded::Duplicate) => {
+                    return ::core::result::Result::Ok(::outbox::inbox::Processed::Duplicate);
                 }
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(#convert(error)),
             }
-            let __inbox_result = ::outbox_core::__private::body::<#output, _>(async #block).await;
+            let __inbox_result = ::outbox::__private::body::<#output, _>(async #block).await;
             match __inbox_result {
                 ::core::result::Result::Ok(value) => {
-                    ::core::result::Result::Ok(::outbox_core::inbox::Processed::Done(value))
+                    ::core::result::Result::Ok(::outbox::inbox::Processed::Done(value))
                 }
                 ::core::result::Result::Err(error) => ::core::result::Result::Err(error),
             }

@@ -293,3 +293,15 @@ fn find_transaction<'a>(
         }
     }
 }
+
+/// The function's attributes split into the outer ones (`#[...]`, written before `fn`) and the
+/// inner ones (`#![...]`, the first lines of the body), which syn parses into one list. The
+/// expansion puts each back where the user wrote it: an inner attribute in front of `fn` would
+/// not compile.
+pub(crate) fn split_attributes(
+    attrs: &[syn::Attribute],
+) -> (Vec<&syn::Attribute>, Vec<&syn::Attribute>) {
+    attrs
+        .iter()
+        .partition(|attr| matches!(attr.style, syn::AttrStyle::Outer))
+}

@@ -44,7 +44,7 @@ pub struct OutboxRow {
 
 /// What each dialect's tests need from their database.
 pub trait TestDb: Sized + Send + Sync + 'static {
-    type Database: outbox_core::Dialect;
+    type Database: outbox::Dialect;
     const NAME: &'static str;
     /// `INSERT INTO test_accounts (id, owner) VALUES (<p1>, <p2>)` in the dialect's placeholders.
     const INSERT_ACCOUNT: &'static str;
@@ -87,7 +87,7 @@ macro_rules! plain_queries {
 }
 
 /// [`TestDb::preload`] for the dialects with `?` placeholders: multi-row inserts of 1,000.
-async fn preload_in_chunks<DB: outbox_core::Dialect>(
+async fn preload_in_chunks<DB: outbox::Dialect>(
     pool: &sqlx::Pool<DB>,
     table: &str,
     count: i64,
@@ -120,11 +120,11 @@ async fn preload_in_chunks<DB: outbox_core::Dialect>(
     }
 }
 
-async fn setup<DB: outbox_core::Dialect>(pool: &sqlx::Pool<DB>, ddl: &'static str)
+async fn setup<DB: outbox::Dialect>(pool: &sqlx::Pool<DB>, ddl: &'static str)
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
-    outbox_core::migrate(pool)
+    outbox::migrate(pool)
         .await
         .unwrap_or_else(|e| panic!("migrating the outbox table failed: {e}"));
     sqlx::raw_sql(ddl)
@@ -388,7 +388,7 @@ impl TestDb for Lite {
 pub struct RelayTable<D: TestDb> {
     pub db: D,
     pub pool: sqlx::Pool<D::Database>,
-    pub outbox: outbox_core::Outbox,
+    pub outbox: outbox::Outbox,
     pub name: String,
 }
 
@@ -396,8 +396,7 @@ impl<D: TestDb> RelayTable<D> {
     pub async fn new() -> Self {
         let db = D::connect().await;
         let name = format!("relay_{}", run_id());
-        let outbox =
-            outbox_core::Outbox::for_table(outbox_core::TableName::new(name.clone()).unwrap());
+        let outbox = outbox::Outbox::for_table(outbox::TableName::new(name.clone()).unwrap());
         outbox.migrate(db.pool()).await.unwrap();
         RelayTable {
             pool: db.pool().clone(),

@@ -2,7 +2,7 @@
 //! `&mut <DB as Database>::Connection`, and the registry of event types.
 #![allow(clippy::unwrap_used)]
 
-use outbox_core::{Dialect, Error, Origin, OutboxEvent, outbox_event, registered_events};
+use outbox::{Dialect, Error, Origin, OutboxEvent, outbox_event, registered_events};
 use outbox_tests::{Lite, My, Pg, TestDb, run_id};
 use serde::Serialize;
 use sqlx::{Database, Transaction};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use outbox_core::inbox::{Inbox, Processed, Recorded};
-use outbox_core::{Dialect, TableName};
+use outbox::inbox::{Inbox, Processed, Recorded};
+use outbox::{Dialect, TableName};
 use outbox_tests::{Lite, My, Pg, TestDb, run_id};
 use sqlx::AssertSqlSafe;
 
@@ -253,7 +253,7 @@ where
         .await
         .unwrap_err();
     assert!(
-        matches!(error, outbox_core::Error::NoTransaction { .. }),
+        matches!(error, outbox::Error::NoTransaction { .. }),
         "{error}"
     );
     drop(conn);
@@ -290,9 +290,9 @@ inbox_tests!(sqlite, Lite);
 // --- `#[inbox_handler]`, and a consumer that is also a producer -------------------------------
 
 mod chain {
-    use outbox_core::inbox::{Inbox, Processed};
-    use outbox_core::relay::Message;
-    use outbox_core::{Outbox, OutboxEvent, TableName, inbox_handler, outbox_event};
+    use outbox::inbox::{Inbox, Processed};
+    use outbox::relay::Message;
+    use outbox::{Outbox, OutboxEvent, TableName, inbox_handler, outbox_event};
     use sqlx::{Postgres, Transaction};
 
     pub const INBOX: Inbox = Inbox::for_table(TableName::from_static("inbox_chain_test"));
@@ -301,7 +301,7 @@ mod chain {
     #[derive(Debug, thiserror::Error)]
     pub enum AppError {
         #[error(transparent)]
-        Outbox(#[from] outbox_core::Error),
+        Outbox(#[from] outbox::Error),
         #[error(transparent)]
         Database(#[from] sqlx::Error),
         #[error(transparent)]
@@ -372,12 +372,12 @@ async fn chain_setup(db: &Pg) {
 }
 
 /// A relayed `AccountOpened` for `account`, as a consumer receives it.
-async fn opened_message(pool: &sqlx::PgPool, account: &str) -> outbox_core::relay::Message {
+async fn opened_message(pool: &sqlx::PgPool, account: &str) -> outbox::relay::Message {
     let table = format!("opened_{}", run_id());
-    let outbox = outbox_core::Outbox::for_table(TableName::new(table.clone()).unwrap());
+    let outbox = outbox::Outbox::for_table(TableName::new(table.clone()).unwrap());
     outbox.migrate(pool).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let event = outbox_core::Event::new(
+    let event = outbox::Event::new(
         "account",
         "AccountOpened",
         Some(account),
@@ -386,10 +386,10 @@ async fn opened_message(pool: &sqlx::PgPool, account: &str) -> outbox_core::rela
     .unwrap();
     outbox.record(&mut *tx, &event).await.unwrap();
     tx.commit().await.unwrap();
-    let (sink, mut received) = outbox_core::relay::ChannelSink::new(4);
+    let (sink, mut received) = outbox::relay::ChannelSink::new(4);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(
-        outbox_core::relay::Relay::builder(pool.clone(), sink)
+        outbox::relay::Relay::builder(pool.clone(), sink)
             .outbox(&outbox)
             .build()
             .run(async move {
@@ -497,11 +497,8 @@ struct CrashAfterPublishing<K> {
     hung: Arc<tokio::sync::Notify>,
 }
 
-impl<K: outbox_core::relay::Sink> outbox_core::relay::Sink for CrashAfterPublishing<K> {
-    async fn publish(
-        &self,
-        batch: &[outbox_core::relay::Message],
-    ) -> Vec<outbox_core::relay::Delivery> {
+impl<K: outbox::relay::Sink> outbox::relay::Sink for CrashAfterPublishing<K> {
+    async fn publish(&self, batch: &[outbox::relay::Message]) -> Vec<outbox::relay::Delivery> {
         let results = self.inner.publish(batch).await;
         if self.batches.fetch_add(1, Ordering::SeqCst) + 1 == self.hang_at {
             self.hung.notify_one();
@@ -509,14 +506,18 @@ impl<K: outbox_core::relay::Sink> outbox_core::relay::Sink for CrashAfterPublish
         }
         results
     }
+
+    fn keeps_order(&self) -> bool {
+        self.inner.keeps_order()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_once() {
     use futures::StreamExt;
     use lapin::options::BasicConsumeOptions;
-    use outbox_core::relay::{Backoff, Relay};
-    use outbox_core::sinks::{Routing, rabbitmq::RabbitMqSink};
+    use outbox::relay::{Backoff, Relay};
+    use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
     use outbox_tests::RelayTable;
     use std::collections::HashMap;
 
@@ -533,7 +534,7 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
             let account = format!("acc-{}", n % ACCOUNTS);
             let amount = n % 97 + 1;
             *expected.entry(account.clone()).or_default() += amount;
-            let event = outbox_core::Event::new(
+            let event = outbox::Event::new(
                 "account",
                 "Deposited",
                 Some(&account),
@@ -596,12 +597,8 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
                     .unwrap()
                     .to_string();
                 let (balances, applied) = (balances.clone(), applied.clone());
-                let outcome = outbox_core::inbox::rabbitmq::process(
-                    &inbox,
-                    &pool,
-                    "balances",
-                    &delivery,
-                    |tx| {
+                let outcome =
+                    outbox::inbox::rabbitmq::process(&inbox, &pool, "balances", &delivery, |tx| {
                         Box::pin(async move {
                             sqlx::query(AssertSqlSafe(format!(
                                 "INSERT INTO {balances} (account, cents) VALUES ($1, $2) \
@@ -620,10 +617,9 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
                             .await?;
                             Ok::<_, BoxError>(())
                         })
-                    },
-                )
-                .await
-                .unwrap();
+                    })
+                    .await
+                    .unwrap();
                 if outcome.is_duplicate() {
                     duplicates.fetch_add(1, Ordering::SeqCst);
                 }
@@ -717,7 +713,7 @@ fn count_effect(
     effects: Arc<AtomicUsize>,
 ) -> impl for<'c> FnOnce(
     &'c mut sqlx::Transaction<'static, sqlx::Postgres>,
-) -> outbox_core::inbox::Handler<'c, (), BoxError> {
+) -> outbox::inbox::Handler<'c, (), BoxError> {
     move |_| {
         Box::pin(async move {
             effects.fetch_add(1, Ordering::SeqCst);
@@ -730,8 +726,8 @@ fn count_effect(
 async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
     use async_nats::jetstream::consumer::pull;
     use futures::StreamExt;
-    use outbox_core::relay::Relay;
-    use outbox_core::sinks::{Routing, nats::NatsSink};
+    use outbox::relay::Relay;
+    use outbox::sinks::{Routing, nats::NatsSink};
     use outbox_tests::RelayTable;
 
     let producer = RelayTable::<Pg>::new().await;
@@ -752,8 +748,7 @@ async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
         .await
         .unwrap();
     let mut tx = producer.pool.begin().await.unwrap();
-    let event =
-        outbox_core::Event::new("account", "Opened", Some(7), &serde_json::json!({})).unwrap();
+    let event = outbox::Event::new("account", "Opened", Some(7), &serde_json::json!({})).unwrap();
     let event_id = producer.outbox.record(&mut *tx, &event).await.unwrap();
     tx.commit().await.unwrap();
     let relay = tokio::spawn(
@@ -778,7 +773,7 @@ async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
     let effects = Arc::new(AtomicUsize::new(0));
     // First delivery: processed and committed, then the consumer "crashes" before its ack.
     let first = messages.next().await.unwrap().unwrap();
-    let id = outbox_core::inbox::InboxMessage::message_id(&first).unwrap();
+    let id = outbox::inbox::InboxMessage::message_id(&first).unwrap();
     assert_eq!(id, event_id.to_string(), "the id is the outbox event id");
     let outcome = inbox
         .process(db.pool(), "nats-test", &id, count_effect(effects.clone()))
@@ -794,7 +789,7 @@ async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
         .unwrap()
         .unwrap();
     assert!(again.info().unwrap().delivered >= 2);
-    let outcome = outbox_core::inbox::nats::process(
+    let outcome = outbox::inbox::nats::process(
         &inbox,
         db.pool(),
         "nats-test",

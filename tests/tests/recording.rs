@@ -2,7 +2,7 @@
 //! per dialect (PostgreSQL, MariaDB/MySQL, SQLite).
 #![allow(clippy::unwrap_used)]
 
-use outbox_core::{Error, Outbox, OutboxEvent, TableName, outbox_event};
+use outbox::{Error, Outbox, OutboxEvent, TableName, outbox_event};
 use outbox_tests::{Lite, My, Pg, TestDb, run_id};
 use serde::Serialize;
 
@@ -266,7 +266,7 @@ macro_rules! dialect_tests {
                     Err(AppError::Outbox(Error::NoTransaction { event_type, table, dialect })) => {
                         assert_eq!(event_type, "AccountOpened");
                         assert_eq!(table, "outbox");
-                        assert_eq!(dialect, <<$db as sqlx::Database>::Connection as outbox_core::OutboxConnection>::DIALECT);
+                        assert_eq!(dialect, <<$db as sqlx::Database>::Connection as outbox::OutboxConnection>::DIALECT);
                     }
                     other => panic!("expected NoTransaction, got {other:?}"),
                 }
@@ -435,16 +435,16 @@ macro_rules! dialect_tests {
                 let run = run_id();
                 let payload = serde_json::json!({ "ok": true });
                 let mut tx = db.pool().begin().await.unwrap();
-                let no_type = outbox_core::Event::new("", "Opened", Some(format!("{run}-1")), &payload).unwrap();
-                match outbox_core::record(&mut *tx, &no_type).await {
+                let no_type = outbox::Event::new("", "Opened", Some(format!("{run}-1")), &payload).unwrap();
+                match outbox::record(&mut *tx, &no_type).await {
                     Err(Error::InvalidMetadata { field, problem, .. }) => {
                         assert_eq!((field, problem.as_str()), ("aggregate_type", "is empty"));
                     }
                     other => panic!("expected InvalidMetadata, got {other:?}"),
                 }
                 let long_id = format!("{run}-{}", "x".repeat(300));
-                let too_long = outbox_core::Event::new("account", "Opened", Some(long_id), &payload).unwrap();
-                match outbox_core::record(&mut *tx, &too_long).await {
+                let too_long = outbox::Event::new("account", "Opened", Some(long_id), &payload).unwrap();
+                match outbox::record(&mut *tx, &too_long).await {
                     Err(Error::InvalidMetadata { field, problem, .. }) => {
                         assert_eq!(field, "aggregate_id");
                         assert!(problem.contains("over the limit of 255"), "{problem}");
@@ -452,8 +452,8 @@ macro_rules! dialect_tests {
                     other => panic!("expected InvalidMetadata, got {other:?}"),
                 }
                 // Nothing was sent: the transaction is still usable.
-                let fine = outbox_core::Event::new("account", "Opened", Some(format!("{run}-2")), &payload).unwrap();
-                outbox_core::record(&mut *tx, &fine).await.unwrap();
+                let fine = outbox::Event::new("account", "Opened", Some(format!("{run}-2")), &payload).unwrap();
+                outbox::record(&mut *tx, &fine).await.unwrap();
                 tx.commit().await.unwrap();
                 let rows = db.outbox_rows("outbox", &run).await;
                 assert_eq!(rows.len(), 1);
@@ -467,9 +467,9 @@ macro_rules! dialect_tests {
                 let account = Account { id: format!("{run}-1"), owner: "Manual".into() };
                 let t = transfer(&format!("{run}-2"), "manual", 1);
                 let mut tx = db.pool().begin().await.unwrap();
-                let first = outbox_core::record(&mut *tx, &account).await.unwrap();
-                let event = outbox_core::Event::new("transfer", "ManualTransfer", Some(&t.from), &t).unwrap();
-                let second = outbox_core::record(&mut *tx, &event).await.unwrap();
+                let first = outbox::record(&mut *tx, &account).await.unwrap();
+                let event = outbox::Event::new("transfer", "ManualTransfer", Some(&t.from), &t).unwrap();
+                let second = outbox::record(&mut *tx, &event).await.unwrap();
                 tx.commit().await.unwrap();
                 let rows = db.outbox_rows("outbox", &run).await;
                 assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![first, second]);
@@ -535,11 +535,10 @@ async fn headers_come_from_the_source_and_the_event_overrides_them() {
     let (by_attribute, by_event) = (format!("attr-{}", run_id()), format!("event-{}", run_id()));
     let mut tx = db.pool().begin().await.unwrap();
     open_traced(&mut tx, &by_attribute).await.unwrap();
-    let event =
-        outbox_core::Event::new("account", "Opened", Some(&by_event), &serde_json::json!({}))
-            .unwrap()
-            .header("traceparent", "00-from-the-event-01")
-            .header("tenant", "t1");
+    let event = outbox::Event::new("account", "Opened", Some(&by_event), &serde_json::json!({}))
+        .unwrap()
+        .header("traceparent", "00-from-the-event-01")
+        .header("tenant", "t1");
     TRACED.record(&mut *tx, &event).await.unwrap();
     tx.commit().await.unwrap();
 
@@ -572,8 +571,7 @@ async fn headers_come_from_the_source_and_the_event_overrides_them() {
     let plain = Outbox::for_table(TableName::from_static("outbox_headers_test"));
     let id = format!("plain-{}", run_id());
     let mut tx = db.pool().begin().await.unwrap();
-    let event =
-        outbox_core::Event::new("account", "Opened", Some(&id), &serde_json::json!({})).unwrap();
+    let event = outbox::Event::new("account", "Opened", Some(&id), &serde_json::json!({})).unwrap();
     plain.record(&mut *tx, &event).await.unwrap();
     tx.commit().await.unwrap();
     let stored: Option<String> =

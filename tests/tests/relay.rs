@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use outbox_core::Event;
-use outbox_core::relay::{
+use outbox::Event;
+use outbox::relay::{
     Backoff, ChannelSink, HandlerSink, Message, Relay, RelayBuilder, RelayDialect, Sink, SinkError,
 };
 use outbox_tests::{Lite, My, Pg, RelayTable, TestDb, eventually};
@@ -30,8 +30,8 @@ fn n(message: &Message) -> i64 {
 /// Runs `relay` in a task; the returned sender stops it gracefully.
 fn spawn<S, K>(relay: Relay<S, K>) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
 where
-    S: outbox_core::relay::source::Source,
-    K: outbox_core::relay::Sink,
+    S: outbox::relay::source::Source,
+    K: outbox::relay::Sink,
 {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(relay.run(async move {
@@ -668,7 +668,7 @@ where
     };
     let (stop, relay) = spawn(
         relay(&table, table.pool.clone(), sink)
-            .ordering(outbox_core::relay::Ordering::Unordered)
+            .ordering(outbox::relay::Ordering::Unordered)
             .max_attempts(1_000)
             .backoff(fast_backoff())
             .build(),

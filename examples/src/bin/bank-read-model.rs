@@ -11,9 +11,9 @@
 //! are applied as deltas, which would double on a duplicate: the inbox is what keeps the read
 //! model equal to the bank.
 
-use outbox_core::inbox::{Inbox, Processed};
-use outbox_core::relay::{ChannelSink, Message, Relay};
-use outbox_core::{Outbox, TableName, inbox_handler};
+use outbox::inbox::{Inbox, Processed};
+use outbox::relay::{ChannelSink, Message, Relay};
+use outbox::{Outbox, TableName, inbox_handler};
 use outbox_examples::{Account, BankError, TransactionEntity};
 use sqlx::{PgPool, Postgres, Transaction};
 

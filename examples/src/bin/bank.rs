@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use outbox_core::{Outbox, TableName, outbox_event};
+use outbox::{Outbox, TableName, outbox_event};
 use outbox_examples::{Account, BankError, TransactionEntity, check_debit};
 use sqlx::{PgPool, Postgres, Transaction};
 

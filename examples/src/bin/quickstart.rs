@@ -8,8 +8,8 @@
 //! back), then prints the outbox: exactly the events of the committed work. Last, a relay
 //! publishes them (into a channel, standing in for a broker) and empties the outbox.
 
-use outbox_core::outbox_event;
-use outbox_core::relay::{ChannelSink, Relay};
+use outbox::outbox_event;
+use outbox::relay::{ChannelSink, Relay};
 use outbox_examples::{Account, BankError, TransactionEntity, check_debit};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{Sqlite, Transaction};
@@ -107,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("database: {}", path.display());
 
     // The schema: the outbox table, and the bank's own tables.
-    outbox_core::migrate(&pool).await?;
+    outbox::migrate(&pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, \
            balance_cents INTEGER NOT NULL, spending_limit_cents INTEGER NOT NULL);

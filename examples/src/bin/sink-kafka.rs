@@ -4,7 +4,7 @@
 //! cargo run -p outbox-examples --bin sink-kafka       # a Kafka broker on 127.0.0.1:9092
 //! ```
 
-use outbox_core::sinks::{Routing, kafka::KafkaSink};
+use outbox::sinks::{Routing, kafka::KafkaSink};
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]

@@ -4,7 +4,7 @@
 //! cargo run -p outbox-examples --bin sink-mqtt        # an MQTT 5 broker on 127.0.0.1:1883
 //! ```
 
-use outbox_core::sinks::{Routing, mqtt::MqttSink};
+use outbox::sinks::{Routing, mqtt::MqttSink};
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]

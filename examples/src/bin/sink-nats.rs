@@ -4,7 +4,7 @@
 //! cargo run -p outbox-examples --bin sink-nats        # NATS with JetStream on 127.0.0.1:4222
 //! ```
 
-use outbox_core::sinks::{Routing, nats::NatsSink};
+use outbox::sinks::{Routing, nats::NatsSink};
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]

@@ -4,7 +4,7 @@
 //! cargo run -p outbox-examples --bin sink-rabbitmq    # RabbitMQ on 127.0.0.1:5672
 //! ```
 
-use outbox_core::sinks::{Routing, rabbitmq::RabbitMqSink};
+use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]

@@ -4,7 +4,7 @@
 //! cargo run -p outbox-examples --bin sink-redis       # Redis on 127.0.0.1:6379
 //! ```
 
-use outbox_core::sinks::{Routing, redis::RedisSink};
+use outbox::sinks::{Routing, redis::RedisSink};
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]

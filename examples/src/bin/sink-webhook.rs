@@ -8,8 +8,8 @@
 use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode};
-use outbox_core::sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
-use outbox_core::sinks::webhook::WebhookSink;
+use outbox::sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+use outbox::sinks::webhook::WebhookSink;
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
 const SECRET: &[u8] = b"shared between the relay and the receiver";

@@ -9,7 +9,7 @@
 //! ```no_run
 //! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
 //! # async fn demo(pool: sqlx::PgPool, message_id: &str) -> Result<(), BoxError> {
-//! use outbox_core::inbox::{Inbox, Processed};
+//! use outbox::inbox::{Inbox, Processed};
 //!
 //! const INBOX: Inbox = Inbox::DEFAULT;
 //! INBOX.migrate(&pool).await?; // once, at start-up
@@ -61,7 +61,7 @@ const MAX_KEY_LEN: usize = 255;
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox_core::{TableName, inbox::Inbox};
+/// use outbox::{TableName, inbox::Inbox};
 ///
 /// pub const INBOX: Inbox = Inbox::for_table(TableName::from_static("billing_inbox"))
 ///     .retention(Duration::from_secs(30 * 24 * 3600));
@@ -111,8 +111,8 @@ pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no message id the inbox can deduplicate on",
     label = "`{Self}` does not implement `InboxMessage`",
-    note = "take the message as `outbox_core::relay::Message`, `async_nats::jetstream::Message` or `lapin::message::Delivery`, or its id as `&str`",
-    note = "or implement `outbox_core::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
+    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message` or `lapin::message::Delivery`, or its id as `&str`",
+    note = "or implement `outbox::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
 )]
 pub trait InboxMessage {
     /// The id; an error when the message carries none.

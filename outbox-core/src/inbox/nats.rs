@@ -10,7 +10,7 @@
 //! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
 //! # async fn demo(pool: sqlx::PgPool, messages: async_nats::jetstream::consumer::pull::Stream) -> Result<(), BoxError> {
 //! use futures_util::StreamExt;
-//! use outbox_core::inbox::{Inbox, nats::process};
+//! use outbox::inbox::{Inbox, nats::process};
 //!
 //! let mut messages = messages;
 //! while let Some(message) = messages.next().await {

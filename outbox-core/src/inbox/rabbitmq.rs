@@ -10,7 +10,7 @@
 //! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
 //! # async fn demo(pool: sqlx::PgPool, mut consumer: lapin::Consumer) -> Result<(), BoxError> {
 //! use futures_util::StreamExt;
-//! use outbox_core::inbox::{Inbox, rabbitmq::process};
+//! use outbox::inbox::{Inbox, rabbitmq::process};
 //!
 //! while let Some(delivery) = consumer.next().await {
 //!     let delivery = delivery?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox_core::relay::Backoff;
+/// use outbox::relay::Backoff;
 ///
 /// let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// let third = backoff.delay(3); // between 200 and 400 ms

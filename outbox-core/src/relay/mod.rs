@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::{ChannelSink, Relay};
+//! use outbox::relay::{ChannelSink, Relay};
 //!
 //! let (sink, mut events) = ChannelSink::new(1024);
 //! let relay = Relay::builder(pool, sink).batch_size(500).build();
@@ -299,6 +299,7 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
             source,
             sink: self.sink,
             config: self.config,
+            failures: FailureLog::default(),
         }
     }
 }
@@ -310,6 +311,7 @@ pub struct Relay<S, K> {
     source: S,
     sink: K,
     config: Config,
+    failures: FailureLog,
 }
 
 impl Relay<(), ()> {
@@ -411,16 +413,16 @@ impl<S: Source, K: Sink> Relay<S, K> {
         metrics::counter!("outbox_events_failed_total", "table" => table.clone())
             .increment((retried + dead) as u64);
         metrics::counter!("outbox_events_dead_total", "table" => table).increment(dead as u64);
-        if dead > 0 {
-            tracing::warn!(dead, "outbox events became dead letters");
-        }
         Ok(claimed)
     }
 
-    /// Publishes in waves in which no aggregate appears twice; an aggregate whose event failed
-    /// takes no further part in the batch (its later events are released untouched).
+    /// Publishes in waves in which no aggregate appears twice — or, to a sink that
+    /// [keeps order](Sink::keeps_order), in one wave with each aggregate's events in order. An
+    /// aggregate whose event failed takes no further part in the batch (its later events are
+    /// released untouched).
     async fn publish(&self, mut remaining: Vec<Message>) -> Settlement {
         let ordered = self.config.ordering == Ordering::PerAggregate;
+        let together = self.sink.keeps_order();
         let mut settlement = Settlement::default();
         let mut blocked: HashSet<(String, String)> = HashSet::new();
         while !remaining.is_empty() {
@@ -433,7 +435,7 @@ impl<S: Source, K: Sink> Relay<S, K> {
                     if blocked.contains(&key) {
                         continue;
                     }
-                    if !in_wave.insert(key) {
+                    if !in_wave.insert(key) && !together {
                         later.push(message);
                         continue;
                     }
@@ -451,20 +453,30 @@ impl<S: Source, K: Sink> Relay<S, K> {
                     Ok(()) => settlement.published.push(message.seq),
                     Err(error) => {
                         if ordered {
-                            blocked.insert((
-                                message.aggregate_type.clone(),
-                                message.aggregate_id.clone(),
-                            ));
+                            let key =
+                                (message.aggregate_type.clone(), message.aggregate_id.clone());
+                            if !blocked.insert(key) {
+                                // An earlier event of its aggregate failed in this wave: this one
+                                // was not tried, and waits for it.
+                                continue;
+                            }
                         }
                         let attempt = u32::try_from(message.attempts)
                             .unwrap_or(0)
                             .saturating_add(1);
                         if error.is_permanent() || attempt >= self.config.max_attempts {
-                            tracing::warn!(event_id = %message.id, %error, attempt, "dead letter");
+                            tracing::warn!(
+                                event_id = %message.id,
+                                event_type = %message.event_type,
+                                aggregate = %format_args!("{}/{}", message.aggregate_type, message.aggregate_id),
+                                %error,
+                                attempt,
+                                "dead letter: the event is kept in the outbox until replayed"
+                            );
                             settlement.dead.push((message.seq, error.to_string()));
                         } else {
                             let delay = self.config.backoff.delay(attempt);
-                            tracing::debug!(event_id = %message.id, %error, attempt, retry_in = ?delay, "delivery failed");
+                            self.failures.failed(&message, &error, attempt, delay);
                             settlement
                                 .retry
                                 .push((message.seq, error.to_string(), delay));
@@ -474,7 +486,65 @@ impl<S: Source, K: Sink> Relay<S, K> {
             }
             remaining = later;
         }
+        if !settlement.published.is_empty() {
+            self.failures.delivered(settlement.published.len());
+        }
         settlement
+    }
+}
+
+/// How often, at most, a failing delivery is logged at warn: an outage is a few lines, not one
+/// per event.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate-limits the warnings of failed deliveries and says when deliveries recover.
+#[derive(Debug, Default)]
+struct FailureLog(std::sync::Mutex<Failures>);
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Failed deliveries since the last success.
+    outage: u64,
+    /// Failed deliveries since the last warning.
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl FailureLog {
+    fn failed(&self, message: &Message, error: &SinkError, attempt: u32, retry_in: Duration) {
+        let mut failures = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        failures.outage += 1;
+        if failures
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= WARN_EVERY)
+        {
+            tracing::warn!(
+                event_id = %message.id,
+                %error,
+                attempt,
+                ?retry_in,
+                failed_since_last_warning = failures.unreported,
+                "delivery failed; the event will be retried (further failures are summarised every {}s)",
+                WARN_EVERY.as_secs()
+            );
+            failures.last_warning = Some(Instant::now());
+            failures.unreported = 0;
+        } else {
+            failures.unreported += 1;
+            tracing::debug!(event_id = %message.id, %error, attempt, ?retry_in, "delivery failed");
+        }
+    }
+
+    fn delivered(&self, published: usize) {
+        let mut failures = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        if failures.outage > 0 {
+            tracing::info!(
+                failed_deliveries = failures.outage,
+                published,
+                "deliveries recovered"
+            );
+            *failures = Failures::default();
+        }
     }
 }
 

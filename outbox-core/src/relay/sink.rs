@@ -67,28 +67,43 @@ pub type Delivery = Result<(), SinkError>;
 ///
 /// With the default [`Ordering::PerAggregate`](super::Ordering::PerAggregate), the relay calls
 /// [`Sink::publish`] with batches in which no aggregate appears twice, so the sink may deliver
-/// the messages concurrently (pipelined, in parallel) without breaking per-aggregate order; with
-/// [`Ordering::Unordered`](super::Ordering::Unordered) a batch is whatever was claimed. It
-/// returns one [`Delivery`] per message, in the batch's order. A message reported delivered is
-/// removed from the outbox; a failed one is retried later and, by default, holds back the later
-/// events of its aggregate.
+/// the messages concurrently (pipelined, in parallel) without breaking per-aggregate order —
+/// unless the sink [keeps order](Sink::keeps_order), in which case an aggregate's consecutive
+/// events come in one batch. With [`Ordering::Unordered`](super::Ordering::Unordered) a batch is
+/// whatever was claimed. It returns one [`Delivery`] per message, in the batch's order. A
+/// message reported delivered is removed from the outbox; a failed one is retried later and, by
+/// default, holds back the later events of its aggregate.
 pub trait Sink: Send + Sync + 'static {
     /// Delivers `batch`; one result per message, in order.
     fn publish(&self, batch: &[Message]) -> impl Future<Output = Vec<Delivery>> + Send;
+
+    /// Whether the sink delivers a batch in its order and, once a message fails, delivers no
+    /// later message of the same aggregate from that batch (default false).
+    ///
+    /// A sink that says so receives, under [`Ordering::PerAggregate`](super::Ordering), an
+    /// aggregate's consecutive events together, in order — 500 events of one aggregate are one
+    /// batch instead of 500 round trips. The results it reports for an aggregate's messages
+    /// after its first failure are not counted as attempts: those messages are released
+    /// untouched and follow the failed one when it is retried.
+    fn keeps_order(&self) -> bool {
+        false
+    }
 }
 
 /// Delivers every message to a [`tokio::sync::mpsc`] channel: a relay without a broker, for
 /// services that consume their own events, and for tests.
 ///
 /// ```
-/// use outbox_core::relay::ChannelSink;
+/// use outbox::relay::ChannelSink;
 ///
 /// let (sink, mut receiver) = ChannelSink::new(1024);
 /// # drop((sink, receiver.try_recv()));
 /// ```
 ///
 /// A full channel applies back-pressure to the relay; a closed one fails the delivery
-/// (transient), so events stay in the outbox until a receiver exists again.
+/// (transient), so events stay in the outbox until a receiver exists again. Messages are sent
+/// one after the other, so an aggregate's consecutive events travel in one batch
+/// ([`Sink::keeps_order`]).
 #[derive(Debug, Clone)]
 pub struct ChannelSink {
     sender: mpsc::Sender<Message>,
@@ -120,12 +135,17 @@ impl Sink for ChannelSink {
         }
         results
     }
+
+    /// A send fails only once the receiver is closed, and then every later one fails too.
+    fn keeps_order(&self) -> bool {
+        true
+    }
 }
 
 /// Delivers every message by calling an async function: the simplest way to plug in anything.
 ///
 /// ```
-/// use outbox_core::relay::{HandlerSink, Message, SinkError};
+/// use outbox::relay::{HandlerSink, Message, SinkError};
 ///
 /// let sink = HandlerSink::new(|message: Message| async move {
 ///     if message.event_type == "Poison" {

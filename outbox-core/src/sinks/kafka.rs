@@ -9,8 +9,8 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::{Routing, kafka::KafkaSink};
+//! use outbox::relay::Relay;
+//! use outbox::sinks::{Routing, kafka::KafkaSink};
 //!
 //! let sink = KafkaSink::connect("127.0.0.1:9092")
 //!     .await?
@@ -114,7 +114,7 @@ impl KafkaSink {
             Ok(brokers) if brokers > 0 => {}
             Ok(_) => return Err(SetupError::new(SINK, format!("{servers} lists no brokers"))),
             Err(error) => {
-                return Err(SetupError::new(
+                return Err(SetupError::unreachable(
                     SINK,
                     format!("cannot reach {servers}: {error}"),
                 ));

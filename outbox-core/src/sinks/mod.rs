@@ -30,6 +30,36 @@ pub mod signature;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
+/// Where the metadata travels as named fields of a record rather than as headers: the
+/// elements of a webhook body (JSON members) and the entries of a Redis stream. One naming for
+/// both, in `snake_case` so that it reads as JSON; headers use [`EVENT_ID`] and its siblings.
+///
+/// | field | webhook element (JSON) | Redis entry |
+/// | --- | --- | --- |
+/// | [`ID`](fields::ID) | string | string |
+/// | [`EVENT_TYPE`](fields::EVENT_TYPE) | string | string |
+/// | [`AGGREGATE_TYPE`](fields::AGGREGATE_TYPE) | string | string |
+/// | [`AGGREGATE_ID`](fields::AGGREGATE_ID) | string | string |
+/// | [`PAYLOAD`](fields::PAYLOAD) | the recorded JSON value | the body: payload or CloudEvent, as text |
+/// | [`HEADERS`](fields::HEADERS) | object, when headers were recorded | JSON object text, when recorded |
+/// | [`CONTENT_TYPE`](fields::CONTENT_TYPE) | — (the request's `Content-Type`) | the body's content type |
+pub mod fields {
+    /// The event id (UUIDv7): consumers deduplicate on it.
+    pub const ID: &str = "id";
+    /// The event type.
+    pub const EVENT_TYPE: &str = "event_type";
+    /// The aggregate type.
+    pub const AGGREGATE_TYPE: &str = "aggregate_type";
+    /// The aggregate id.
+    pub const AGGREGATE_ID: &str = "aggregate_id";
+    /// The event's payload (or, on Redis, the body the envelope makes of it).
+    pub const PAYLOAD: &str = "payload";
+    /// The headers recorded with the event: trace context, user headers.
+    pub const HEADERS: &str = "headers";
+    /// Redis: the content type of the `payload` field.
+    pub const CONTENT_TYPE: &str = "content_type";
+}
+
 /// Header carrying the event id (UUIDv7): consumers deduplicate on it.
 pub const EVENT_ID: &str = "outbox-event-id";
 /// Header carrying the event type.
@@ -41,21 +71,67 @@ pub const AGGREGATE_ID: &str = "outbox-aggregate-id";
 
 /// A sink could not be set up: the broker is unreachable, refuses the credentials, or the
 /// configuration is wrong. Returned at start-up, before the relay runs.
+///
+/// [`SetupError::is_unreachable`] tells the two kinds apart: an unreachable broker may come
+/// back by itself (a service waiting for it retries), while a wrong URL, setting or credential
+/// needs a person.
 #[derive(Debug, thiserror::Error)]
 #[error("{sink} sink: {problem}")]
+#[non_exhaustive]
 pub struct SetupError {
     /// Which sink.
     pub sink: &'static str,
     /// What went wrong and what to fix.
     pub problem: String,
+    unreachable: bool,
 }
 
 impl SetupError {
+    /// A configuration or credential to fix.
     pub(crate) fn new(sink: &'static str, problem: impl Into<String>) -> Self {
         SetupError {
             sink,
             problem: problem.into(),
+            unreachable: false,
         }
+    }
+
+    /// The broker did not answer (refused connection, timeout, unknown host): worth retrying.
+    pub(crate) fn unreachable(sink: &'static str, problem: impl Into<String>) -> Self {
+        SetupError {
+            unreachable: true,
+            ..SetupError::new(sink, problem)
+        }
+    }
+
+    /// True when the broker (or receiver) could not be reached: it may be down or starting,
+    /// and trying again later can succeed. False for what a person must fix: an invalid URL
+    /// or setting, refused credentials, a broker without a required capability.
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`, for logs and error
+/// messages.
+///
+/// ```
+/// assert_eq!(
+///     outbox::sinks::redacted("amqp://guest:secret@127.0.0.1:5672/%2f"),
+///     "amqp://guest:***@127.0.0.1:5672/%2f"
+/// );
+/// assert_eq!(outbox::sinks::redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+/// ```
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -65,11 +141,11 @@ impl SetupError {
 /// Templates may use `{aggregate_type}`, `{event_type}` and `{aggregate_id}`.
 ///
 /// ```
-/// use outbox_core::sinks::Routing;
+/// use outbox::sinks::Routing;
 ///
 /// let routing = Routing::template("bank.{aggregate_type}.{event_type}")?
 ///     .route("MoneyTransferred", "bank.transfers")?;
-/// # Ok::<(), outbox_core::sinks::SetupError>(())
+/// # Ok::<(), outbox::sinks::SetupError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Routing {

@@ -10,8 +10,8 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::{Routing, mqtt::MqttSink};
+//! use outbox::relay::Relay;
+//! use outbox::sinks::{Routing, mqtt::MqttSink};
 //!
 //! let sink = MqttSink::connect("mqtt://127.0.0.1:1883")
 //!     .await?
@@ -84,7 +84,9 @@ impl Drop for Link {
     }
 }
 
-async fn open(options: &MqttOptions) -> Result<Link, String> {
+/// Connects and waits for the CONNACK; the error says whether the broker was unreachable or
+/// refused the connection.
+async fn open(options: &MqttOptions) -> Result<Link, SetupError> {
     let (client, mut events) = AsyncClient::new(options.clone(), REQUEST_CAPACITY);
     let timeout = Duration::from_secs(options.connection_timeout()) + Duration::from_secs(1);
     let connected = tokio::time::timeout(timeout, async {
@@ -92,15 +94,24 @@ async fn open(options: &MqttOptions) -> Result<Link, String> {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
                 Ok(_) => {}
-                Err(error) => return Err(error.to_string()),
+                Err(error) => return Err(error),
             }
         }
     })
     .await;
     match connected {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(error),
-        Err(_) => return Err(format!("no CONNACK within {}s", timeout.as_secs())),
+        Ok(Err(
+            error @ (rumqttc::v5::ConnectionError::ConnectionRefused(_)
+            | rumqttc::v5::ConnectionError::Tls(_)),
+        )) => return Err(SetupError::new(SINK, error.to_string())),
+        Ok(Err(error)) => return Err(SetupError::unreachable(SINK, error.to_string())),
+        Err(_) => {
+            return Err(SetupError::unreachable(
+                SINK,
+                format!("no CONNACK within {}s", timeout.as_secs()),
+            ));
+        }
     }
     let (report, reports) = mpsc::unbounded_channel();
     let task = tokio::spawn(drive(events, report));
@@ -157,7 +168,10 @@ impl MqttSink {
         options.set_network_options(network);
         let link = open(&options).await.map_err(|error| {
             let (host, port) = options.broker_address();
-            SetupError::new(SINK, format!("cannot connect to {host}:{port}: {error}"))
+            SetupError {
+                problem: format!("cannot connect to {host}:{port}: {}", error.problem),
+                ..error
+            }
         })?;
         Ok(MqttSink {
             options,
@@ -312,7 +326,8 @@ impl Sink for MqttSink {
             match open(&self.options).await {
                 Ok(fresh) => link = Some(fresh),
                 Err(error) => {
-                    let error = SinkError::transient(format!("cannot reconnect: {error}"));
+                    let error =
+                        SinkError::transient(format!("cannot reconnect: {}", error.problem));
                     return batch.iter().map(|_| Err(error.clone())).collect();
                 }
             }

@@ -5,8 +5,8 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::nats::NatsSink;
+//! use outbox::relay::Relay;
+//! use outbox::sinks::nats::NatsSink;
 //!
 //! let sink = NatsSink::connect("nats://127.0.0.1:4222").await?;
 //! Relay::builder(pool, sink).build().run(std::future::pending()).await;
@@ -40,7 +40,19 @@ impl NatsSink {
             .connection_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(|error| SetupError::new(SINK, format!("cannot connect to {url}: {error}")))?;
+            .map_err(|error| {
+                use async_nats::ConnectErrorKind as Kind;
+                let problem = format!("cannot connect to {}: {error}", super::redacted(url));
+                match error.kind() {
+                    Kind::Io | Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => {
+                        SetupError::unreachable(SINK, problem)
+                    }
+                    Kind::ServerParse
+                    | Kind::Authentication
+                    | Kind::AuthorizationViolation
+                    | Kind::Tls => SetupError::new(SINK, problem),
+                }
+            })?;
         Self::new(client).await
     }
 

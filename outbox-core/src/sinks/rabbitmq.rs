@@ -4,6 +4,12 @@
 //! [publisher confirms](https://www.rabbitmq.com/docs/confirms) are awaited together: an event
 //! counts as delivered once the broker has taken responsibility for it.
 //!
+//! Messages are published `mandatory` by default: a message that no queue is bound to receive
+//! is returned by the broker and counts as a failed delivery — retried with backoff, then a
+//! dead letter whose last error is the broker's reason (`312 NO_ROUTE`) — so that "nobody
+//! listens yet" never becomes a silent loss. For a fire-and-forget exchange where dropping
+//! unroutable messages is intended, opt out with [`RabbitMqSink::mandatory`]`(false)`.
+//!
 //! Each message has `message_id` = event id (the consumers' dedup key), `type` = event type,
 //! `content_type`, delivery mode 2 (persistent), and the [common headers](super::headers) in
 //! its header table. A queue keeps the order in which messages were published, so per-aggregate
@@ -11,8 +17,8 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::{Routing, rabbitmq::RabbitMqSink};
+//! use outbox::relay::Relay;
+//! use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
 //!
 //! let sink = RabbitMqSink::connect("amqp://guest:guest@127.0.0.1:5672/%2f")
 //!     .await?
@@ -70,7 +76,10 @@ impl std::fmt::Debug for RabbitMqSink {
     }
 }
 
-async fn open(uri: &str) -> Result<(Connection, Channel), String> {
+/// Opens a connection and a channel in confirm mode; the error says whether the broker was
+/// unreachable or refused.
+async fn open(uri: &str) -> Result<(Connection, Channel), SetupError> {
+    let shown = super::redacted(uri);
     let connect = async {
         let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
@@ -81,8 +90,22 @@ async fn open(uri: &str) -> Result<(Connection, Channel), String> {
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(link)) => Ok(link),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(error)) => {
+            let problem = format!("cannot connect to {shown}: {error}");
+            Err(match error.kind() {
+                lapin::ErrorKind::IOError(_) | lapin::ErrorKind::MissingHeartbeatError => {
+                    SetupError::unreachable(SINK, problem)
+                }
+                _ => SetupError::new(SINK, problem),
+            })
+        }
+        Err(_) => Err(SetupError::unreachable(
+            SINK,
+            format!(
+                "cannot connect to {shown}: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 
@@ -91,16 +114,14 @@ impl RabbitMqSink {
     /// default vhost `/` is written `%2f`) and opens a channel in confirm mode. Fails when the
     /// broker is unreachable or refuses the credentials.
     pub async fn connect(uri: &str) -> Result<Self, SetupError> {
-        let link = open(uri)
-            .await
-            .map_err(|error| SetupError::new(SINK, format!("cannot connect to {uri}: {error}")))?;
+        let link = open(uri).await?;
         Ok(RabbitMqSink {
             uri: uri.to_owned(),
             exchange: Routing::default(),
             routing_key: Routing::event_type(),
             envelope: Envelope::Payload,
             declare: true,
-            mandatory: false,
+            mandatory: true,
             state: Mutex::new(State {
                 link: Some(link),
                 declared: HashSet::new(),
@@ -134,9 +155,11 @@ impl RabbitMqSink {
         self
     }
 
-    /// Publishes with the `mandatory` flag: a message no queue is bound to receive is returned
-    /// by the broker and counts as a failed delivery (retried, then dead-lettered) instead of
-    /// being dropped. Default false, the usual publish/subscribe semantics.
+    /// Whether messages are published with the `mandatory` flag (default true): a message no
+    /// queue is bound to receive is returned by the broker and counts as a failed delivery
+    /// (retried, then dead-lettered with the broker's reason) instead of being dropped. Pass
+    /// false for an exchange where unroutable messages are meant to be dropped: the broker then
+    /// confirms them and they leave the outbox unseen.
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
@@ -229,7 +252,8 @@ impl Sink for RabbitMqSink {
                 match open(&self.uri).await {
                     Ok(link) => link,
                     Err(error) => {
-                        let error = SinkError::transient(format!("cannot reconnect: {error}"));
+                        let error =
+                            SinkError::transient(format!("cannot reconnect: {}", error.problem));
                         return batch.iter().map(|_| Err(error.clone())).collect();
                     }
                 }

@@ -1,13 +1,14 @@
 //! Redis Streams sink (feature `redis`): one `XADD` per event to a stream (default: the
-//! aggregate type), the whole batch in one pipelined round trip. Each entry has the fields `id`
-//! (event id, the consumers' dedup key), `type`, `aggregate_type`, `aggregate_id`, `payload`
-//! (the body), `content_type`, and `headers` (JSON) when headers were recorded. Streams keep
+//! aggregate type), the whole batch in one pipelined round trip. Each entry has the
+//! [fields](super::fields) `id` (event id, the consumers' dedup key), `event_type`,
+//! `aggregate_type`, `aggregate_id`, `payload` (the body), `content_type`, and `headers` (JSON
+//! text) when headers were recorded — the names of the webhook's JSON elements. Streams keep
 //! per-key order, so per-aggregate order holds when an aggregate's events go to one stream.
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::{Routing, redis::RedisSink};
+//! use outbox::relay::Relay;
+//! use outbox::sinks::{Routing, redis::RedisSink};
 //!
 //! let sink = RedisSink::connect("redis://127.0.0.1:6379")
 //!     .await?
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Envelope, Routing, SetupError};
+use super::{Envelope, Routing, SetupError, fields};
 use crate::relay::{Delivery, Message, Sink, SinkError};
 
 const SINK: &str = "Redis Streams";
@@ -56,15 +57,21 @@ impl RedisSink {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_number_of_retries(2);
+        let shown = super::redacted(url);
+        let failed = |problem: String, error: &redis::RedisError| {
+            if error.is_io_error() || error.is_timeout() || error.is_connection_refusal() {
+                SetupError::unreachable(SINK, problem)
+            } else {
+                SetupError::new(SINK, problem)
+            }
+        };
         let mut connection = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|error| SetupError::new(SINK, format!("cannot connect to {url}: {error}")))?;
+            .map_err(|error| failed(format!("cannot connect to {shown}: {error}"), &error))?;
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await
-            .map_err(|error| {
-                SetupError::new(SINK, format!("{url} does not answer PING: {error}"))
-            })?;
+            .map_err(|error| failed(format!("{shown} does not answer PING: {error}"), &error))?;
         Ok(RedisSink {
             connection,
             routing: Routing::default(),
@@ -102,20 +109,20 @@ impl Sink for RedisSink {
             }
             command
                 .arg("*")
-                .arg("id")
+                .arg(fields::ID)
                 .arg(message.id.to_string())
-                .arg("type")
+                .arg(fields::EVENT_TYPE)
                 .arg(&message.event_type)
-                .arg("aggregate_type")
+                .arg(fields::AGGREGATE_TYPE)
                 .arg(&message.aggregate_type)
-                .arg("aggregate_id")
+                .arg(fields::AGGREGATE_ID)
                 .arg(&message.aggregate_id)
-                .arg("payload")
+                .arg(fields::PAYLOAD)
                 .arg(self.envelope.body(message))
-                .arg("content_type")
+                .arg(fields::CONTENT_TYPE)
                 .arg(self.envelope.content_type());
             if let Some(headers) = &message.headers {
-                command.arg("headers").arg(headers);
+                command.arg(fields::HEADERS).arg(headers);
             }
         }
         let mut connection = self.connection.clone();

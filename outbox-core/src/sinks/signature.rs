@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
-//! use outbox_core::sinks::signature::{sign, verify};
+//! use outbox::sinks::signature::{sign, verify};
 //!
 //! let body = br#"[{"id":"0190f2c4-7d2a-7c1e-9b0a-3f1c2d4e5f60"}]"#;
 //! let now = SystemTime::now();
@@ -21,7 +21,7 @@
 //! // The receiver, with the header values and the raw body:
 //! verify(b"s3cret", &timestamp, &signature, body, Duration::from_secs(300), now)?;
 //! assert!(verify(b"s3cret", &timestamp, &signature, b"[]", Duration::from_secs(300), now).is_err());
-//! # Ok::<(), outbox_core::sinks::signature::SignatureError>(())
+//! # Ok::<(), outbox::sinks::signature::SignatureError>(())
 //! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,14 +4,21 @@
 //!
 //! A request holds at most [`max_events`](WebhookSink::max_events) events and
 //! [`max_bytes`](WebhookSink::max_bytes) of body; a relay batch larger than that is sent as
-//! several requests. How many events accumulate before a flush is the relay's
-//! [`batch_size`](crate::relay::RelayBuilder::batch_size) and
+//! several requests, one after the other. How many events accumulate before a flush is the
+//! relay's [`batch_size`](crate::relay::RelayBuilder::batch_size) and
 //! [`poll_interval`](crate::relay::RelayBuilder::poll_interval).
 //!
-//! Each element of the array is an object with `id` (the event id: deduplicate on it),
-//! `event_type`, `aggregate_type`, `aggregate_id`, `payload` (the recorded JSON) and, when some
-//! were recorded, `headers` (trace context…). With [`Envelope::CloudEvents`] the body is a
-//! CloudEvents batch (`application/cloudevents-batch+json`).
+//! **Order.** The array's order is the order: an aggregate's consecutive events travel in one
+//! request, oldest first, and a batch's requests are sent in sequence. After a request fails,
+//! the batch's later events of the aggregates it held are not sent; they follow the failed
+//! ones when those are retried. So a receiver that processes each request's elements in order,
+//! and the requests as they come, sees every aggregate's events in order.
+//!
+//! Each element of the array is an object with the [fields](super::fields) `id` (the event id:
+//! deduplicate on it), `event_type`, `aggregate_type`, `aggregate_id`, `payload` (the recorded
+//! JSON) and, when some were recorded, `headers` (trace context…) — the names of the Redis
+//! sink's entries. With [`Envelope::CloudEvents`] the body is a CloudEvents batch
+//! (`application/cloudevents-batch+json`).
 //!
 //! The receiver's answer decides the outcome:
 //!
@@ -24,8 +31,8 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox_core::relay::Relay;
-//! use outbox_core::sinks::webhook::WebhookSink;
+//! use outbox::relay::Relay;
+//! use outbox::sinks::webhook::WebhookSink;
 //!
 //! let secret = std::env::var("WEBHOOK_SECRET")?;
 //! let sink = WebhookSink::connect("https://hooks.example.com/outbox", secret.as_bytes())
@@ -35,13 +42,14 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 
 use super::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-use super::{Envelope, SetupError, recorded_headers};
+use super::{Envelope, SetupError, fields, recorded_headers};
 use crate::relay::{Delivery, Message, Sink, SinkError};
 
 pub use reqwest;
@@ -114,11 +122,14 @@ impl WebhookSink {
         if secret.is_empty() {
             return Err(SetupError::new(SINK, "the signing secret is empty"));
         }
-        client
-            .head(url.clone())
-            .send()
-            .await
-            .map_err(|error| SetupError::new(SINK, format!("{url} does not answer: {error}")))?;
+        client.head(url.clone()).send().await.map_err(|error| {
+            let problem = format!("{} does not answer: {error}", super::redacted(url.as_str()));
+            if error.is_connect() || error.is_timeout() || error.is_request() {
+                SetupError::unreachable(SINK, problem)
+            } else {
+                SetupError::new(SINK, problem)
+            }
+        })?;
         Ok(WebhookSink {
             client,
             url,
@@ -164,22 +175,28 @@ impl WebhookSink {
             Envelope::Payload => {
                 let payload: serde_json::Value = serde_json::from_str(&message.payload)
                     .unwrap_or_else(|_| serde_json::Value::String(message.payload.clone()));
-                let mut element = serde_json::json!({
-                    "id": message.id.to_string(),
-                    "event_type": message.event_type,
-                    "aggregate_type": message.aggregate_type,
-                    "aggregate_id": message.aggregate_id,
-                    "payload": payload,
-                });
+                let mut element = serde_json::Map::new();
+                for (name, value) in [
+                    (fields::ID, message.id.to_string()),
+                    (fields::EVENT_TYPE, message.event_type.clone()),
+                    (fields::AGGREGATE_TYPE, message.aggregate_type.clone()),
+                    (fields::AGGREGATE_ID, message.aggregate_id.clone()),
+                ] {
+                    element.insert(name.to_owned(), value.into());
+                }
+                element.insert(fields::PAYLOAD.to_owned(), payload);
                 let headers = recorded_headers(message);
                 if !headers.is_empty() {
-                    element["headers"] = headers
-                        .into_iter()
-                        .map(|(name, value)| (name, serde_json::Value::String(value)))
-                        .collect::<serde_json::Map<_, _>>()
-                        .into();
+                    element.insert(
+                        fields::HEADERS.to_owned(),
+                        headers
+                            .into_iter()
+                            .map(|(name, value)| (name, serde_json::Value::String(value)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into(),
+                    );
                 }
-                element.to_string()
+                serde_json::Value::Object(element).to_string()
             }
         }
     }
@@ -192,7 +209,7 @@ impl WebhookSink {
     }
 
     /// One signed POST of `elements`, retried in place while the failure is worth it.
-    async fn post(&self, elements: &[String]) -> Outcome {
+    async fn post(&self, elements: &[&str]) -> Outcome {
         let body = format!("[{}]", elements.join(","));
         let mut wait = self.backoff;
         let mut last = String::new();
@@ -244,27 +261,80 @@ impl WebhookSink {
         Outcome::Failed(last)
     }
 
-    /// Posts `elements`; a request refused for good is split in halves until the refused events
-    /// are alone, so that one bad event does not take its neighbours to the dead letters.
-    async fn deliver(&self, elements: &[String], results: &mut Vec<Delivery>) {
-        let mut stack = vec![elements];
+    /// Posts the events `part` (indices into `batch`), in order; a request refused for good is
+    /// split in halves until the refused events are alone, so that one bad event does not take
+    /// its neighbours to the dead letters. Events of an aggregate that has failed in this batch
+    /// are not sent.
+    async fn deliver<'b>(&self, part: Vec<usize>, batch: &Batch<'b>, state: &mut Progress<'b>) {
+        let mut stack = vec![part];
         while let Some(part) = stack.pop() {
-            match self.post(part).await {
-                Outcome::Delivered => results.extend(part.iter().map(|_| Ok(()))),
+            let part: Vec<usize> = part
+                .into_iter()
+                .filter(|&index| state.sendable(batch, index))
+                .collect();
+            if part.is_empty() {
+                continue;
+            }
+            let elements: Vec<&str> = part
+                .iter()
+                .map(|&index| batch.elements[index].as_str())
+                .collect();
+            match self.post(&elements).await {
+                Outcome::Delivered => {
+                    for index in part {
+                        state.results[index] = Some(Ok(()));
+                    }
+                }
                 Outcome::Failed(error) => {
                     let error = SinkError::transient(error);
-                    results.extend(part.iter().map(|_| Err(error.clone())));
+                    for index in part {
+                        state.results[index] = Some(Err(error.clone()));
+                        state.failed.insert(batch.aggregate(index));
+                    }
                 }
                 Outcome::Refused(error) if part.len() == 1 => {
-                    results.push(Err(SinkError::permanent(error)));
+                    // Dead-lettered by the relay: it holds nothing back.
+                    state.results[part[0]] = Some(Err(SinkError::permanent(error)));
                 }
                 Outcome::Refused(_) => {
                     let (first, second) = part.split_at(part.len() / 2);
-                    stack.push(second);
-                    stack.push(first);
+                    stack.push(second.to_vec());
+                    stack.push(first.to_vec());
                 }
             }
         }
+    }
+}
+
+/// A relay batch with each event's element of the body.
+struct Batch<'b> {
+    messages: &'b [Message],
+    elements: Vec<String>,
+}
+
+impl<'b> Batch<'b> {
+    fn aggregate(&self, index: usize) -> (&'b str, &'b str) {
+        let message = &self.messages[index];
+        (&message.aggregate_type, &message.aggregate_id)
+    }
+}
+
+/// What became of a batch's events so far, and the aggregates whose events failed.
+struct Progress<'b> {
+    results: Vec<Option<Delivery>>,
+    failed: HashSet<(&'b str, &'b str)>,
+}
+
+impl<'b> Progress<'b> {
+    /// False (and the event reported unsent) when an earlier event of its aggregate failed.
+    fn sendable(&mut self, batch: &Batch<'b>, index: usize) -> bool {
+        if self.failed.contains(&batch.aggregate(index)) {
+            self.results[index] = Some(Err(SinkError::transient(
+                "not sent: an earlier event of its aggregate failed",
+            )));
+            return false;
+        }
+        true
     }
 }
 
@@ -283,24 +353,44 @@ fn worth_retrying_now(status: StatusCode) -> bool {
 
 impl Sink for WebhookSink {
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
-        let mut results = Vec::with_capacity(batch.len());
-        let mut chunk: Vec<String> = Vec::new();
-        let mut bytes = 0;
-        for message in batch {
-            let element = self.element(message);
-            if !chunk.is_empty()
-                && (chunk.len() >= self.max_events || bytes + element.len() > self.max_bytes)
-            {
-                self.deliver(&chunk, &mut results).await;
-                chunk.clear();
-                bytes = 0;
+        let batch = Batch {
+            messages: batch,
+            elements: batch.iter().map(|message| self.element(message)).collect(),
+        };
+        let mut state = Progress {
+            results: vec![None; batch.messages.len()],
+            failed: HashSet::new(),
+        };
+        let mut next = 0;
+        while next < batch.messages.len() {
+            let mut part = Vec::new();
+            let mut bytes = 0;
+            while next < batch.messages.len() {
+                if !state.sendable(&batch, next) {
+                    next += 1;
+                    continue;
+                }
+                let size = batch.elements[next].len() + 1;
+                if !part.is_empty()
+                    && (part.len() >= self.max_events || bytes + size > self.max_bytes)
+                {
+                    break;
+                }
+                bytes += size;
+                part.push(next);
+                next += 1;
             }
-            bytes += element.len() + 1;
-            chunk.push(element);
+            self.deliver(part, &batch, &mut state).await;
         }
-        if !chunk.is_empty() {
-            self.deliver(&chunk, &mut results).await;
-        }
-        results
+        state
+            .results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(SinkError::transient("not sent"))))
+            .collect()
+    }
+
+    /// Requests go one after the other, and an aggregate whose event failed sends nothing more.
+    fn keeps_order(&self) -> bool {
+        true
     }
 }

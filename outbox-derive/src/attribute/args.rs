@@ -90,7 +90,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 other => errors.spanned(
                     other,
-                    "`outbox` takes the path of an `outbox_core::Outbox` constant: write \
+                    "`outbox` takes the path of an `outbox::Outbox` constant: write \
                      `outbox = BILLING_OUTBOX` with \
                      `const BILLING_OUTBOX: Outbox = Outbox::for_table(TableName::from_static(\"billing_outbox\"));`",
                 ),

@@ -29,7 +29,7 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
     // an alias (`anyhow::Result<T>`) hides it.
     let convert = match signature.error {
         Some(error) => {
-            quote_spanned!(error.span()=> ::outbox_core::__private::into_error::<#error>)
+            quote_spanned!(error.span()=> ::outbox::__private::into_error::<#error>)
         }
         None => quote!(::core::convert::From::from),
     };
@@ -37,7 +37,7 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
     // Every bound is checked at the user's span, the same span for the same bound, so that a
     // mistake is reported once, at the token the user wrote.
     let assert_tx = quote_spanned! {connection.span()=>
-        ::outbox_core::__private::assert_transaction::<#connection>();
+        ::outbox::__private::assert_transaction::<#connection>();
     };
     let borrow = if signature.transaction.by_reference {
         quote!(&mut *#tx)
@@ -47,16 +47,16 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
     let conn = quote_spanned!(connection.span()=> __outbox_conn);
     let outbox = match &args.outbox {
         Some(outbox) => quote!(&#outbox),
-        None => quote!(&::outbox_core::Outbox::DEFAULT),
+        None => quote!(&::outbox::Outbox::DEFAULT),
     };
     let event = if args.overrides_metadata() {
         let event = event_expr(args, entity_ty, &entity, &convert);
         quote!(&#event)
     } else {
-        quote_spanned!(entity_ty.span()=> ::outbox_core::__private::derived_event(&#entity))
+        quote_spanned!(entity_ty.span()=> ::outbox::__private::derived_event(&#entity))
     };
     let recorded = quote_spanned! {connection.span()=>
-        ::outbox_core::__private::record(#outbox, #conn, __outbox_event).await
+        ::outbox::__private::record(#outbox, #conn, __outbox_event).await
     };
     let record = quote! {
         let __outbox_event = #event;
@@ -66,13 +66,15 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
         }
     };
     let register = registration(function, args, entity_ty);
+    let (outer, inner) = crate::signature::split_attributes(attrs);
 
     quote! {
-        #(#attrs)*
+        #(#outer)*
         #vis #sig {
+            #(#inner)*
             #register
             #assert_tx
-            let __outbox_result = ::outbox_core::__private::body::<#output, _>(async #block).await;
+            let __outbox_result = ::outbox::__private::body::<#output, _>(async #block).await;
             let #entity = match __outbox_result {
                 ::core::result::Result::Ok(entity) => entity,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
@@ -93,13 +95,13 @@ fn event_expr(
     let aggregate_type = match &args.aggregate_type {
         Some(lit) => quote!(#lit),
         None => {
-            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::aggregate_type_of(&#entity))
+            quote_spanned!(entity_ty.span()=> ::outbox::__private::aggregate_type_of(&#entity))
         }
     };
     let event_type = match &args.event_type {
         Some(lit) => quote!(#lit),
         None => {
-            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::event_type_of(&#entity))
+            quote_spanned!(entity_ty.span()=> ::outbox::__private::event_type_of(&#entity))
         }
     };
     let aggregate_id = match &args.aggregate_id {
@@ -107,18 +109,18 @@ fn event_expr(
             let body = &closure.body;
             quote_spanned! {body.span()=> {
                 #[allow(unused_imports)]
-                use ::outbox_core::__private::{OptionalId as _, PresentId as _};
-                let __outbox_id = ::outbox_core::__private::apply(&#entity, #closure);
-                (&::outbox_core::__private::IdProbe(&__outbox_id)).__outbox_aggregate_id()
+                use ::outbox::__private::{OptionalId as _, PresentId as _};
+                let __outbox_id = ::outbox::__private::apply(&#entity, #closure);
+                (&::outbox::__private::IdProbe(&__outbox_id)).__outbox_aggregate_id()
             }}
         }
         None => {
-            quote_spanned!(entity_ty.span()=> ::outbox_core::__private::aggregate_id_of(&#entity))
+            quote_spanned!(entity_ty.span()=> ::outbox::__private::aggregate_id_of(&#entity))
         }
     };
     // Serialization happens here; a type that is not `Serialize` is reported at `T`.
     let build = quote_spanned! {entity_ty.span()=>
-        ::outbox_core::Event::with_id_string(#aggregate_type, #event_type, #aggregate_id, &#entity)
+        ::outbox::Event::with_id_string(#aggregate_type, #event_type, #aggregate_id, &#entity)
     };
     quote! {
         match #build {
@@ -138,24 +140,24 @@ fn registration(function: &ItemFn, args: &Args, entity_ty: &Type) -> Option<Toke
     let aggregate_type = match &args.aggregate_type {
         Some(lit) => quote!(#lit),
         None if nameable() => {
-            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox_core::OutboxEvent>::AGGREGATE_TYPE)
+            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox::OutboxEvent>::AGGREGATE_TYPE)
         }
         None => return None,
     };
     let event_type = match &args.event_type {
         Some(lit) => quote!(#lit),
         None if nameable() => {
-            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox_core::OutboxEvent>::EVENT_TYPE)
+            quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox::OutboxEvent>::EVENT_TYPE)
         }
         None => return None,
     };
     Some(quote! {
-        ::outbox_core::__private::inventory::submit! {
-            ::outbox_core::EventDescriptor::__new(
+        ::outbox::__private::inventory::submit! {
+            ::outbox::EventDescriptor::__new(
                 #aggregate_type,
                 #event_type,
                 ::core::module_path!(),
-                ::outbox_core::Origin::Function { name: #name },
+                ::outbox::Origin::Function { name: #name },
             )
         }
     })

@@ -14,10 +14,10 @@ const RULES: Rules = Rules {
     writes: "the outbox row",
     not_result: "`#[outbox_event]` records the entity of an `Ok` and nothing on an `Err`, so the \
                  function must return `Result<Entity, YourError>` (with \
-                 `YourError: From<outbox_core::Error>`)",
+                 `YourError: From<outbox::Error>`)",
     returns_nothing: "`#[outbox_event]` records the entity the function returns, but this one \
                       returns nothing: return `Result<Entity, YourError>` (with \
-                      `YourError: From<outbox_core::Error>`)",
+                      `YourError: From<outbox::Error>`)",
 };
 
 pub(crate) fn outbox_event(args: TokenStream, item: TokenStream) -> TokenStream {

@@ -22,18 +22,18 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
         Some(inner) => quote_spanned! {inner.span()=>
             ::core::option::Option::map(
                 ::core::option::Option::as_ref(&self.#field),
-                ::outbox_core::__private::id_to_string::<#inner>,
+                ::outbox::__private::id_to_string::<#inner>,
             )
         },
         None => {
             let ty = &id_field.ty;
             quote_spanned! {ty.span()=>
-                ::core::option::Option::Some(::outbox_core::__private::id_to_string::<#ty>(&self.#field))
+                ::core::option::Option::Some(::outbox::__private::id_to_string::<#ty>(&self.#field))
             }
         }
     };
     quote! {
-        impl #impl_generics ::outbox_core::OutboxEvent for #ident #ty_generics #where_clause {
+        impl #impl_generics ::outbox::OutboxEvent for #ident #ty_generics #where_clause {
             const AGGREGATE_TYPE: &'static str = #aggregate_type;
             const EVENT_TYPE: &'static str = #event_type;
             fn aggregate_id(&self) -> ::core::option::Option<::std::string::String> {
@@ -41,12 +41,12 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
             }
         }
 
-        ::outbox_core::__private::inventory::submit! {
-            ::outbox_core::EventDescriptor::__new(
+        ::outbox::__private::inventory::submit! {
+            ::outbox::EventDescriptor::__new(
                 #aggregate_type,
                 #event_type,
                 ::core::module_path!(),
-                ::outbox_core::Origin::Type { name: #name },
+                ::outbox::Origin::Type { name: #name },
             )
         }
     }

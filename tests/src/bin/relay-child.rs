@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use outbox_core::relay::{HandlerSink, Message, Relay, RelayDialect, SinkError};
-use outbox_core::{Outbox, TableName};
+use outbox::relay::{HandlerSink, Message, Relay, RelayDialect, SinkError};
+use outbox::{Outbox, TableName};
 
 type Failure = Box<dyn std::error::Error>;
 

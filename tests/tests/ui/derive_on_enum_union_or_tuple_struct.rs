@@ -1,4 +1,4 @@
-use outbox_core::OutboxEvent;
+use outbox::OutboxEvent;
 
 #[derive(OutboxEvent)]
 #[outbox(aggregate_type = "account")]

@@ -1,7 +1,7 @@
 include!("prelude/account.rs");
 
-use outbox_core::inbox_handler;
-use outbox_core::relay::Message;
+use outbox::inbox_handler;
+use outbox::relay::Message;
 
 // Not async.
 #[inbox_handler]

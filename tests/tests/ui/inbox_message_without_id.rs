@@ -1,6 +1,6 @@
 include!("prelude/account.rs");
 
-use outbox_core::inbox_handler;
+use outbox::inbox_handler;
 
 struct Payload {
     amount: i64,

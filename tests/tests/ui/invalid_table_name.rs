@@ -1,4 +1,4 @@
-use outbox_core::{Outbox, TableName};
+use outbox::{Outbox, TableName};
 
 const HOSTILE: Outbox = Outbox::for_table(TableName::from_static("outbox; DROP TABLE accounts"));
 

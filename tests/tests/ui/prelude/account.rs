@@ -1,6 +1,6 @@
 // Shared by the UI cases: a valid event and error type, so each case shows one mistake.
 #[allow(unused_imports)]
-use outbox_core::{OutboxEvent, outbox_event};
+use outbox::{OutboxEvent, outbox_event};
 #[allow(unused_imports)]
 use serde::Serialize;
 #[allow(unused_imports)]
@@ -16,8 +16,8 @@ struct Account {
 #[derive(Debug)]
 struct AppError;
 
-impl From<outbox_core::Error> for AppError {
-    fn from(_: outbox_core::Error) -> Self {
+impl From<outbox::Error> for AppError {
+    fn from(_: outbox::Error) -> Self {
         AppError
     }
 }

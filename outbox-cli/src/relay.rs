@@ -1,0 +1,196 @@
+//! `outbox relay`: the relay as a service, with `/metrics` and `/health`.
+//!
+//! What a person must fix (the configuration, refused credentials) stops the command at once.
+//! An unreachable broker or receiver does not: the service starts, answers 503 on `/health`,
+//! logs, and tries again with backoff, so that a broker outage never turns into a restart loop
+//! under systemd.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox::relay::{Backoff, Ordering, Relay};
+use outbox::sinks::redacted;
+
+use crate::db::{Db, with_pool};
+use crate::sink::AnySink;
+use crate::{CliError, Settings, shutdown_signal};
+
+/// The flags of `outbox relay`.
+pub(crate) struct Options {
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) listen: Option<String>,
+    pub(crate) sink_url: Option<String>,
+    pub(crate) webhook_secret: Option<String>,
+    pub(crate) instance: String,
+}
+
+/// Why the service is not healthy, besides the database: the sink it is still waiting for.
+type SinkProblem = Arc<Mutex<Option<String>>>;
+
+/// Runs the relay until SIGINT or SIGTERM.
+pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result<(), CliError> {
+    let config = &settings.config;
+    let outbox = &settings.outbox;
+    let Some(mut sink_config) = config.sink.clone() else {
+        return Err(CliError::Config(
+            "no sink: add a [sink] section with `kind` and `url` to the configuration file".into(),
+        ));
+    };
+    if let Some(url) = options.sink_url {
+        sink_config.url = url;
+    }
+    let relay_config = &config.relay;
+    let ordering = match relay_config.ordering.as_deref() {
+        None | Some("per-aggregate") => Ordering::PerAggregate,
+        Some("unordered") => Ordering::Unordered,
+        Some(other) => {
+            return Err(CliError::Config(format!(
+                "relay.ordering {other:?} is not `per-aggregate` or `unordered`"
+            )));
+        }
+    };
+    let batch = options
+        .batch_size
+        .or(relay_config.batch_size)
+        .unwrap_or(500);
+    if batch == 0 {
+        return Err(CliError::Config("the batch size must be at least 1".into()));
+    }
+    let instance = options.instance;
+    let listen = options
+        .listen
+        .or_else(|| config.http.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9464".into());
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .add_global_label("instance", instance.clone())
+        .install_recorder()
+        .map_err(|error| CliError::Other(format!("cannot install metrics: {error}")))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
+    let sink_problem = SinkProblem::default();
+    let server = tokio::spawn(serve(listener, metrics, db.clone(), sink_problem.clone()));
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let secret = options.webhook_secret.as_deref();
+    let connect = connect_sink(&sink_config, secret, &sink_problem);
+    let sink = tokio::select! {
+        sink = connect => sink?,
+        () = &mut shutdown => {
+            server.abort();
+            eprintln!("outbox relay {instance}: stopped before the sink was reachable");
+            return Ok(());
+        }
+    };
+    eprintln!(
+        "outbox relay {instance}: table `{}` of {} -> {} {}; /metrics and /health on http://{listen}",
+        outbox.table(),
+        redacted(&settings.database_url),
+        sink_config.kind,
+        redacted(&sink_config.url),
+    );
+    with_pool!(&db, pool => {
+        let mut builder = Relay::builder(pool.clone(), sink)
+            .outbox(outbox)
+            .batch_size(batch)
+            .ordering(ordering);
+        if let Some(attempts) = relay_config.max_attempts {
+            builder = builder.max_attempts(attempts);
+        }
+        if let Some(ms) = relay_config.poll_interval_ms {
+            builder = builder.poll_interval(Duration::from_millis(ms));
+        }
+        if let Some(secs) = relay_config.retention_secs {
+            builder = builder.retention(Duration::from_secs(secs));
+        }
+        builder.build().run(&mut shutdown).await;
+    });
+    server.abort();
+    eprintln!("outbox relay {instance}: stopped");
+    Ok(())
+}
+
+/// Connects the sink, waiting for an unreachable broker: every failed try is logged and shown
+/// on `/health`, and the next one follows after a delay doubling from 1 s to 30 s.
+async fn connect_sink(
+    config: &crate::config::SinkConfig,
+    webhook_secret: Option<&str>,
+    problem: &SinkProblem,
+) -> Result<AnySink, CliError> {
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut failures = 0_u32;
+    loop {
+        match AnySink::connect(config, webhook_secret).await {
+            Ok(sink) => {
+                if failures > 0 {
+                    tracing::info!(
+                        sink = %config.kind,
+                        failures,
+                        "the sink is reachable again; relaying"
+                    );
+                }
+                *problem.lock().unwrap_or_else(|poison| poison.into_inner()) = None;
+                return Ok(sink);
+            }
+            Err(CliError::SinkUnreachable(error)) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff.delay(failures);
+                tracing::warn!(
+                    %error,
+                    retry_in = ?delay,
+                    "the sink is unreachable; waiting for it (/health answers 503 meanwhile)"
+                );
+                *problem.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(error);
+                tokio::time::sleep(delay).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// `/metrics` in the Prometheus text format; `/health`: 200 while the database answers and the
+/// sink is connected, 503 with the reason otherwise.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    db: Db,
+    sink_problem: SinkProblem,
+) {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.render();
+                async move { text }
+            }),
+        )
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let db = db.clone();
+                let sink = sink_problem
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .clone();
+                async move {
+                    let ping = with_pool!(&db, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop));
+                    match (ping, sink) {
+                        (Err(error), _) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("database unreachable: {error}\n"),
+                        ),
+                        (Ok(()), Some(problem)) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("sink unreachable: {problem}\n"),
+                        ),
+                        (Ok(()), None) => (StatusCode::OK, "ok\n".to_owned()),
+                    }
+                }
+            }),
+        );
+    if let Err(error) = axum::serve(listener, app).await {
+        eprintln!("outbox: error: the metrics endpoint stopped: {error}");
+    }
+}
