@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-fn run(binary: &str) {
+fn run(binary: &str) -> String {
     let name = std::path::Path::new(binary)
         .file_name()
         .unwrap()
@@ -27,6 +27,7 @@ fn run(binary: &str) {
         stdout.contains("3 events published; 0 left in the outbox."),
         "{stdout}"
     );
+    stdout
 }
 
 #[test]
@@ -46,7 +47,11 @@ fn kafka_example_publishes_the_committed_events() {
 
 #[test]
 fn rabbitmq_example_publishes_the_committed_events() {
-    run(env!("CARGO_BIN_EXE_sink-rabbitmq"));
+    let stdout = run(env!("CARGO_BIN_EXE_sink-rabbitmq"));
+    assert!(
+        stdout.contains("queue bank-audit held 3 messages"),
+        "{stdout}"
+    );
 }
 
 #[test]

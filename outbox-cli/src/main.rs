@@ -85,6 +85,19 @@ enum Command {
         no_inbox: bool,
     },
     /// Relays events to the configured sink until SIGINT or SIGTERM.
+    ///
+    /// Each event is removed from the outbox only once the sink confirmed it; a failed delivery
+    /// is retried with backoff, and after `relay.max_attempts` the event becomes a dead letter,
+    /// kept until `outbox dead-letters replay`.
+    ///
+    /// A sink whose broker or receiver is unreachable at start-up is waited for: the relay
+    /// starts, `/health` answers 503, and the connection is tried again with backoff. Bad
+    /// settings and refused credentials stop the command at once.
+    ///
+    /// RabbitMQ: events are published `mandatory`, so an event that no queue is bound to
+    /// receive is returned by the broker, retried, then dead-lettered with the broker's reason
+    /// (`312 NO_ROUTE`) — never dropped unseen. For a fire-and-forget exchange, set
+    /// `mandatory = false` in the [sink] section.
     Relay {
         /// Events per batch.
         #[arg(long, env = "OUTBOX_BATCH_SIZE")]

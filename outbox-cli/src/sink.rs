@@ -28,25 +28,26 @@ const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
 impl AnySink {
     /// Builds the sink and connects it; `webhook_secret` comes from the environment or a flag.
+    /// Every setting is checked before connecting, so that a mistake is reported at once even
+    /// while the broker is down.
     pub(crate) async fn connect(
         config: &SinkConfig,
         webhook_secret: Option<&str>,
     ) -> Result<AnySink, CliError> {
-        let routing = |default: Option<&str>| -> Result<Option<Routing>, CliError> {
-            let template = config.routing.as_deref().or(default);
-            let Some(template) = template else {
-                if config.routes.is_empty() {
-                    return Ok(None);
-                }
+        let routing = match config.routing.as_deref() {
+            None if config.routes.is_empty() => None,
+            None => {
                 return Err(CliError::Config(
                     "sink.routes needs sink.routing, the template for the other event types".into(),
                 ));
-            };
-            let mut routing = Routing::template(template).map_err(config_error)?;
-            for (event_type, template) in &config.routes {
-                routing = routing.route(event_type, template).map_err(config_error)?;
             }
-            Ok(Some(routing))
+            Some(template) => {
+                let mut routing = Routing::template(template).map_err(config_error)?;
+                for (event_type, template) in &config.routes {
+                    routing = routing.route(event_type, template).map_err(config_error)?;
+                }
+                Some(routing)
+            }
         };
         let envelope = match config.envelope.as_deref() {
             None | Some("payload") => Envelope::Payload,
@@ -71,11 +72,31 @@ impl AnySink {
         only_for("routing_key", config.routing_key.is_some(), "rabbitmq")?;
         only_for("mandatory", config.mandatory.is_some(), "rabbitmq")?;
         only_for("compression", config.compression.is_some(), "kafka")?;
+        if config.kind == "webhook" && routing.is_some() {
+            return Err(CliError::Config(
+                "sink.routing does not apply to the webhook sink: it posts every event to sink.url"
+                    .into(),
+            ));
+        }
+        let routing_key = config
+            .routing_key
+            .as_deref()
+            .map(Routing::template)
+            .transpose()
+            .map_err(config_error)?;
+        if let Some(codec) = &config.compression
+            && !COMPRESSIONS.contains(&codec.as_str())
+        {
+            return Err(CliError::Config(format!(
+                "sink.compression {codec:?} is not one of {}",
+                COMPRESSIONS.join(", ")
+            )));
+        }
         let url = config.url.as_str();
         let sink = match config.kind.as_str() {
             "nats" => {
                 let mut sink = NatsSink::connect(url).await.map_err(sink_error)?;
-                if let Some(routing) = routing(None)? {
+                if let Some(routing) = routing {
                     sink = sink.routing(routing);
                 }
                 AnySink::Nats(sink.envelope(envelope))
@@ -84,27 +105,21 @@ impl AnySink {
                 let mut producer = rdkafka::ClientConfig::new();
                 producer.set("bootstrap.servers", url);
                 if let Some(codec) = &config.compression {
-                    if !COMPRESSIONS.contains(&codec.as_str()) {
-                        return Err(CliError::Config(format!(
-                            "sink.compression {codec:?} is not one of {}",
-                            COMPRESSIONS.join(", ")
-                        )));
-                    }
                     producer.set("compression.type", codec);
                 }
                 let mut sink = KafkaSink::with_config(producer).await.map_err(sink_error)?;
-                if let Some(routing) = routing(None)? {
+                if let Some(routing) = routing {
                     sink = sink.routing(routing);
                 }
                 AnySink::Kafka(sink.envelope(envelope))
             }
             "rabbitmq" => {
                 let mut sink = RabbitMqSink::connect(url).await.map_err(sink_error)?;
-                if let Some(routing) = routing(None)? {
+                if let Some(routing) = routing {
                     sink = sink.exchange(routing);
                 }
-                if let Some(key) = &config.routing_key {
-                    sink = sink.routing_key(Routing::template(key).map_err(config_error)?);
+                if let Some(key) = routing_key {
+                    sink = sink.routing_key(key);
                 }
                 if let Some(mandatory) = config.mandatory {
                     sink = sink.mandatory(mandatory);
@@ -113,14 +128,14 @@ impl AnySink {
             }
             "redis" => {
                 let mut sink = RedisSink::connect(url).await.map_err(sink_error)?;
-                if let Some(routing) = routing(None)? {
+                if let Some(routing) = routing {
                     sink = sink.routing(routing);
                 }
                 AnySink::Redis(sink.envelope(envelope))
             }
             "mqtt" => {
                 let mut sink = MqttSink::connect(url).await.map_err(sink_error)?;
-                if let Some(routing) = routing(None)? {
+                if let Some(routing) = routing {
                     sink = sink.routing(routing);
                 }
                 AnySink::Mqtt(sink.envelope(envelope))

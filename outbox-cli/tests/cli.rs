@@ -3,7 +3,11 @@
 //! error a user can make, with its message.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashSet;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::{Event, Outbox, TableName};
@@ -511,9 +515,58 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
     );
     assert_eq!(code, 1);
     assert!(
-        text.starts_with("outbox: error: RabbitMQ sink: cannot connect to amqp://guest:wrong@"),
+        text.starts_with("outbox: error: RabbitMQ sink: cannot connect to amqp://guest:***@"),
+        "refused credentials stop the relay, the password masked: {text}"
+    );
+
+    // Settings that do not apply to the sink, or are not known, are refused before connecting.
+    for (sink, problem) in [
+        (
+            "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nmandatory = false\n",
+            "outbox: error: sink.mandatory applies to the rabbitmq sink only, not to \"nats\"\n",
+        ),
+        (
+            "kind = \"kafka\"\nurl = \"127.0.0.1:1\"\ncompression = \"brotli\"\n",
+            "outbox: error: sink.compression \"brotli\" is not one of none, gzip, snappy, lz4, zstd\n",
+        ),
+        (
+            "kind = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret = \"s\"\nrouting = \"x\"\n",
+            "outbox: error: sink.routing does not apply to the webhook sink: it posts every event to sink.url\n",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "table = \"{table}\"\n[sink]\n{sink}[http]\nlisten = \"127.0.0.1:{}\"\n",
+                free_port()
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            fails(
+                &[("OUTBOX_DATABASE_URL", &url)],
+                &["--config", config.to_str().unwrap(), "relay"],
+            ),
+            (2, problem.to_owned())
+        );
+    }
+
+    // The relay's database connections carry an application name; the error shows the URL as
+    // the user wrote it.
+    let (code, text) = fails(
+        &[],
+        &[
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/test",
+            "relay",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with("outbox: error: cannot connect to postgres://postgres@127.0.0.1:1/test: "),
         "{text}"
     );
+    assert!(!text.contains("application_name"), "{text}");
     std::fs::write(&config, format!("table = \"{table}\"\n")).unwrap();
     let (code, text) = fails(
         &[("OUTBOX_DATABASE_URL", &url)],
@@ -713,4 +766,175 @@ async fn two_relay_processes_at_once_publish_everything_in_per_aggregate_order()
     }
     std::fs::remove_file(config).unwrap();
     std::fs::remove_file(second).unwrap();
+}
+
+/// A webhook receiver for the relay service: answers 503 while `down`, else keeps the events.
+#[derive(Clone, Default)]
+struct Hook {
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    ids: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Hook {
+    /// Serves on `port` until the test ends.
+    async fn serve(&self, port: u16) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let hook = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let hook = hook.clone();
+                async move {
+                    if hook.down.load(SeqCst) {
+                        hook.refused.fetch_add(1, SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    let mut ids = hook.ids.lock().unwrap();
+                    for event in events {
+                        ids.insert(event["id"].as_str().unwrap().to_owned());
+                    }
+                    axum::http::StatusCode::OK
+                }
+            })
+            .head(|| async { "" }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+}
+
+async fn until(what: &str, limit: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The relay service started while its webhook receiver is down keeps running, says so on
+/// `/health`, and relays once the receiver is up; an outage of hundreds of failed deliveries
+/// is a few plain lines on stderr (no colour codes in a file), ending with the recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines() {
+    let table = unique("cli");
+    assert!(
+        outbox(&["--table", &table, "migrate", "--no-inbox"])
+            .status
+            .success()
+    );
+    record(&table, 100).await;
+    let (hook_port, http_port) = (free_port(), free_port());
+    let config = std::env::temp_dir().join(format!("{table}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\ntable = \"{table}\"\n[relay]\npoll_interval_ms = 20\n\
+             [sink]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            postgres_url()
+        ),
+    )
+    .unwrap();
+    let log = std::env::temp_dir().join(format!("{table}.log"));
+    let mut relay = Command::new(OUTBOX)
+        .arg("--config")
+        .arg(&config)
+        .arg("relay")
+        .env_remove("OUTBOX_DATABASE_URL")
+        .env_remove("OUTBOX_LOG")
+        .env("OUTBOX_WEBHOOK_SECRET", "s3cret")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    until(
+        "/health to report the sink",
+        Duration::from_secs(30),
+        async || match reqwest::get(format!("http://127.0.0.1:{http_port}/health")).await {
+            Ok(response) => {
+                response.status() == 503
+                    && response.text().await.unwrap().contains("sink unreachable")
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
+    assert!(relay.try_wait().unwrap().is_none(), "the relay gave up");
+
+    // The receiver comes up, but answers 503 for 4 seconds: an outage of the deliveries.
+    let hook = Hook::default();
+    hook.down.store(true, SeqCst);
+    hook.serve(hook_port).await;
+    until("deliveries to fail", Duration::from_secs(30), async || {
+        hook.refused.load(SeqCst) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    hook.down.store(false, SeqCst);
+    until(
+        "every event to arrive",
+        Duration::from_secs(60),
+        async || hook.ids.lock().unwrap().len() == 100,
+    )
+    .await;
+    let (code, metrics) = http_get(http_port, "/metrics").await;
+    assert_eq!(code, 200);
+    let failed: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("outbox_events_failed_total"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no failed counter in:\n{metrics}"));
+    // Each try fails the oldest event of each of the 20 aggregates (the later ones wait for it
+    // uncounted), and the 4-second outage lasts at least two tries.
+    assert!(failed >= 40.0, "the outage failed only {failed} deliveries");
+    assert_eq!(
+        http_get(http_port, "/health").await,
+        (200, "ok\n".to_owned())
+    );
+    signal(&relay, "TERM");
+    assert!(relay.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
+    let warnings = text.lines().filter(|line| line.contains(" WARN ")).count();
+    assert!(
+        (2..=8).contains(&warnings),
+        "{failed} failed deliveries gave {warnings} warnings:\n{text}"
+    );
+    assert!(text.contains("the sink is unreachable"), "{text}");
+    assert!(text.contains("delivery failed"), "{text}");
+    let recovered = text
+        .lines()
+        .find(|line| line.contains("deliveries recovered"))
+        .unwrap_or_else(|| panic!("no recovery line:\n{text}"));
+    assert!(recovered.contains(" INFO "), "{recovered}");
+    std::fs::remove_file(config).unwrap();
+    std::fs::remove_file(log).unwrap();
+}
+
+#[test]
+fn relay_help_says_what_happens_to_unroutable_and_undeliverable_events() {
+    let output = Command::new(OUTBOX)
+        .args(["relay", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for promise in [
+        "mandatory",
+        "NO_ROUTE",
+        "dead letter",
+        "mandatory = false",
+        "`/health` answers 503",
+    ] {
+        assert!(help.contains(promise), "`{promise}` missing from:\n{help}");
+    }
 }

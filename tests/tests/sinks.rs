@@ -1012,7 +1012,19 @@ async fn webhook_sends_one_aggregates_events_together_in_order() {
         table.outbox.record(&mut *tx, &event).await.unwrap();
     }
     tx.commit().await.unwrap();
-    relay_all(&table, sink).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .batch_size(500)
+            .build()
+            .run(async move {
+                let _ = stopped.await;
+            }),
+    );
+    drained(&table).await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
     let received: Vec<i64> = receiver.received().into_iter().map(|(_, _, n)| n).collect();
     assert_eq!(received, (0..200).collect::<Vec<_>>());
     assert_eq!(
