@@ -97,6 +97,14 @@ impl SetupError {
     }
 
     /// The broker did not answer (refused connection, timeout, unknown host): worth retrying.
+    #[cfg(any(
+        feature = "nats",
+        feature = "redis",
+        feature = "kafka",
+        feature = "rabbitmq",
+        feature = "mqtt",
+        feature = "webhook"
+    ))]
     pub(crate) fn unreachable(sink: &'static str, problem: impl Into<String>) -> Self {
         SetupError {
             unreachable: true,
