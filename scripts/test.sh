@@ -17,8 +17,22 @@ echo "== doc tests"
 cargo test --workspace --all-features --locked --doc
 
 echo "== cargo package (the crates users install: outbox-derive, outbox, outbox-cli)"
-# Builds each package from its .crate as crates.io would, against the others packaged beside it.
-cargo package -p outbox-derive -p outbox -p outbox-cli --locked --allow-dirty
+# All three packaged together, so that each resolves the others as crates.io would; then the
+# library and its macros built from their .crate files, in a target directory of their own:
+# cargo takes a registry crate of a given version for immutable, and would reuse an earlier
+# run's build of it. (The CLI's code is built by every step below.) Cargo also unpacks those
+# crates into its registry sources once per version: remove what an earlier run left there
+# (never crates.io's own sources).
+for unpacked in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/outbox-*; do
+  case "$unpacked" in
+    */index.crates.io-*) ;;
+    *) rm -rf "$unpacked" ;;
+  esac
+done
+cargo package -p outbox-derive -p outbox -p outbox-cli --locked --allow-dirty --no-verify
+verify_dir=$(mktemp -d)
+CARGO_TARGET_DIR="$verify_dir" cargo package -p outbox-derive -p outbox --locked --allow-dirty
+rm -rf "$verify_dir"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -27,7 +27,7 @@ const PREFIX: &str = "outbox_bench";
 const SECRET: &[u8] = b"outbox-bench";
 
 /// Events of the hot-aggregate run: all of one aggregate.
-const HOT_EVENTS: i64 = 20_000;
+const HOT_EVENTS: i64 = 5_000;
 
 /// Measures throughput with `first` over many aggregates, with `hot` over one, then latency
 /// with `second` (each its own connection where the sink is not shared).

@@ -66,3 +66,56 @@ fn quickstart_prints_exactly_the_committed_events() {
     assert!(!stdout.contains("\"amount_cents\":40000"), "{stdout}");
     assert!(stdout.contains("5 events recorded"), "{stdout}");
 }
+
+/// A newcomer's first `cargo run -p outbox-examples --bin quickstart` compiles no broker
+/// client (librdkafka's C build alone takes minutes): the broker examples are behind features.
+#[test]
+fn the_quickstart_compiles_no_broker_client() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let tree = |features: &[&str]| {
+        let output = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(["--manifest-path", manifest, "-p", "outbox-examples"])
+            .args(features)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let clients = [
+        "rdkafka ",
+        "async-nats ",
+        "lapin ",
+        "rumqttc ",
+        "redis ",
+        "reqwest ",
+    ];
+    let quickstart = tree(&[]);
+    for client in clients {
+        assert!(
+            !quickstart.lines().any(|line| line.starts_with(client)),
+            "the quickstart's build pulls in {client}"
+        );
+    }
+    // The check can fail: with the brokers' features, every client is there.
+    let brokers = tree(&["--features", "brokers"]);
+    for client in clients {
+        assert!(
+            brokers.lines().any(|line| line.starts_with(client)),
+            "{client} missing with --features brokers"
+        );
+    }
+}

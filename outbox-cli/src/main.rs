@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use outbox::inbox::Inbox;
+use outbox::relay::DeadLetterFilter;
 use outbox::{Outbox, TableName};
 
 use crate::config::Config;
@@ -195,23 +196,26 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, letter: &outbox::relay::DeadLetter) -> bool {
-        let message = &letter.message;
-        let is =
-            |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
-        is(&self.event_type, &message.event_type)
-            && is(&self.aggregate_type, &message.aggregate_type)
-            && is(&self.aggregate_id, &message.aggregate_id)
-            && self
-                .older_than
-                .is_none_or(|secs| letter.dead_for >= Duration::from_secs(secs))
+    /// The library's filter, applied by the database.
+    fn to_query(&self) -> DeadLetterFilter {
+        let mut filter = DeadLetterFilter::new();
+        if let Some(event_type) = &self.event_type {
+            filter = filter.event_type(event_type);
+        }
+        if let Some(aggregate_type) = &self.aggregate_type {
+            filter = filter.aggregate_type(aggregate_type);
+        }
+        if let Some(aggregate_id) = &self.aggregate_id {
+            filter = filter.aggregate_id(aggregate_id);
+        }
+        if let Some(secs) = self.older_than {
+            filter = filter.dead_for_at_least(Duration::from_secs(secs));
+        }
+        filter
     }
 
     fn is_empty(&self) -> bool {
-        self.event_type.is_none()
-            && self.aggregate_type.is_none()
-            && self.aggregate_id.is_none()
-            && self.older_than.is_none()
+        self.to_query() == DeadLetterFilter::new()
     }
 }
 
@@ -430,12 +434,10 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
             filter,
             json,
         } => {
-            let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
-                .map_err(database)?;
-            let letters = letters
-                .into_iter()
-                .filter(|letter| filter.matches(letter))
-                .take(limit);
+            let query = filter.to_query();
+            let letters =
+                with_pool!(db, pool => outbox.dead_letters_where(pool, &query, limit).await)
+                    .map_err(database)?;
             for letter in letters {
                 let message = &letter.message;
                 if json {
@@ -476,48 +478,67 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
                     "name the dead letters to replay by id, or pass --all".into(),
                 ));
             }
-            let ids = if all {
-                let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
-                    .map_err(database)?;
-                letters
-                    .into_iter()
-                    .filter(|letter| filter.matches(letter))
-                    .map(|letter| letter.message.id)
-                    .collect()
+            let query = filter.to_query();
+            let total = if all {
+                with_pool!(db, pool => outbox.count_dead_letters(pool, &query).await)
+                    .map_err(database)?
             } else {
-                ids
+                ids.len() as u64
             };
             let what = match (all, filter.is_empty()) {
-                (true, true) => format!("every dead letter ({})", ids.len()),
-                (true, false) => format!("the {} dead letters selected", ids.len()),
-                (false, _) => format!("{} dead letters", ids.len()),
+                (true, true) => format!("every dead letter ({total})"),
+                (true, false) => format!("the {total} dead letters selected"),
+                (false, _) => format!("{total} dead letters"),
             };
             if !yes && !confirm(&format!("replay {what} of `{}`?", outbox.table())) {
                 return Err(CliError::Other("nothing replayed".into()));
             }
+            let progress = total > REPLAY_BATCH as u64;
             let mut replayed = 0;
-            for batch in ids.chunks(REPLAY_BATCH) {
-                replayed += with_pool!(db, pool => outbox.replay_dead_letters(pool, batch).await)
-                    .map_err(database)?;
-                if ids.len() > REPLAY_BATCH {
-                    eprint!("\rreplayed {replayed} of {}", ids.len());
+            if all {
+                // Each round selects the next batch in the database; a replayed event is no
+                // longer dead, so the next round starts after it.
+                loop {
+                    let batch = with_pool!(db, pool => outbox.dead_letters_where(pool, &query, REPLAY_BATCH).await)
+                        .map_err(database)?;
+                    let batch: Vec<uuid::Uuid> =
+                        batch.into_iter().map(|letter| letter.message.id).collect();
+                    let done = match batch.as_slice() {
+                        [] => 0,
+                        ids => with_pool!(db, pool => outbox.replay_dead_letters(pool, ids).await)
+                            .map_err(database)?,
+                    };
+                    replayed += done;
+                    if progress {
+                        eprint!("\rreplayed {replayed} of {total}");
+                    }
+                    if done == 0 {
+                        break;
+                    }
+                }
+            } else {
+                for batch in ids.chunks(REPLAY_BATCH) {
+                    replayed +=
+                        with_pool!(db, pool => outbox.replay_dead_letters(pool, batch).await)
+                            .map_err(database)?;
+                    if progress {
+                        eprint!("\rreplayed {replayed} of {total}");
+                    }
                 }
             }
-            if ids.len() > REPLAY_BATCH {
+            if progress {
                 eprintln!();
             }
             println!("{replayed} dead letters replayed");
             Ok(())
         }
         DeadLetters::Show { id } => {
-            let letters = with_pool!(db, pool => outbox.dead_letters(pool, usize::MAX).await)
+            let query = DeadLetterFilter::new().id(id);
+            let letters = with_pool!(db, pool => outbox.dead_letters_where(pool, &query, 1).await)
                 .map_err(database)?;
-            let letter = letters
-                .into_iter()
-                .find(|letter| letter.message.id == id)
-                .ok_or_else(|| {
-                    CliError::Other(format!("no dead letter {id} in `{}`", outbox.table()))
-                })?;
+            let letter = letters.into_iter().next().ok_or_else(|| {
+                CliError::Other(format!("no dead letter {id} in `{}`", outbox.table()))
+            })?;
             let message = &letter.message;
             let shown = serde_json::json!({
                 "id": message.id.to_string(),

@@ -768,6 +768,16 @@ async fn two_relay_processes_at_once_publish_everything_in_per_aggregate_order()
     std::fs::remove_file(second).unwrap();
 }
 
+/// A child process killed when dropped, so that a failing test leaves no relay running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A webhook receiver for the relay service: answers 503 while `down`, else keeps the events.
 #[derive(Clone, Default)]
 struct Hook {
@@ -839,17 +849,19 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
     )
     .unwrap();
     let log = std::env::temp_dir().join(format!("{table}.log"));
-    let mut relay = Command::new(OUTBOX)
-        .arg("--config")
-        .arg(&config)
-        .arg("relay")
-        .env_remove("OUTBOX_DATABASE_URL")
-        .env_remove("OUTBOX_LOG")
-        .env("OUTBOX_WEBHOOK_SECRET", "s3cret")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut relay = KillOnDrop(
+        Command::new(OUTBOX)
+            .arg("--config")
+            .arg(&config)
+            .arg("relay")
+            .env_remove("OUTBOX_DATABASE_URL")
+            .env_remove("OUTBOX_LOG")
+            .env("OUTBOX_WEBHOOK_SECRET", "s3cret")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
 
     until(
         "/health to report the sink",
@@ -863,7 +875,7 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
         },
     )
     .await;
-    assert!(relay.try_wait().unwrap().is_none(), "the relay gave up");
+    assert!(relay.0.try_wait().unwrap().is_none(), "the relay gave up");
 
     // The receiver comes up, but answers 503 for 4 seconds: an outage of the deliveries.
     let hook = Hook::default();
@@ -896,8 +908,8 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
         http_get(http_port, "/health").await,
         (200, "ok\n".to_owned())
     );
-    signal(&relay, "TERM");
-    assert!(relay.wait().unwrap().success());
+    signal(&relay.0, "TERM");
+    assert!(relay.0.wait().unwrap().success());
 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

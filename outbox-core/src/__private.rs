@@ -9,6 +9,7 @@ use std::future::Future;
 use crate::{Error, Outbox, OutboxConnection, OutboxEvent, Recordable};
 
 pub use inventory;
+pub use serde::Serialize;
 
 /// Pins the output type of the wrapped function body, so that `?` inside it knows which error
 /// type to convert into.

@@ -123,9 +123,35 @@ pub(crate) fn inbox_handler(args: TokenStream, item: TokenStream) -> TokenStream
             if let Err(error) = message {
                 errors.push(error);
             }
-            with_errors(errors, item)
+            match fallback(&function) {
+                Some(fallback) => with_errors(errors, fallback),
+                None => with_errors(errors, item),
+            }
         }
     }
+}
+
+/// After a mistake: the function as its callers expect it once fixed — `async`, returning
+/// `Result<Processed<T>, E>` — with a body that never runs, so that a caller matching on
+/// `Processed::Done` reports nothing on top of the one error that says what to fix. `None`
+/// when the function returns nothing: there is no `T` to wrap.
+fn fallback(function: &ItemFn) -> Option<TokenStream> {
+    let syn::ReturnType::Type(arrow, output) = &function.sig.output else {
+        return None;
+    };
+    let mut sig = function.sig.clone();
+    sig.asyncness = Some(Default::default());
+    sig.output = syn::ReturnType::Type(*arrow, Box::new(processed_output(output)));
+    let (outer, inner) = signature::split_attributes(&function.attrs);
+    let vis = &function.vis;
+    Some(quote! {
+        #(#outer)*
+        #[allow(unused_variables)]
+        #vis #sig {
+            #(#inner)*
+            ::core::unreachable!("#[inbox_handler] failed to compile")
+        }
+    })
 }
 
 /// The message parameter: the one named `message`, else the only one besides the transaction.

@@ -14,7 +14,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use outbox::Event;
 use outbox::relay::{
-    Backoff, ChannelSink, HandlerSink, Message, Relay, RelayBuilder, RelayDialect, Sink, SinkError,
+    Backoff, ChannelSink, DeadLetterFilter, HandlerSink, Message, Relay, RelayBuilder,
+    RelayDialect, Sink, SinkError,
 };
 use outbox_tests::{Lite, My, Pg, RelayTable, TestDb, eventually};
 use tokio::sync::oneshot;
@@ -50,7 +51,7 @@ fn relay<D: TestDb, K: Sink>(
     table: &RelayTable<D>,
     pool: sqlx::Pool<D::Database>,
     sink: K,
-) -> RelayBuilder<D::Database, K>
+) -> RelayBuilder<sqlx::Pool<D::Database>, K>
 where
     D::Database: RelayDialect,
 {
@@ -694,6 +695,93 @@ where
     table.drop_table().await;
 }
 
+/// Dead letters are selected and counted by the database: by id, event type, aggregate and
+/// age, with the limit applied there.
+async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>()
+where
+    D::Database: RelayDialect,
+{
+    let table = RelayTable::<D>::new().await;
+    table.preload(40, 4).await; // aggregates agg-0..agg-3, ten events each
+    // Every event of agg-1 and agg-2 is refused for good.
+    let sink = HandlerSink::new(|message: Message| async move {
+        if message.aggregate_id == "agg-1" || message.aggregate_id == "agg-2" {
+            return Err(SinkError::permanent(format!(
+                "refused {}",
+                message.aggregate_id
+            )));
+        }
+        Ok(())
+    });
+    let (stop, relay) = spawn(relay(&table, table.pool.clone(), sink).build());
+    eventually(LIMIT, "20 dead letters", || async {
+        table
+            .outbox
+            .count_dead_letters(&table.pool, &DeadLetterFilter::new())
+            .await
+            .unwrap()
+            == 20
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+
+    let outbox = &table.outbox;
+    let pool = &table.pool;
+    let only_agg_1 = DeadLetterFilter::new().aggregate_id("agg-1");
+    let letters = outbox
+        .dead_letters_where(pool, &only_agg_1, 100)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 10);
+    assert!(
+        letters
+            .iter()
+            .all(|letter| letter.message.aggregate_id == "agg-1")
+    );
+    assert!(
+        letters
+            .windows(2)
+            .all(|w| w[0].message.seq < w[1].message.seq),
+        "oldest first"
+    );
+    assert_eq!(letters[0].last_error, "refused agg-1");
+    assert_eq!(
+        outbox.count_dead_letters(pool, &only_agg_1).await.unwrap(),
+        10
+    );
+    let limited = outbox
+        .dead_letters_where(pool, &DeadLetterFilter::new(), 3)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 3);
+    let by_id = outbox
+        .dead_letters_where(pool, &DeadLetterFilter::new().id(letters[4].message.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0].message.id, letters[4].message.id);
+    let typed = DeadLetterFilter::new()
+        .event_type("Numbered")
+        .aggregate_type("test")
+        .aggregate_id("agg-2");
+    assert_eq!(outbox.count_dead_letters(pool, &typed).await.unwrap(), 10);
+    let other_type = DeadLetterFilter::new().event_type("Other");
+    assert_eq!(
+        outbox.count_dead_letters(pool, &other_type).await.unwrap(),
+        0
+    );
+    let old = DeadLetterFilter::new().dead_for_at_least(Duration::from_secs(3600));
+    assert_eq!(
+        outbox.count_dead_letters(pool, &old).await.unwrap(),
+        0,
+        "none is an hour dead"
+    );
+    let recent = DeadLetterFilter::new().dead_for_at_least(Duration::ZERO);
+    assert_eq!(outbox.count_dead_letters(pool, &recent).await.unwrap(), 20);
+    table.drop_table().await;
+}
+
 /// One test per generic test above and dialect.
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {
@@ -708,7 +796,8 @@ macro_rules! relay_tests {
                 poison_event_becomes_a_dead_letter_and_replays_once_fixed,
                 retention_keeps_published_events_then_purges_them,
                 relay_process_killed_with_sigkill_loses_nothing,
-                unordered_relay_lets_later_events_pass_a_failing_one
+                unordered_relay_lets_later_events_pass_a_failing_one,
+                dead_letters_are_filtered_and_counted_by_the_database
             );
         }
     };

@@ -1,7 +1,7 @@
 //! Relays the outbox into Kafka, keyed by aggregate id.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-kafka       # a Kafka broker on 127.0.0.1:9092
+//! cargo run -p outbox-examples --features kafka --bin sink-kafka       # a Kafka broker on 127.0.0.1:9092
 //! ```
 
 use outbox::sinks::{Routing, kafka::KafkaSink};

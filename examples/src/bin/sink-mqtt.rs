@@ -1,7 +1,7 @@
 //! Relays the outbox into an MQTT broker, QoS 1.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-mqtt        # an MQTT 5 broker on 127.0.0.1:1883
+//! cargo run -p outbox-examples --features mqtt --bin sink-mqtt        # an MQTT 5 broker on 127.0.0.1:1883
 //! ```
 
 use outbox::sinks::{Routing, mqtt::MqttSink};

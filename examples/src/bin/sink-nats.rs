@@ -1,7 +1,7 @@
 //! Relays the outbox into NATS JetStream.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-nats        # NATS with JetStream on 127.0.0.1:4222
+//! cargo run -p outbox-examples --features nats --bin sink-nats        # NATS with JetStream on 127.0.0.1:4222
 //! ```
 
 use outbox::sinks::{Routing, nats::NatsSink};

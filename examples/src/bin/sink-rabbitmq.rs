@@ -1,7 +1,7 @@
 //! Relays the outbox into RabbitMQ, with publisher confirms.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-rabbitmq    # RabbitMQ on 127.0.0.1:5672
+//! cargo run -p outbox-examples --features rabbitmq --bin sink-rabbitmq    # RabbitMQ on 127.0.0.1:5672
 //! ```
 //!
 //! The sink publishes `mandatory`: an event that no queue is bound to receive is returned by the

@@ -1,7 +1,7 @@
 //! Relays the outbox into Redis Streams.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-redis       # Redis on 127.0.0.1:6379
+//! cargo run -p outbox-examples --features redis --bin sink-redis       # Redis on 127.0.0.1:6379
 //! ```
 
 use outbox::sinks::{Routing, redis::RedisSink};

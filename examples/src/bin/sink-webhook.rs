@@ -2,7 +2,7 @@
 //! checks each request with `signature::verify` as a real receiver would.
 //!
 //! ```text
-//! cargo run -p outbox-examples --bin sink-webhook
+//! cargo run -p outbox-examples --features webhook --bin sink-webhook
 //! ```
 
 use std::time::{Duration, SystemTime};

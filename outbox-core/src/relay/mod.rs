@@ -93,6 +93,70 @@ pub struct DeadLetter {
     pub dead_for: std::time::Duration,
 }
 
+/// Which dead letters a query selects: every one by default, each setting narrowing it. The
+/// database applies it, so listing ten among a million reads ten rows.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox::relay::DeadLetterFilter;
+///
+/// let filter = DeadLetterFilter::new()
+///     .event_type("MoneyTransferred")
+///     .dead_for_at_least(Duration::from_secs(3600));
+/// # drop(filter);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterFilter {
+    /// Only the event with this id.
+    pub id: Option<uuid::Uuid>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events of this aggregate type.
+    pub aggregate_type: Option<String>,
+    /// Only events of this aggregate id.
+    pub aggregate_id: Option<String>,
+    /// Only events dead for at least this long.
+    pub dead_for_at_least: Option<Duration>,
+}
+
+impl DeadLetterFilter {
+    /// Every dead letter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only the event with this id.
+    pub fn id(mut self, id: uuid::Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Only events of this type.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Only events of this aggregate type.
+    pub fn aggregate_type(mut self, aggregate_type: impl Into<String>) -> Self {
+        self.aggregate_type = Some(aggregate_type.into());
+        self
+    }
+
+    /// Only events of this aggregate id.
+    pub fn aggregate_id(mut self, aggregate_id: impl Into<String>) -> Self {
+        self.aggregate_id = Some(aggregate_id.into());
+        self
+    }
+
+    /// Only events dead for at least `age`.
+    pub fn dead_for_at_least(mut self, age: Duration) -> Self {
+        self.dead_for_at_least = Some(age);
+        self
+    }
+}
+
 /// A database the relay can read an outbox from.
 pub trait RelayDialect: Dialect {
     #[doc(hidden)]
@@ -103,8 +167,15 @@ pub trait RelayDialect: Dialect {
     fn __dead_letters(
         pool: &sqlx::Pool<Self>,
         table: &TableName,
+        filter: &DeadLetterFilter,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, sqlx::Error>> + Send;
+    #[doc(hidden)]
+    fn __count_dead_letters(
+        pool: &sqlx::Pool<Self>,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     #[doc(hidden)]
     fn __replay(
         pool: &sqlx::Pool<Self>,
@@ -124,9 +195,18 @@ impl RelayDialect for sqlx::Postgres {
     async fn __dead_letters(
         pool: &sqlx::PgPool,
         table: &TableName,
+        filter: &DeadLetterFilter,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::postgres::relay::dead_letters(pool, table, limit).await
+        crate::store::postgres::relay::dead_letters(pool, table, filter, limit).await
+    }
+
+    async fn __count_dead_letters(
+        pool: &sqlx::PgPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::postgres::relay::count_dead_letters(pool, table, filter).await
     }
 
     async fn __replay(
@@ -149,9 +229,18 @@ impl RelayDialect for sqlx::MySql {
     async fn __dead_letters(
         pool: &sqlx::MySqlPool,
         table: &TableName,
+        filter: &DeadLetterFilter,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::mysql::relay::dead_letters(pool, table, limit).await
+        crate::store::mysql::relay::dead_letters(pool, table, filter, limit).await
+    }
+
+    async fn __count_dead_letters(
+        pool: &sqlx::MySqlPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::mysql::relay::count_dead_letters(pool, table, filter).await
     }
 
     async fn __replay(
@@ -174,9 +263,18 @@ impl RelayDialect for sqlx::Sqlite {
     async fn __dead_letters(
         pool: &sqlx::SqlitePool,
         table: &TableName,
+        filter: &DeadLetterFilter,
         limit: i64,
     ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::sqlite::relay::dead_letters(pool, table, limit).await
+        crate::store::sqlite::relay::dead_letters(pool, table, filter, limit).await
+    }
+
+    async fn __count_dead_letters(
+        pool: &sqlx::SqlitePool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        crate::store::sqlite::relay::count_dead_letters(pool, table, filter).await
     }
 
     async fn __replay(
@@ -188,7 +286,7 @@ impl RelayDialect for sqlx::Sqlite {
     }
 }
 
-/// What a [`Source`] needs to know of the relay's settings.
+/// What a table [`Source`] needs to know of the relay's settings.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -217,16 +315,46 @@ struct Config {
     lease_ttl: Duration,
 }
 
+/// Where a [`RelayBuilder`] takes its [`Source`] from: a pool, whose outbox table the relay
+/// claims from ([`Relay::builder`]), or a source of your own ([`Relay::from_source`]).
+pub trait IntoSource {
+    /// The source the relay reads.
+    type Source: Source;
+    #[doc(hidden)]
+    fn __into_source(self, config: &SourceConfig) -> Self::Source;
+}
+
+impl<DB: RelayDialect> IntoSource for sqlx::Pool<DB> {
+    type Source = DB::Source;
+
+    fn __into_source(self, config: &SourceConfig) -> DB::Source {
+        DB::__source(self, config)
+    }
+}
+
+/// A [`Source`] given to [`Relay::from_source`], used as it is.
+#[derive(Debug)]
+pub struct CustomSource<S>(S);
+
+impl<S: Source> IntoSource for CustomSource<S> {
+    type Source = S;
+
+    fn __into_source(self, _: &SourceConfig) -> S {
+        self.0
+    }
+}
+
 /// Builds a [`Relay`]. Every setting has a default.
 #[derive(Debug)]
-pub struct RelayBuilder<DB: RelayDialect, K> {
-    pool: sqlx::Pool<DB>,
+pub struct RelayBuilder<F, K> {
+    from: F,
     sink: K,
     config: Config,
 }
 
-impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
-    /// Relays from this outbox's table (default: `outbox`).
+impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
+    /// Relays from this outbox's table (default: `outbox`). With a [custom
+    /// source](Relay::from_source), the table's name only labels the relay's metrics and spans.
     pub fn outbox(mut self, outbox: &Outbox) -> Self {
         self.config.table = outbox.table().clone();
         self.config.listen = outbox.notifies_on_commit();
@@ -284,17 +412,14 @@ impl<DB: RelayDialect, K: Sink> RelayBuilder<DB, K> {
     }
 
     /// The relay, ready to [`run`](Relay::run).
-    pub fn build(self) -> Relay<DB::Source, K> {
-        let source = DB::__source(
-            self.pool,
-            &SourceConfig {
-                table: self.config.table.clone(),
-                ordering: self.config.ordering,
-                retain: self.config.retention.is_some(),
-                listen: self.config.listen,
-                lease_ttl: self.config.lease_ttl,
-            },
-        );
+    pub fn build(self) -> Relay<F::Source, K> {
+        let source = self.from.__into_source(&SourceConfig {
+            table: self.config.table.clone(),
+            ordering: self.config.ordering,
+            retain: self.config.retention.is_some(),
+            listen: self.config.listen,
+            lease_ttl: self.config.lease_ttl,
+        });
         Relay {
             source,
             sink: self.sink,
@@ -319,9 +444,59 @@ impl Relay<(), ()> {
     pub fn builder<DB: RelayDialect, K: Sink>(
         pool: sqlx::Pool<DB>,
         sink: K,
-    ) -> RelayBuilder<DB, K> {
+    ) -> RelayBuilder<sqlx::Pool<DB>, K> {
+        Relay::with(pool, sink)
+    }
+
+    /// A relay from a [`Source`] of your own — a log, a change feed, another queue — to `sink`,
+    /// with default settings. The relay brings what it brings to the outbox table: batches,
+    /// the sink's waves, retries with backoff, dead letters after `max_attempts`, per-aggregate
+    /// holding back, metrics and graceful shutdown; the source decides what to claim and how
+    /// to record a [`Settlement`](source::Settlement). See [`source`] for the contract.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use outbox::Error;
+    /// use outbox::relay::source::{Claim, Settlement, Source};
+    /// use outbox::relay::{ChannelSink, Message, Relay};
+    ///
+    /// /// A source that never has anything: the smallest one there is.
+    /// struct Empty;
+    /// struct Nothing;
+    ///
+    /// impl Source for Empty {
+    ///     type Claim = Nothing;
+    ///     async fn claim(&self, _max: usize) -> Result<Option<Nothing>, Error> {
+    ///         Ok(None)
+    ///     }
+    ///     async fn wait(&self, timeout: Duration) {
+    ///         tokio::time::sleep(timeout).await
+    ///     }
+    ///     async fn maintain(&self, _retention: Option<Duration>) -> Result<f64, Error> {
+    ///         Ok(0.0)
+    ///     }
+    /// }
+    ///
+    /// impl Claim for Nothing {
+    ///     fn take_messages(&mut self) -> Vec<Message> {
+    ///         Vec::new()
+    ///     }
+    ///     async fn settle(self, _settlement: Settlement) -> Result<(), Error> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let (sink, _events) = ChannelSink::new(16);
+    /// let relay = Relay::from_source(Empty, sink).batch_size(100).build();
+    /// # drop(relay);
+    /// ```
+    pub fn from_source<S: Source, K: Sink>(source: S, sink: K) -> RelayBuilder<CustomSource<S>, K> {
+        Relay::with(CustomSource(source), sink)
+    }
+
+    fn with<F: IntoSource, K: Sink>(from: F, sink: K) -> RelayBuilder<F, K> {
         RelayBuilder {
-            pool,
+            from,
             sink,
             config: Config {
                 table: TableName::DEFAULT,
@@ -570,7 +745,31 @@ impl Outbox {
         pool: &sqlx::Pool<DB>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
-        DB::__dead_letters(pool, self.table(), i64::try_from(limit).unwrap_or(i64::MAX))
+        self.dead_letters_where(pool, &DeadLetterFilter::new(), limit)
+            .await
+    }
+
+    /// The dead letters `filter` selects (at most `limit`, oldest first), selected by the
+    /// database.
+    pub async fn dead_letters_where<DB: RelayDialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        DB::__dead_letters(pool, self.table(), filter, limit)
+            .await
+            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    }
+
+    /// How many dead letters `filter` selects.
+    pub async fn count_dead_letters<DB: RelayDialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, Error> {
+        DB::__count_dead_letters(pool, self.table(), filter)
             .await
             .map_err(|source| self.database_error::<DB>("dead letters", source))
     }

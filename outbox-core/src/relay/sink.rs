@@ -27,6 +27,45 @@ pub struct Message {
     pub attempts: i32,
 }
 
+impl Message {
+    /// A message for the relay, made by a [source](super::source::Source) of your own: `id` is
+    /// the event id consumers deduplicate on (keep it across redeliveries), `seq` the position
+    /// by which the source knows it again in the [`Settlement`](super::source::Settlement), and
+    /// `payload` JSON text. No headers, no failed attempts yet.
+    pub fn new(
+        id: uuid::Uuid,
+        seq: i64,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: impl Into<String>,
+    ) -> Self {
+        Message {
+            id,
+            seq,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
+            payload: payload.into(),
+            headers: None,
+            attempts: 0,
+        }
+    }
+
+    /// With the headers recorded with the event (a JSON object's text).
+    pub fn with_headers(mut self, headers: impl Into<String>) -> Self {
+        self.headers = Some(headers.into());
+        self
+    }
+
+    /// With the number of failed deliveries so far: the relay dead-letters the message once
+    /// this attempt reaches [`max_attempts`](super::RelayBuilder::max_attempts).
+    pub fn with_attempts(mut self, attempts: i32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+}
+
 /// Why a sink could not deliver a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

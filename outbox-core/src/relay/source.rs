@@ -1,6 +1,23 @@
-//! The seam between the relay and where events come from. Today: the outbox table, claimed in
-//! batches. A new source (logical decoding, a change feed) implements these two traits and
-//! leaves the sinks and the retry logic alone.
+//! The seam between the relay and where events come from: the outbox table of each database,
+//! claimed in batches, or a source of your own given to [`Relay::from_source`](super::Relay::from_source)
+//! (a log, a change feed, another queue). A source implements these two traits and leaves the
+//! sinks, the retries, the dead letters and the metrics to the relay.
+//!
+//! # The contract, for implementers
+//!
+//! * [`Source::claim`] returns a batch in which, for each aggregate, the first message is its
+//!   oldest undelivered event, followed (optionally) by its next events in order. An event
+//!   whose retry is not due yet ([`Settlement::retry`]'s delay) is not claimable, and neither
+//!   are the later events of its aggregate, unless the relay runs [unordered](super::Ordering).
+//!   While a claim is held, no other claim may include any event of its aggregates.
+//! * Each [`Message`] carries a `seq` that is unique in the source: the settlement names
+//!   messages by it. `attempts` counts the failed deliveries so far; the relay dead-letters a
+//!   message whose next attempt reaches `max_attempts`.
+//! * [`Claim::settle`] records the outcome: published (remove or mark), retry (count the
+//!   attempt, keep the error, make it due after the delay) and dead (keep it apart with its
+//!   error). Messages in none of the lists were not tried — they sat behind a failure — and are
+//!   released untouched. A claim dropped without settling (crash, abort) releases everything:
+//!   the events are claimed again, at least once.
 
 use std::future::Future;
 use std::time::Duration;
@@ -157,4 +174,67 @@ where
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) fn dead_for(seconds: Option<f64>) -> std::time::Duration {
     std::time::Duration::try_from_secs_f64(seconds.unwrap_or(0.0).max(0.0)).unwrap_or_default()
+}
+
+/// A value bound by a dead-letter filter's condition, in the order of the placeholders.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) enum FilterValue<'a> {
+    Text(&'a str),
+    Id(uuid::Uuid),
+    /// The least time since the event died.
+    Age(Duration),
+}
+
+/// SQL shared by the dialects' dead-letter queries: the `AND …` conditions that `filter` puts
+/// on `o` (the table aliased), with `placeholder(n)` for the n-th value (from 1) and `older(p)`
+/// the dialect's condition that `o.dead_at` is at least the age bound at `p`; and the values
+/// to bind, in order.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) fn dead_letter_conditions<'a>(
+    filter: &'a super::DeadLetterFilter,
+    placeholder: impl Fn(usize) -> String,
+    older: impl Fn(&str) -> String,
+) -> (String, Vec<FilterValue<'a>>) {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    let mut condition = |column: &str, value: FilterValue<'a>| {
+        values.push(value);
+        sql.push_str(&format!(" AND o.{column} = {}", placeholder(values.len())));
+    };
+    if let Some(id) = filter.id {
+        condition("id", FilterValue::Id(id));
+    }
+    for (column, value) in [
+        ("event_type", &filter.event_type),
+        ("aggregate_type", &filter.aggregate_type),
+        ("aggregate_id", &filter.aggregate_id),
+    ] {
+        if let Some(value) = value {
+            condition(column, FilterValue::Text(value));
+        }
+    }
+    if let Some(age) = filter.dead_for_at_least {
+        values.push(FilterValue::Age(age));
+        sql.push_str(&format!(" AND {}", older(&placeholder(values.len()))));
+    }
+    (sql, values)
+}
+
+/// A dead letter from its row (columns `last_error` and `dead_secs`) and its decoded message:
+/// the dialects' queries differ, their rows decode alike.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) fn dead_letter<R>(row: &R, message: Message) -> Result<super::DeadLetter, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'i> &'i str: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(super::DeadLetter {
+        message,
+        last_error: row
+            .try_get::<Option<String>, _>("last_error")?
+            .unwrap_or_default(),
+        dead_for: dead_for(row.try_get("dead_secs")?),
+    })
 }

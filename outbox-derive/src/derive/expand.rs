@@ -52,6 +52,33 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
     }
 }
 
+/// After a mistake in the attributes: an `OutboxEvent` impl that is never called, so that the
+/// struct's uses (`record(&mut tx, &entity)`, `#[outbox_event]` functions returning it) do not
+/// each report the missing impl on top of the one error that says what to fix (as thiserror
+/// does). It applies only if the type is `Serialize`, so it adds no error of its own; the bound
+/// is higher-ranked so that the compiler defers it instead of rejecting a non-generic type that
+/// is not `Serialize` at the impl.
+pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let predicates = where_clause
+        .into_iter()
+        .flat_map(|clause| clause.predicates.iter());
+    quote! {
+        impl #impl_generics ::outbox::OutboxEvent for #ident #ty_generics
+        where
+            #(#predicates,)*
+            for<'__outbox> Self: ::outbox::__private::Serialize,
+        {
+            const AGGREGATE_TYPE: &'static str = "";
+            const EVENT_TYPE: &'static str = "";
+            fn aggregate_id(&self) -> ::core::option::Option<::std::string::String> {
+                ::core::unreachable!("the OutboxEvent derive failed to compile")
+            }
+        }
+    }
+}
+
 /// `T` of a field type written `Option<T>` (or `std::option::Option<T>`): `None` means "not
 /// persisted yet". An alias of `Option` is not recognised, and is reported as not `Display`.
 fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {

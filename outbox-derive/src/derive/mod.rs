@@ -8,6 +8,10 @@ use proc_macro2::TokenStream;
 pub(crate) fn outbox_event(input: syn::DeriveInput) -> TokenStream {
     match input::Event::parse(&input) {
         Ok(event) => expand::expand(&input, &event),
-        Err(error) => error.to_compile_error(),
+        Err(error) => {
+            let mut out = error.to_compile_error();
+            out.extend(expand::fallback(&input));
+            out
+        }
     }
 }

@@ -15,4 +15,10 @@ struct MissingAggregateType {
     id: i64,
 }
 
-fn main() {}
+// The derive failed, but the types' uses report nothing more: one mistake, one error.
+fn recordable<T: OutboxEvent>() {}
+
+fn main() {
+    recordable::<Misspelled>();
+    recordable::<MissingAggregateType>();
+}

@@ -9,9 +9,10 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{AssertSqlSafe, MySql, MySqlPool, Row, Transaction};
 
 use crate::relay::source::{
-    Claim, LowWater, PENDING, Settlement, Source, dead_for, head_condition, seq_list,
+    Claim, FilterValue, LowWater, PENDING, Settlement, Source, dead_letter, dead_letter_conditions,
+    head_condition, seq_list,
 };
-use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
+use crate::relay::{DeadLetter, DeadLetterFilter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
 const DIALECT: &str = <sqlx::MySqlConnection as crate::OutboxConnection>::DIALECT;
@@ -145,6 +146,7 @@ impl Source for MySqlSource {
         }
         let seqs = messages.iter().map(|m| m.seq).collect();
         Ok(Some(MySqlClaim {
+            pool: self.pool.clone(),
             tx,
             messages,
             seqs,
@@ -183,6 +185,7 @@ impl Source for MySqlSource {
 /// A claimed MySQL/MariaDB batch: the rows are locked by this open transaction until it settles.
 #[derive(Debug)]
 pub struct MySqlClaim {
+    pool: MySqlPool,
     tx: Transaction<'static, MySql>,
     messages: Vec<Message>,
     /// The claimed `seq`s, in order.
@@ -197,79 +200,163 @@ impl Claim for MySqlClaim {
         std::mem::take(&mut self.messages)
     }
 
-    async fn settle(mut self, settlement: Settlement) -> Result<(), Error> {
-        let table = self.table.clone();
-        let wrap = |source| Error::database("settle", &table, DIALECT, source);
-        let t = self.table.quoted('`');
-        let next = LowWater::after(&self.seqs, &settlement);
-        if !settlement.published.is_empty() {
-            let seqs = seq_list(settlement.published.iter().copied());
-            let sql = if self.retain {
-                format!("UPDATE {t} SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})")
-            } else {
-                format!("DELETE FROM {t} WHERE seq IN ({seqs})")
-            };
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(wrap)?;
+    async fn settle(self, settlement: Settlement) -> Result<(), Error> {
+        let MySqlClaim {
+            pool,
+            mut tx,
+            seqs,
+            low_water,
+            table,
+            retain,
+            ..
+        } = self;
+        let next = LowWater::after(&seqs, &settlement);
+        let mut outcome = match apply(&mut tx, &table, retain, &settlement).await {
+            Ok(()) => tx.commit().await,
+            Err(error) => Err(error),
+        };
+        // A deadlock with another relay's claim or settlement rolls this transaction back, but
+        // the batch is published already: settle it again in a transaction of its own rather
+        // than let it be claimed and published once more. The statements are idempotent.
+        let mut tries = 0;
+        while let Err(error) = &outcome {
+            if !is_deadlock(error) || tries == SETTLE_RETRIES {
+                break;
+            }
+            tries += 1;
+            tracing::debug!(table = %table, tries, "settlement deadlocked; settling again");
+            outcome = async {
+                let mut tx = pool.begin().await?;
+                apply(&mut tx, &table, retain, &settlement).await?;
+                tx.commit().await
+            }
+            .await;
         }
-        // Failures are few: one statement each.
-        let retry = format!(
-            "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
-             available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE seq = ?"
-        );
-        for (seq, error, delay) in settlement.retry {
-            sqlx::query(AssertSqlSafe(retry.clone()))
-                .bind(error)
-                .bind(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
-                .bind(seq)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(wrap)?;
-        }
-        let dead = format!(
-            "UPDATE {t} SET attempts = attempts + 1, last_error = ?, dead_at = UTC_TIMESTAMP(6) WHERE seq = ?"
-        );
-        for (seq, error) in settlement.dead {
-            sqlx::query(AssertSqlSafe(dead.clone()))
-                .bind(error)
-                .bind(seq)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(wrap)?;
-        }
-        self.tx.commit().await.map_err(wrap)?;
-        self.low_water.advance(next);
+        outcome.map_err(|source| Error::database("settle", &table, DIALECT, source))?;
+        low_water.advance(next);
         Ok(())
     }
 }
 
-/// Dead letters of `table`, oldest first.
+/// How many times a deadlocked settlement is settled again before the batch is given up (and
+/// claimed again).
+const SETTLE_RETRIES: u32 = 3;
+
+/// MySQL's `ER_LOCK_DEADLOCK` (1213): InnoDB chose this transaction as the deadlock's victim and
+/// rolled it back.
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|error| error.number() == 1213)
+}
+
+/// The settlement's statements, in `tx`: published rows deleted (or marked, with `retain`),
+/// failures counted, dead letters set apart.
+async fn apply(
+    tx: &mut sqlx::MySqlConnection,
+    table: &TableName,
+    retain: bool,
+    settlement: &Settlement,
+) -> Result<(), sqlx::Error> {
+    let t = table.quoted('`');
+    if !settlement.published.is_empty() {
+        let seqs = seq_list(settlement.published.iter().copied());
+        let sql = if retain {
+            format!("UPDATE {t} SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})")
+        } else {
+            format!("DELETE FROM {t} WHERE seq IN ({seqs})")
+        };
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    }
+    // Failures are few: one statement each.
+    let retry = format!(
+        "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
+         available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE seq = ?"
+    );
+    for (seq, error, delay) in &settlement.retry {
+        sqlx::query(AssertSqlSafe(retry.clone()))
+            .bind(error)
+            .bind(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let dead = format!(
+        "UPDATE {t} SET attempts = attempts + 1, last_error = ?, dead_at = UTC_TIMESTAMP(6) WHERE seq = ?"
+    );
+    for (seq, error) in &settlement.dead {
+        sqlx::query(AssertSqlSafe(dead.clone()))
+            .bind(error)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The dead letters of `table` that `filter` selects, oldest first.
 pub(crate) async fn dead_letters(
     pool: &MySqlPool,
     table: &TableName,
+    filter: &DeadLetterFilter,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let (conditions, values) = filtered(filter);
     let sql = format!(
-        "SELECT {COLUMNS}, o.last_error, CAST(TIMESTAMPDIFF(MICROSECOND, o.dead_at, UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE) AS dead_secs FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?",
-        table.quoted('`')
+        "SELECT {COLUMNS}, o.last_error, CAST(TIMESTAMPDIFF(MICROSECOND, o.dead_at, UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE) AS dead_secs FROM {} o \
+         WHERE o.dead_at IS NOT NULL{conditions} ORDER BY o.seq LIMIT {}",
+        table.quoted('`'),
+        "?".to_owned(),
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = bind(sqlx::query(AssertSqlSafe(sql)), values)
         .bind(limit)
         .fetch_all(pool)
         .await?;
     rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message(row)?,
-                last_error: row
-                    .try_get::<Option<String>, _>("last_error")?
-                    .unwrap_or_default(),
-                dead_for: dead_for(row.try_get("dead_secs")?),
-            })
-        })
+        .map(|row| dead_letter(row, message(row)?))
         .collect()
+}
+
+/// How many dead letters of `table` `filter` selects.
+pub(crate) async fn count_dead_letters(
+    pool: &MySqlPool,
+    table: &TableName,
+    filter: &DeadLetterFilter,
+) -> Result<u64, sqlx::Error> {
+    let (conditions, values) = filtered(filter);
+    let sql = format!(
+        "SELECT count(*) AS dead FROM {} o WHERE o.dead_at IS NOT NULL{conditions}",
+        table.quoted('`')
+    );
+    let row = bind(sqlx::query(AssertSqlSafe(sql)), values)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0))
+}
+
+/// The dead-letter filter's conditions in this dialect.
+fn filtered(filter: &DeadLetterFilter) -> (String, Vec<FilterValue<'_>>) {
+    dead_letter_conditions(
+        filter,
+        |_| "?".to_owned(),
+        |p| format!("o.dead_at <= UTC_TIMESTAMP(6) - INTERVAL {p} MICROSECOND"),
+    )
+}
+
+/// Binds the filter's values, in the order of their placeholders.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    values: Vec<FilterValue<'q>>,
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    for value in values {
+        query = match value {
+            FilterValue::Text(text) => query.bind(text),
+            FilterValue::Id(id) => query.bind(id.hyphenated().to_string()),
+            FilterValue::Age(age) => query.bind(i64::try_from(age.as_micros()).unwrap_or(i64::MAX)),
+        };
+    }
+    query
 }
 
 /// Makes dead letters deliverable again, attempts reset. `ids`: `None` for all.

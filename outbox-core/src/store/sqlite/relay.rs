@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 
-use crate::relay::source::{Claim, PENDING, Settlement, Source, dead_for, seq_list};
-use crate::relay::{DeadLetter, Message, Ordering, SourceConfig};
+use crate::relay::source::{
+    Claim, FilterValue, PENDING, Settlement, Source, dead_letter, dead_letter_conditions, seq_list,
+};
+use crate::relay::{DeadLetter, DeadLetterFilter, Message, Ordering, SourceConfig};
 use crate::{Error, TableName};
 
 const DIALECT: &str = <sqlx::SqliteConnection as crate::OutboxConnection>::DIALECT;
@@ -334,31 +336,68 @@ impl Claim for SqliteClaim {
     }
 }
 
-/// Dead letters of `table`, oldest first.
+/// The dead letters of `table` that `filter` selects, oldest first.
 pub(crate) async fn dead_letters(
     pool: &SqlitePool,
     table: &TableName,
+    filter: &DeadLetterFilter,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let (conditions, values) = filtered(filter);
     let sql = format!(
-        "SELECT {COLUMNS}, o.last_error, (julianday('now') - julianday(o.dead_at)) * 86400.0 AS dead_secs FROM {} o WHERE o.dead_at IS NOT NULL ORDER BY o.seq LIMIT ?1",
-        table.quoted('"')
+        "SELECT {COLUMNS}, o.last_error, (julianday('now') - julianday(o.dead_at)) * 86400.0 AS dead_secs FROM {} o \
+         WHERE o.dead_at IS NOT NULL{conditions} ORDER BY o.seq LIMIT {}",
+        table.quoted('"'),
+        "?".to_owned(),
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = bind(sqlx::query(AssertSqlSafe(sql)), values)
         .bind(limit)
         .fetch_all(pool)
         .await?;
     rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message(row)?,
-                last_error: row
-                    .try_get::<Option<String>, _>("last_error")?
-                    .unwrap_or_default(),
-                dead_for: dead_for(row.try_get("dead_secs")?),
-            })
-        })
+        .map(|row| dead_letter(row, message(row)?))
         .collect()
+}
+
+/// How many dead letters of `table` `filter` selects.
+pub(crate) async fn count_dead_letters(
+    pool: &SqlitePool,
+    table: &TableName,
+    filter: &DeadLetterFilter,
+) -> Result<u64, sqlx::Error> {
+    let (conditions, values) = filtered(filter);
+    let sql = format!(
+        "SELECT count(*) AS dead FROM {} o WHERE o.dead_at IS NOT NULL{conditions}",
+        table.quoted('"')
+    );
+    let row = bind(sqlx::query(AssertSqlSafe(sql)), values)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0))
+}
+
+/// The dead-letter filter's conditions in this dialect.
+fn filtered(filter: &DeadLetterFilter) -> (String, Vec<FilterValue<'_>>) {
+    dead_letter_conditions(
+        filter,
+        |_| "?".to_owned(),
+        |p| format!("julianday(o.dead_at) <= julianday('now') - {p} / 86400.0"),
+    )
+}
+
+/// Binds the filter's values, in the order of their placeholders.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    values: Vec<FilterValue<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for value in values {
+        query = match value {
+            FilterValue::Text(text) => query.bind(text),
+            FilterValue::Id(id) => query.bind(id.hyphenated().to_string()),
+            FilterValue::Age(age) => query.bind(age.as_secs_f64()),
+        };
+    }
+    query
 }
 
 /// Makes dead letters deliverable again, attempts reset. `ids`: `None` for all.

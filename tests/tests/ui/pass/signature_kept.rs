@@ -1,5 +1,6 @@
 // What compiles without `#[outbox_event]` compiles with it: docs and outer attributes, methods,
-// generic databases with `where` clauses, early returns and `?`, `impl` blocks.
+// generic databases with `where` clauses, early returns and `?`, `impl` blocks, named
+// lifetimes, `impl Trait` arguments, `cfg`'d functions.
 #![deny(warnings)]
 include!("../prelude/account.rs");
 
@@ -33,7 +34,31 @@ async fn close(conn: &mut sqlx::PgConnection) -> Result<Account, AppError> {
     Ok(Account { id: 1 })
 }
 
+/// Named lifetimes and `impl Trait` arguments.
+#[outbox_event]
+async fn rename<'a>(
+    tx: &'a mut Transaction<'_, Postgres>,
+    owner: impl std::fmt::Display + Send,
+    previous: &'a str,
+) -> Result<Account, AppError> {
+    let _ = (owner.to_string(), previous);
+    Ok(Account { id: 1 })
+}
+
+async fn call_rename(tx: &mut Transaction<'_, Postgres>) -> Result<Account, AppError> {
+    rename(tx, "Ada", "Bob").await
+}
+
+/// A `cfg`'d function, the `cfg` under the attribute: the expansion keeps it, so the function
+/// is compiled out, as without the attribute.
+#[outbox_event]
+#[cfg(any())]
+async fn never_compiled(tx: &mut Transaction<'_, Postgres>) -> Result<Account, AppError> {
+    this_does_not_exist()
+}
+
 fn main() {
+    let _ = call_rename;
     let accounts = Accounts { next: 1 };
     let _ = Accounts::open::<Postgres>;
     let _ = accounts.next;
