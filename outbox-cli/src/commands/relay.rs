@@ -11,9 +11,11 @@ use std::time::Duration;
 use outbox::relay::{Backoff, Ordering, Relay};
 use outbox::sinks::redacted;
 
+use crate::CliError;
 use crate::db::{Db, with_pool};
+use crate::settings::Settings;
+use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
-use crate::{CliError, Settings, shutdown_signal};
 
 /// The flags of `outbox relay`.
 pub(crate) struct Options {

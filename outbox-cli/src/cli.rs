@@ -1,0 +1,178 @@
+//! The command line: clap's types, nothing else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use outbox::relay::DeadLetterFilter;
+
+/// `outbox`'s arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox",
+    version,
+    about = "Transactional outbox relay, migrations, status and dead letters"
+)]
+pub(crate) struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "OUTBOX_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// The database: postgres://…, mysql://… or sqlite://….
+    #[arg(
+        long,
+        env = "OUTBOX_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub(crate) database_url: Option<String>,
+    /// The outbox table (default `outbox`).
+    #[arg(long, env = "OUTBOX_TABLE", global = true)]
+    pub(crate) table: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Creates or upgrades the outbox table, and the inbox table.
+    Migrate {
+        /// The inbox table (default `inbox`).
+        #[arg(long, env = "OUTBOX_INBOX_TABLE")]
+        inbox_table: Option<String>,
+        /// Leave the inbox table out.
+        #[arg(long)]
+        no_inbox: bool,
+    },
+    /// Relays events to the configured sink until SIGINT or SIGTERM.
+    ///
+    /// Each event is removed from the outbox only once the sink confirmed it; a failed delivery
+    /// is retried with backoff, and after `relay.max_attempts` the event becomes a dead letter,
+    /// kept until `outbox dead-letters replay`.
+    ///
+    /// A sink whose broker or receiver is unreachable at start-up is waited for: the relay
+    /// starts, `/health` answers 503, and the connection is tried again with backoff. Bad
+    /// settings and refused credentials stop the command at once.
+    ///
+    /// RabbitMQ: events are published `mandatory`, so an event that no queue is bound to
+    /// receive is returned by the broker, retried, then dead-lettered with the broker's reason
+    /// (`312 NO_ROUTE`) — never dropped unseen. For a fire-and-forget exchange, set
+    /// `mandatory = false` in the [sink] section.
+    Relay {
+        /// Events per batch.
+        #[arg(long, env = "OUTBOX_BATCH_SIZE")]
+        batch_size: Option<usize>,
+        /// Where `/metrics` and `/health` are served.
+        #[arg(long, env = "OUTBOX_LISTEN")]
+        listen: Option<String>,
+        /// The broker URL, overriding `sink.url`.
+        #[arg(long, env = "OUTBOX_SINK_URL", hide_env_values = true)]
+        sink_url: Option<String>,
+        /// The webhook sink's signing secret.
+        #[arg(long, env = "OUTBOX_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// This relay's name in logs and metrics.
+        #[arg(long, env = "OUTBOX_INSTANCE_ID")]
+        instance_id: Option<String>,
+    },
+    /// Pending events, lag, dead letters and kept events, per aggregate and event type.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists, shows, replays or purges the events that ran out of attempts.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+    /// Prints events as they are recorded, until interrupted.
+    Tail {
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Start with the events already in the table.
+        #[arg(long)]
+        from_start: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadLetters {
+    /// Lists dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        filter: Filter,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one dead letter in full.
+    Show {
+        /// Its event id.
+        id: uuid::Uuid,
+    },
+    /// Deletes dead letters for good.
+    Purge {
+        /// Only this event type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Makes dead letters deliverable again, in batches, with progress on large sets.
+    Replay {
+        /// The event ids to replay.
+        ids: Vec<uuid::Uuid>,
+        /// Replay every dead letter (that the filters select).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        filter: Filter,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which dead letters a command applies to.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Filter {
+    /// Only this event type.
+    #[arg(long)]
+    pub(crate) event_type: Option<String>,
+    /// Only this aggregate type.
+    #[arg(long)]
+    pub(crate) aggregate_type: Option<String>,
+    /// Only this aggregate.
+    #[arg(long)]
+    pub(crate) aggregate_id: Option<String>,
+    /// Only those dead for at least this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) older_than: Option<u64>,
+}
+
+impl Filter {
+    /// The library's filter, applied by the database.
+    pub(crate) fn to_query(&self) -> DeadLetterFilter {
+        let mut filter = DeadLetterFilter::new();
+        if let Some(event_type) = &self.event_type {
+            filter = filter.event_type(event_type);
+        }
+        if let Some(aggregate_type) = &self.aggregate_type {
+            filter = filter.aggregate_type(aggregate_type);
+        }
+        if let Some(aggregate_id) = &self.aggregate_id {
+            filter = filter.aggregate_id(aggregate_id);
+        }
+        if let Some(secs) = self.older_than {
+            filter = filter.dead_for_at_least(Duration::from_secs(secs));
+        }
+        filter
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.to_query() == DeadLetterFilter::new()
+    }
+}

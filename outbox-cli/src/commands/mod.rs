@@ -1,0 +1,7 @@
+//! One module per command.
+
+pub(crate) mod dead_letters;
+pub(crate) mod migrate;
+pub(crate) mod relay;
+pub(crate) mod status;
+pub(crate) mod tail;
