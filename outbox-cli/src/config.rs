@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -30,11 +31,31 @@ pub(crate) struct Config {
 pub(crate) struct RelayConfig {
     pub(crate) batch_size: Option<usize>,
     pub(crate) max_attempts: Option<u32>,
-    pub(crate) poll_interval_ms: Option<u64>,
-    /// Keep published events this many seconds (default: delete them at once).
-    pub(crate) retention_secs: Option<u64>,
+    /// How long an idle relay sleeps between polls, e.g. `"25ms"`.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) poll_interval: Option<Duration>,
+    /// Keep published events this long, e.g. `"1d"` (default: delete them at once).
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) retention: Option<Duration>,
     /// `per-aggregate` (default) or `unordered`.
-    pub(crate) ordering: Option<String>,
+    pub(crate) ordering: Option<OrderingSetting>,
+}
+
+/// `relay.ordering`, checked when the file is read.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OrderingSetting {
+    PerAggregate,
+    Unordered,
+}
+
+impl From<OrderingSetting> for outbox::relay::Ordering {
+    fn from(setting: OrderingSetting) -> Self {
+        match setting {
+            OrderingSetting::PerAggregate => outbox::relay::Ordering::PerAggregate,
+            OrderingSetting::Unordered => outbox::relay::Ordering::Unordered,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

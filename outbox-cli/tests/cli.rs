@@ -102,7 +102,7 @@ instance_id = "test-relay"
 
 [relay]
 batch_size = 50
-poll_interval_ms = 20
+poll_interval = "20ms"
 
 [sink]
 kind = "nats"
@@ -489,10 +489,45 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         text,
         format!(
             "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
-             `max_attempts`, `poll_interval_ms`, `retention_secs`, `ordering`\n",
+             `max_attempts`, `poll_interval`, `retention`, `ordering`\n",
             config.display()
         )
     );
+
+    // Durations read as humane strings and `ordering` is one of two words, checked on reading.
+    for (setting, problem) in [
+        (
+            "ordering = \"sideways\"",
+            "unknown variant `sideways`, expected `per-aggregate` or `unordered`",
+        ),
+        (
+            "poll_interval = \"soon\"",
+            "invalid value: string \"soon\", expected a duration",
+        ),
+    ] {
+        std::fs::write(&config, format!("table = \"outbox\"\n[relay]\n{setting}\n")).unwrap();
+        assert_eq!(
+            fails(
+                &[("OUTBOX_DATABASE_URL", &url)],
+                &["--config", config.to_str().unwrap(), "status"],
+            ),
+            (
+                2,
+                format!("outbox: error: {}:3: {problem}\n", config.display())
+            )
+        );
+    }
+    std::fs::write(
+        &config,
+        "table = \"outbox\"\n[relay]\npoll_interval = \"25ms\"\nretention = \"1d\"\nordering = \"unordered\"\n",
+    )
+    .unwrap();
+    let read = Command::new(OUTBOX)
+        .args(["--config", config.to_str().unwrap(), "status"])
+        .env("OUTBOX_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", stderr(&read));
 
     // A sink that refuses the credentials.
     let table = unique("cli");
@@ -841,7 +876,7 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
     std::fs::write(
         &config,
         format!(
-            "database_url = \"{}\"\ntable = \"{table}\"\n[relay]\npoll_interval_ms = 20\n\
+            "database_url = \"{}\"\ntable = \"{table}\"\n[relay]\npoll_interval = \"20ms\"\n\
              [sink]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n\
              [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
             postgres_url()

@@ -42,15 +42,9 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         sink_config.url = url;
     }
     let relay_config = &config.relay;
-    let ordering = match relay_config.ordering.as_deref() {
-        None | Some("per-aggregate") => Ordering::PerAggregate,
-        Some("unordered") => Ordering::Unordered,
-        Some(other) => {
-            return Err(CliError::Config(format!(
-                "relay.ordering {other:?} is not `per-aggregate` or `unordered`"
-            )));
-        }
-    };
+    let ordering = relay_config
+        .ordering
+        .map_or(Ordering::PerAggregate, Ordering::from);
     let batch = options
         .batch_size
         .or(relay_config.batch_size)
@@ -100,11 +94,11 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         if let Some(attempts) = relay_config.max_attempts {
             builder = builder.max_attempts(attempts);
         }
-        if let Some(ms) = relay_config.poll_interval_ms {
-            builder = builder.poll_interval(Duration::from_millis(ms));
+        if let Some(interval) = relay_config.poll_interval {
+            builder = builder.poll_interval(interval);
         }
-        if let Some(secs) = relay_config.retention_secs {
-            builder = builder.retention(Duration::from_secs(secs));
+        if let Some(period) = relay_config.retention {
+            builder = builder.retention(period);
         }
         builder.build().run(&mut shutdown).await;
     });

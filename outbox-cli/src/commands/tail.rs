@@ -21,7 +21,7 @@ pub(crate) async fn run(
 }
 
 /// Follows the table: prints what was recorded since the last poll, every 100 ms. Events the
-/// relay publishes and deletes between two polls are not seen: with `retention_secs` set, the
+/// relay publishes and deletes between two polls are not seen: with `relay.retention` set, the
 /// relay keeps them and nothing is missed.
 async fn tail(db: &Db, outbox: &Outbox, json: bool, from_start: bool) -> Result<(), CliError> {
     let mut last = if from_start {
