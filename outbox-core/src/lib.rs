@@ -61,6 +61,7 @@ mod connection;
 mod error;
 mod event;
 pub mod inbox;
+mod message;
 mod outbox;
 mod registry;
 pub mod relay;

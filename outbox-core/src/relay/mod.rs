@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+pub use crate::message::{DeadLetter, DeadLetterFilter};
 #[cfg(feature = "mysql")]
 pub use crate::store::mysql::relay::{MySqlClaim, MySqlSource};
 #[cfg(feature = "postgres")]
@@ -79,82 +80,6 @@ pub enum Ordering {
     PerAggregate,
     /// Events are independent: failures hold nothing back, aggregates are not serialized.
     Unordered,
-}
-
-/// An event that failed for good: kept in the outbox with its last error, until replayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The event.
-    pub message: Message,
-    /// The sink's last error.
-    pub last_error: String,
-    /// How long ago it became a dead letter.
-    pub dead_for: std::time::Duration,
-}
-
-/// Which dead letters a query selects: every one by default, each setting narrowing it. The
-/// database applies it, so listing ten among a million reads ten rows.
-///
-/// ```
-/// use std::time::Duration;
-/// use outbox::relay::DeadLetterFilter;
-///
-/// let filter = DeadLetterFilter::new()
-///     .event_type("MoneyTransferred")
-///     .dead_for_at_least(Duration::from_secs(3600));
-/// # drop(filter);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeadLetterFilter {
-    /// Only the event with this id.
-    pub id: Option<uuid::Uuid>,
-    /// Only events of this type.
-    pub event_type: Option<String>,
-    /// Only events of this aggregate type.
-    pub aggregate_type: Option<String>,
-    /// Only events of this aggregate id.
-    pub aggregate_id: Option<String>,
-    /// Only events dead for at least this long.
-    pub dead_for_at_least: Option<Duration>,
-}
-
-impl DeadLetterFilter {
-    /// Every dead letter.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Only the event with this id.
-    pub fn id(mut self, id: uuid::Uuid) -> Self {
-        self.id = Some(id);
-        self
-    }
-
-    /// Only events of this type.
-    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
-        self.event_type = Some(event_type.into());
-        self
-    }
-
-    /// Only events of this aggregate type.
-    pub fn aggregate_type(mut self, aggregate_type: impl Into<String>) -> Self {
-        self.aggregate_type = Some(aggregate_type.into());
-        self
-    }
-
-    /// Only events of this aggregate id.
-    pub fn aggregate_id(mut self, aggregate_id: impl Into<String>) -> Self {
-        self.aggregate_id = Some(aggregate_id.into());
-        self
-    }
-
-    /// Only events dead for at least `age`.
-    pub fn dead_for_at_least(mut self, age: Duration) -> Self {
-        self.dead_for_at_least = Some(age);
-        self
-    }
 }
 
 /// A database the relay can read an outbox from.

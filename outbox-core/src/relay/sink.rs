@@ -4,67 +4,7 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
-/// One outbox event, as the relay hands it to a [`Sink`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Message {
-    /// The event id (UUIDv7): use it as the message id downstream, so that brokers and consumer
-    /// inboxes can drop redeliveries.
-    pub id: uuid::Uuid,
-    /// Insertion number in the outbox table.
-    pub seq: i64,
-    /// Aggregate type: the default topic.
-    pub aggregate_type: String,
-    /// Aggregate id: the ordering key.
-    pub aggregate_id: String,
-    /// Event type.
-    pub event_type: String,
-    /// The payload, as JSON text.
-    pub payload: String,
-    /// Headers recorded with the event (JSON object text), if any.
-    pub headers: Option<String>,
-    /// Failed deliveries before this one.
-    pub attempts: i32,
-}
-
-impl Message {
-    /// A message for the relay, made by a [source](super::source::Source) of your own: `id` is
-    /// the event id consumers deduplicate on (keep it across redeliveries), `seq` the position
-    /// by which the source knows it again in the [`Settlement`](super::source::Settlement), and
-    /// `payload` JSON text. No headers, no failed attempts yet.
-    pub fn new(
-        id: uuid::Uuid,
-        seq: i64,
-        aggregate_type: impl Into<String>,
-        aggregate_id: impl Into<String>,
-        event_type: impl Into<String>,
-        payload: impl Into<String>,
-    ) -> Self {
-        Message {
-            id,
-            seq,
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-            event_type: event_type.into(),
-            payload: payload.into(),
-            headers: None,
-            attempts: 0,
-        }
-    }
-
-    /// With the headers recorded with the event (a JSON object's text).
-    pub fn with_headers(mut self, headers: impl Into<String>) -> Self {
-        self.headers = Some(headers.into());
-        self
-    }
-
-    /// With the number of failed deliveries so far: the relay dead-letters the message once
-    /// this attempt reaches [`max_attempts`](super::RelayBuilder::max_attempts).
-    pub fn with_attempts(mut self, attempts: i32) -> Self {
-        self.attempts = attempts;
-        self
-    }
-}
+pub use crate::message::Message;
 
 /// Why a sink could not deliver a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
