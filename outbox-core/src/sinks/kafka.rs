@@ -114,10 +114,17 @@ impl KafkaSink {
             Ok(brokers) if brokers > 0 => {}
             Ok(_) => return Err(SetupError::new(SINK, format!("{servers} lists no brokers"))),
             Err(error) => {
-                return Err(SetupError::unreachable(
-                    SINK,
-                    format!("cannot reach {servers}: {error}"),
-                ));
+                let problem = format!("cannot reach {servers}: {error}");
+                // Refused credentials need a person; anything else may be a cluster that is
+                // down or starting.
+                return Err(match error.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::Authentication
+                        | RDKafkaErrorCode::SaslAuthenticationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed,
+                    ) => SetupError::new(SINK, problem),
+                    _ => SetupError::unreachable(SINK, problem),
+                });
             }
         }
         Ok(KafkaSink {
