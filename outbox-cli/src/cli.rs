@@ -112,11 +112,10 @@ pub(crate) enum DeadLetters {
         /// Its event id.
         id: uuid::Uuid,
     },
-    /// Deletes dead letters for good.
+    /// Deletes dead letters for good (those the filters select).
     Purge {
-        /// Only this event type.
-        #[arg(long)]
-        event_type: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,

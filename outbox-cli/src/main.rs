@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let application = instance
         .as_ref()
-        .map(|instance| format!("{}{instance}", db::RELAY_APPLICATION));
+        .map(|instance| format!("{}{instance}", outbox::admin::RELAY_APPLICATION_PREFIX));
     let db = Db::connect_as(&settings.database_url, application.as_deref()).await?;
     let outbox = &settings.outbox;
     match cli.command {

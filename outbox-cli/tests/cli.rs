@@ -522,6 +522,13 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         "table = \"outbox\"\n[relay]\npoll_interval = \"25ms\"\nretention = \"1d\"\nordering = \"unordered\"\n",
     )
     .unwrap();
+    // The configuration's table, created first: on a fresh database nothing else may have.
+    let migrated = Command::new(OUTBOX)
+        .args(["--config", config.to_str().unwrap(), "migrate", "--no-inbox"])
+        .env("OUTBOX_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
     let read = Command::new(OUTBOX)
         .args(["--config", config.to_str().unwrap(), "status"])
         .env("OUTBOX_DATABASE_URL", &url)

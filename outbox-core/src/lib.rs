@@ -57,6 +57,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 mod connection;
 mod error;
 mod event;
@@ -66,14 +67,15 @@ mod outbox;
 mod registry;
 pub mod relay;
 pub mod sinks;
-mod store;
+pub mod store;
 mod table;
 
-pub use connection::{Dialect, OutboxConnection};
+pub use connection::OutboxConnection;
 pub use error::Error;
 pub use event::{Event, OutboxEvent, Recordable};
 pub use outbox::{Outbox, migrate, record};
 pub use registry::{EventDescriptor, Origin, registered_events};
+pub use store::Dialect;
 pub use table::TableName;
 
 /// `#[outbox_event]`: records the entity an async service function returns as an outbox event,

@@ -2,8 +2,9 @@
 
 use std::future::Future;
 
-use crate::connection::{Dialect, NewRow, OutboxConnection};
+use crate::connection::{NewRow, OutboxConnection};
 use crate::event::Recordable;
+use crate::store::Dialect;
 use crate::{Error, TableName};
 
 /// Longest aggregate type, aggregate id or event type accepted (the width of the MySQL columns).
@@ -156,7 +157,7 @@ impl Outbox {
             return Err(Error::NoTransaction {
                 event_type: event_type.to_owned(),
                 table: self.table.to_string(),
-                dialect: C::DIALECT,
+                dialect: <C::Dialect as sqlx::Database>::NAME,
             });
         }
         let payload = event.to_json().map_err(|source| Error::Serialize {
@@ -193,19 +194,19 @@ impl Outbox {
     /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe
     /// to run from several processes at once.
     pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
-        let wrap = |source| Error::database("migrate", &self.table, dialect, source);
+        let wrap = |source| Error::database("migrate", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
-        conn.__migrate(self).await.map_err(wrap)
+        DB::__migrate(&mut conn, self).await.map_err(wrap)
     }
 
     async fn insert<C>(&self, conn: &mut C, row: NewRow) -> Result<uuid::Uuid, Error>
     where
         C: OutboxConnection + ?Sized,
     {
-        conn.__insert(&self.table, &row)
+        let dialect = <C::Dialect as sqlx::Database>::NAME;
+        <C::Dialect as Dialect>::__insert(conn.__connection(), &self.table, &row)
             .await
-            .map_err(|source| Error::database("record", &self.table, C::DIALECT, source))?;
+            .map_err(|source| Error::database("record", &self.table, dialect, source))?;
         tracing::trace!(
             table = %self.table,
             event_id = %row.id,

@@ -198,4 +198,38 @@ mod tests {
         assert_eq!(t.quoted('"'), "\"app\".\"outbox\"");
         assert_eq!(TableName::DEFAULT.quoted('`'), "`outbox`");
     }
+
+    /// The rule, said plainly: one or two `.`-separated parts, each an ASCII identifier of at
+    /// most 63 bytes.
+    fn is_identifier(part: &str) -> bool {
+        part.len() <= 63
+            && part
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_name_is_accepted_exactly_when_its_parts_are_identifiers(
+            name in "\\PC{0,80}|[A-Za-z_][A-Za-z0-9_]{0,70}(\\.[A-Za-z_0-9][A-Za-z0-9_]{0,70})?[.;\"` ]?"
+        ) {
+            let parts: Vec<&str> = name.split('.').collect();
+            let valid = parts.len() <= 2 && parts.iter().all(|part| is_identifier(part));
+            match TableName::new(name.clone()) {
+                Ok(table) => {
+                    proptest::prop_assert!(valid, "{name:?} was accepted");
+                    proptest::prop_assert_eq!(table.as_str(), name.as_str());
+                    let quoted: Vec<String> = parts.iter().map(|part| format!("`{part}`")).collect();
+                    proptest::prop_assert_eq!(table.quoted('`'), quoted.join("."));
+                }
+                Err(Error::InvalidTableName { name: refused, reason }) => {
+                    proptest::prop_assert!(!valid, "{name:?} was refused: {reason}");
+                    proptest::prop_assert_eq!(refused, name);
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other}"),
+            }
+        }
+    }
 }

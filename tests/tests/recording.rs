@@ -266,7 +266,7 @@ macro_rules! dialect_tests {
                     Err(AppError::Outbox(Error::NoTransaction { event_type, table, dialect })) => {
                         assert_eq!(event_type, "AccountOpened");
                         assert_eq!(table, "outbox");
-                        assert_eq!(dialect, <<$db as sqlx::Database>::Connection as outbox::OutboxConnection>::DIALECT);
+                        assert_eq!(dialect, <$db as sqlx::Database>::NAME);
                     }
                     other => panic!("expected NoTransaction, got {other:?}"),
                 }

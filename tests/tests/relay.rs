@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use outbox::Event;
 use outbox::relay::{
-    Backoff, ChannelSink, DeadLetterFilter, HandlerSink, Message, Relay, RelayBuilder,
-    RelayDialect, Sink, SinkError,
+    Backoff, ChannelSink, DeadLetterFilter, HandlerSink, Message, Relay, RelayBuilder, Sink,
+    SinkError,
 };
 use outbox_tests::{Lite, My, Pg, RelayTable, TestDb, eventually};
 use tokio::sync::oneshot;
@@ -51,19 +51,13 @@ fn relay<D: TestDb, K: Sink>(
     table: &RelayTable<D>,
     pool: sqlx::Pool<D::Database>,
     sink: K,
-) -> RelayBuilder<sqlx::Pool<D::Database>, K>
-where
-    D::Database: RelayDialect,
-{
+) -> RelayBuilder<sqlx::Pool<D::Database>, K> {
     Relay::builder(pool, sink)
         .outbox(&table.outbox)
         .lease_ttl(Duration::from_secs(1))
 }
 
-async fn committed_events_are_published_and_rolled_back_events_never_are<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn committed_events_are_published_and_rolled_back_events_never_are<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     let (sink, mut received) = ChannelSink::new(10_000);
     let (stop, relay) = spawn(relay(&table, table.pool.clone(), sink).build());
@@ -129,10 +123,7 @@ where
     table.drop_table().await;
 }
 
-async fn four_racing_relays_keep_per_aggregate_order<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn four_racing_relays_keep_per_aggregate_order<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(20_000, 200).await;
     let log: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
@@ -189,10 +180,7 @@ where
     table.drop_table().await;
 }
 
-async fn relay_aborted_mid_batch_loses_nothing_and_duplicates_at_most_its_batches<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn relay_aborted_mid_batch_loses_nothing_and_duplicates_at_most_its_batches<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(5_000, 100).await;
     let deliveries = Arc::new(Mutex::new(Vec::new()));
@@ -309,10 +297,7 @@ impl CutConnections for Lite {
     }
 }
 
-async fn relay_survives_cut_connections_and_a_failing_sink<D: CutConnections>()
-where
-    D::Database: RelayDialect,
-{
+async fn relay_survives_cut_connections_and_a_failing_sink<D: CutConnections>() {
     let table = RelayTable::<D>::new().await;
     table.preload(3_000, 30).await;
     let failing = Arc::new(AtomicBool::new(true));
@@ -373,10 +358,7 @@ where
     table.drop_table().await;
 }
 
-async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(200, 20).await; // n = 0..200; aggregate agg-7 holds 7, 27, 47, ...
     let poison = 47;
@@ -483,10 +465,7 @@ async fn relay_wakes_on_commit_without_waiting_for_its_poll_interval() {
     table.drop_table().await;
 }
 
-async fn retention_keeps_published_events_then_purges_them<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn retention_keeps_published_events_then_purges_them<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(1_500, 10).await;
     let (sink, mut received) = ChannelSink::new(2_000);
@@ -522,10 +501,7 @@ where
     table.drop_table().await;
 }
 
-async fn relay_process_killed_with_sigkill_loses_nothing<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn relay_process_killed_with_sigkill_loses_nothing<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(4_000, 100).await;
     let deliveries = format!("{}_deliveries", table.name);
@@ -645,10 +621,7 @@ async fn relay_reports_published_failed_dead_batch_size_and_lag_metrics() {
     table.drop_table().await;
 }
 
-async fn unordered_relay_lets_later_events_pass_a_failing_one<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn unordered_relay_lets_later_events_pass_a_failing_one<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(50, 5).await; // aggregate agg-0 holds 0, 5, 10, ..., 45
     let stuck = 5;
@@ -697,10 +670,7 @@ where
 
 /// Dead letters are selected and counted by the database: by id, event type, aggregate and
 /// age, with the limit applied there.
-async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>()
-where
-    D::Database: RelayDialect,
-{
+async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>() {
     let table = RelayTable::<D>::new().await;
     table.preload(40, 4).await; // aggregates agg-0..agg-3, ten events each
     // Every event of agg-1 and agg-2 is refused for good.
@@ -783,6 +753,121 @@ where
 }
 
 /// One test per generic test above and dialect.
+/// The queries behind `outbox status`, `tail` and `dead-letters purge`, as library calls: the
+/// counts per type, the relays at work, the events in order, and purging by filter.
+async fn status_tail_and_purge_read_what_the_database_holds<D: TestDb>() {
+    let table = RelayTable::<D>::new().await;
+    let (outbox, pool) = (&table.outbox, &table.pool);
+    outbox.check(pool).await.unwrap();
+    assert_eq!(outbox.last_seq(pool).await.unwrap(), 0, "an empty table");
+    table.preload(40, 4).await; // agg-0..agg-3, ten events each, type `Numbered`
+    let counts = outbox.status(pool).await.unwrap();
+    assert_eq!(
+        counts.len(),
+        1,
+        "one aggregate type and event type: {counts:?}"
+    );
+    assert_eq!(
+        (
+            counts[0].aggregate_type.as_str(),
+            counts[0].event_type.as_str()
+        ),
+        ("test", "Numbered")
+    );
+    assert_eq!(
+        (counts[0].pending, counts[0].dead, counts[0].published),
+        (40, 0, 0)
+    );
+    assert!(counts[0].oldest_pending.is_some());
+
+    let events = outbox.events_after(pool, 0, 1_000).await.unwrap();
+    assert_eq!(events.len(), 40);
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "in seq order"
+    );
+    assert_eq!(
+        (0..40).collect::<Vec<_>>(),
+        events.iter().map(n).collect::<Vec<_>>()
+    );
+    let last = outbox.last_seq(pool).await.unwrap();
+    assert_eq!(last, events[39].seq);
+    assert!(
+        outbox
+            .events_after(pool, last, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let after_ten = outbox.events_after(pool, events[9].seq, 5).await.unwrap();
+    assert_eq!(
+        after_ten.iter().map(n).collect::<Vec<_>>(),
+        vec![10, 11, 12, 13, 14]
+    );
+
+    // agg-1 is refused for good; the rest is published and kept.
+    let sink = HandlerSink::new(|message: Message| async move {
+        if message.aggregate_id == "agg-1" {
+            return Err(SinkError::permanent("refused"));
+        }
+        Ok(())
+    });
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .retention(Duration::from_secs(3600))
+            .build(),
+    );
+    eventually(LIMIT, "30 kept and 10 dead", || async {
+        let counts = outbox.status(pool).await.unwrap();
+        counts.len() == 1 && (counts[0].pending, counts[0].dead, counts[0].published) == (0, 10, 30)
+    })
+    .await;
+    let relays = outbox.relays(pool).await.unwrap();
+    match D::NAME {
+        "SQLite" => {
+            let relays = relays.expect("SQLite shows the lease holder");
+            assert_eq!(relays.len(), 1, "{relays:?}");
+            assert_eq!(relays[0].detail, "holds the lease");
+        }
+        "MariaDB/MySQL" => assert_eq!(relays, None, "MySQL cannot tell"),
+        // The test's pool does not name its connections: no relay is recognised.
+        _ => assert_eq!(relays, Some(Vec::new())),
+    }
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    assert_eq!(outbox.status(pool).await.unwrap()[0].oldest_pending, None);
+    if D::NAME == "SQLite" {
+        assert_eq!(
+            outbox.relays(pool).await.unwrap(),
+            Some(Vec::new()),
+            "lease released"
+        );
+    }
+
+    let some = DeadLetterFilter::new()
+        .aggregate_id("agg-1")
+        .event_type("Other");
+    assert_eq!(outbox.purge_dead_letters(pool, &some).await.unwrap(), 0);
+    let first = outbox.dead_letters(pool, 1).await.unwrap();
+    let one = DeadLetterFilter::new().id(first[0].message.id);
+    assert_eq!(outbox.purge_dead_letters(pool, &one).await.unwrap(), 1);
+    let all = DeadLetterFilter::new();
+    assert_eq!(outbox.purge_dead_letters(pool, &all).await.unwrap(), 9);
+    assert_eq!(outbox.count_dead_letters(pool, &all).await.unwrap(), 0);
+    assert_eq!(
+        table.count("published_at IS NOT NULL").await,
+        30,
+        "kept events untouched"
+    );
+
+    let missing = outbox::Outbox::for_table(
+        outbox::TableName::new(format!("{}_missing", table.name)).unwrap(),
+    );
+    let error = missing.check(pool).await.unwrap_err();
+    assert!(error.to_string().contains("_missing"), "{error}");
+    table.drop_table().await;
+}
+
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {
         mod $module {
@@ -797,7 +882,8 @@ macro_rules! relay_tests {
                 retention_keeps_published_events_then_purges_them,
                 relay_process_killed_with_sigkill_loses_nothing,
                 unordered_relay_lets_later_events_pass_a_failing_one,
-                dead_letters_are_filtered_and_counted_by_the_database
+                dead_letters_are_filtered_and_counted_by_the_database,
+                status_tail_and_purge_read_what_the_database_holds
             );
         }
     };

@@ -150,15 +150,18 @@ async fn dead_letters(db: &Db, outbox: &Outbox, command: DeadLetters) -> Result<
             println!("{text}");
             Ok(())
         }
-        DeadLetters::Purge { event_type, yes } => {
-            let what = match &event_type {
-                Some(event_type) => format!("the `{event_type}` dead letters"),
-                None => "every dead letter".to_owned(),
+        DeadLetters::Purge { filter, yes } => {
+            let what = if filter.is_empty() {
+                "every dead letter".to_owned()
+            } else {
+                "the dead letters the filters select".to_owned()
             };
             if !yes && !confirm(&format!("delete {what} of `{}` for good?", outbox.table())) {
                 return Err(CliError::Other("nothing deleted".into()));
             }
-            let purged = db.purge_dead(outbox, event_type.as_deref()).await?;
+            let query = filter.to_query();
+            let purged = with_pool!(db, pool => outbox.purge_dead_letters(pool, &query).await)
+                .map_err(database)?;
             println!("{purged} dead letters deleted");
             Ok(())
         }

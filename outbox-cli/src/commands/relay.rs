@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outbox::Outbox;
 use outbox::relay::{Backoff, Ordering, Relay};
 use outbox::sinks::redacted;
 
@@ -65,7 +66,13 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         .await
         .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
     let sink_problem = SinkProblem::default();
-    let server = tokio::spawn(serve(listener, metrics, db.clone(), sink_problem.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        metrics,
+        db.clone(),
+        outbox.clone(),
+        sink_problem.clone(),
+    ));
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -151,6 +158,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     db: Db,
+    outbox: Outbox,
     sink_problem: SinkProblem,
 ) {
     use axum::http::StatusCode;
@@ -165,13 +173,13 @@ async fn serve(
         .route(
             "/health",
             axum::routing::get(move || {
-                let db = db.clone();
+                let (db, outbox) = (db.clone(), outbox.clone());
                 let sink = sink_problem
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner())
                     .clone();
                 async move {
-                    let ping = with_pool!(&db, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop));
+                    let ping = with_pool!(&db, pool => outbox.check(pool).await);
                     match (ping, sink) {
                         (Err(error), _) => (
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,23 +2,68 @@
 //! at work.
 
 use outbox::Outbox;
+use outbox::admin::{EventCounts, RelayInstance};
+use serde::Serialize;
 
 use crate::CliError;
-use crate::db::{self, Db};
+use crate::db::{Db, with_pool};
 
 /// Prints the status of `outbox`, as a table or JSON.
 pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliError> {
     db.check_table(outbox).await?;
-    let rows = db.status(outbox).await?;
-    let relays = db.relays(outbox).await?;
+    let counts = with_pool!(db, pool => outbox.status(pool).await)
+        .map_err(|error| CliError::Database(error.to_string()))?;
+    let relays = with_pool!(db, pool => outbox.relays(pool).await)
+        .map_err(|error| CliError::Database(format!("cannot list the relays: {error}")))?;
+    let rows: Vec<StatusRow> = counts.into_iter().map(StatusRow::from).collect();
+    let relays: Option<Vec<Relay>> =
+        relays.map(|relays| relays.into_iter().map(Relay::from).collect());
     print_status(&rows, relays.as_deref(), json)
 }
 
-fn print_status(
-    rows: &[db::StatusRow],
-    relays: Option<&[db::RelayInstance]>,
-    json: bool,
-) -> Result<(), CliError> {
+/// One line of `outbox status`.
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    aggregate_type: String,
+    event_type: String,
+    pending: u64,
+    dead: u64,
+    /// Published and kept (retention mode).
+    published: u64,
+    /// Age of the oldest pending event in seconds: the relays' lag.
+    oldest_pending_secs: Option<f64>,
+}
+
+impl From<EventCounts> for StatusRow {
+    fn from(counts: EventCounts) -> Self {
+        StatusRow {
+            oldest_pending_secs: counts.oldest_pending.map(|age| age.as_secs_f64()),
+            aggregate_type: counts.aggregate_type,
+            event_type: counts.event_type,
+            pending: counts.pending,
+            dead: counts.dead,
+            published: counts.published,
+        }
+    }
+}
+
+/// A relay at work, as `status --json` prints it.
+#[derive(Debug, Serialize)]
+struct Relay {
+    instance: String,
+    detail: String,
+}
+
+impl From<RelayInstance> for Relay {
+    fn from(relay: RelayInstance) -> Self {
+        Relay {
+            instance: relay.instance,
+            detail: relay.detail,
+        }
+    }
+}
+
+fn print_status(rows: &[StatusRow], relays: Option<&[Relay]>, json: bool) -> Result<(), CliError> {
     if json {
         let status = serde_json::json!({ "events": rows, "relays": relays });
         let text = serde_json::to_string_pretty(&status)
@@ -40,7 +85,7 @@ fn print_status(
             row.aggregate_type, row.event_type, row.pending, row.dead, row.published, age
         );
     }
-    let (pending, dead): (i64, i64) = rows
+    let (pending, dead): (u64, u64) = rows
         .iter()
         .fold((0, 0), |(p, d), row| (p + row.pending, d + row.dead));
     println!("total: {pending} pending, {dead} dead");

@@ -45,9 +45,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::connection::{Dialect, OutboxConnection};
-use crate::relay::source::delete_in_batches;
-use crate::{Error, TableName};
+use crate::{Dialect, Error, OutboxConnection, TableName};
 
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -186,10 +184,11 @@ impl Inbox {
     /// Creates the inbox table if it does not exist: primary key (`consumer`, `message_id`),
     /// `processed_at`, and an index on `processed_at` for purging. Idempotent.
     pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
-        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
-        let wrap = |source| Error::database("migrate inbox", &self.table, dialect, source);
+        let wrap = |source| Error::database("migrate inbox", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
-        conn.__inbox_migrate(&self.table).await.map_err(wrap)
+        DB::__inbox_migrate(&mut conn, &self.table)
+            .await
+            .map_err(wrap)
     }
 
     /// Records that `consumer` processes `message_id`, through `conn`, which must be inside a
@@ -211,13 +210,24 @@ impl Inbox {
             return Err(Error::NoTransaction {
                 event_type: format!("inbox entry of {consumer}"),
                 table: self.table.to_string(),
-                dialect: C::DIALECT,
+                dialect: <C::Dialect as sqlx::Database>::NAME,
             });
         }
-        let inserted = conn
-            .__inbox_insert(&self.table, consumer, message_id)
-            .await
-            .map_err(|source| Error::database("record", &self.table, C::DIALECT, source))?;
+        let inserted = <C::Dialect as Dialect>::__inbox_insert(
+            conn.__connection(),
+            &self.table,
+            consumer,
+            message_id,
+        )
+        .await
+        .map_err(|source| {
+            Error::database(
+                "record",
+                &self.table,
+                <C::Dialect as sqlx::Database>::NAME,
+                source,
+            )
+        })?;
         Ok(if inserted {
             Recorded::New
         } else {
@@ -242,8 +252,7 @@ impl Inbox {
         E: From<Error>,
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {
-        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
-        let wrap = |source| Error::database("process", &self.table, dialect, source);
+        let wrap = |source| Error::database("process", &self.table, DB::NAME, source);
         let mut tx = pool.begin().await.map_err(wrap)?;
         match self.record(&mut *tx, consumer, message_id).await? {
             Recorded::Duplicate => {
@@ -261,16 +270,9 @@ impl Inbox {
     /// Deletes the entries older than the [retention](Inbox::retention), in batches; returns how
     /// many. Run it periodically (hourly, daily).
     pub async fn purge<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<u64, Error> {
-        let dialect = <DB::Connection as OutboxConnection>::DIALECT;
-        let wrap = |source| Error::database("purge inbox", &self.table, dialect, source);
-        let older_than_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        delete_in_batches(PURGE_BATCH, || async {
-            let mut conn = pool.acquire().await?;
-            conn.__inbox_purge(&self.table, older_than_ms, PURGE_BATCH)
-                .await
-        })
-        .await
-        .map_err(wrap)
+        DB::__inbox_purge(pool, &self.table, self.retention, PURGE_BATCH)
+            .await
+            .map_err(|source| Error::database("purge inbox", &self.table, DB::NAME, source))
     }
 }
 

@@ -34,7 +34,7 @@
 use async_nats::jetstream::{AckKind, Message};
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
-use crate::connection::Dialect;
+use crate::Dialect;
 use crate::{Error, sinks};
 
 impl InboxMessage for Message {

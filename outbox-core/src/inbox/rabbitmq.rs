@@ -35,7 +35,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
-use crate::connection::Dialect;
+use crate::Dialect;
 use crate::{Error, sinks};
 
 impl InboxMessage for Delivery {

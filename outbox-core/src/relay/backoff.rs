@@ -64,4 +64,28 @@ mod tests {
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn every_delay_is_between_half_and_all_of_the_capped_doubling(
+            initial_ms in 1_u64..20_000,
+            max_ms in 0_u64..2_000_000,
+            attempt in 0_u32..200,
+        ) {
+            let (initial, max) = (Duration::from_millis(initial_ms), Duration::from_millis(max_ms));
+            let backoff = Backoff::new(initial, max);
+            let cap = max.max(initial);
+            let doublings = attempt.saturating_sub(1).min(40);
+            let full = initial
+                .checked_mul(1_u32.checked_shl(doublings).unwrap_or(u32::MAX))
+                .unwrap_or(cap)
+                .min(cap);
+            let delay = backoff.delay(attempt);
+            proptest::prop_assert!(delay <= full, "{delay:?} over {full:?}");
+            proptest::prop_assert!(
+                delay + Duration::from_micros(1) >= full / 2,
+                "{delay:?} under half of {full:?}"
+            );
+        }
+    }
 }

@@ -58,17 +58,11 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 pub use crate::message::{DeadLetter, DeadLetterFilter};
-#[cfg(feature = "mysql")]
-pub use crate::store::mysql::relay::{MySqlClaim, MySqlSource};
-#[cfg(feature = "postgres")]
-pub use crate::store::postgres::relay::{PgClaim, PgSource};
-#[cfg(feature = "sqlite")]
-pub use crate::store::sqlite::relay::{SqliteClaim, SqliteSource};
 pub use backoff::Backoff;
 pub use sink::{ChannelSink, Delivery, HandlerSink, Message, Sink, SinkError};
-use source::{Claim, Settlement, Source};
+use source::{Claim, Settlement, Source, SourceConfig};
 
-use crate::{Dialect, Error, Outbox, TableName};
+use crate::{Error, Outbox, TableName};
 
 /// Whether a failing event holds back the later events of its aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,149 +74,6 @@ pub enum Ordering {
     PerAggregate,
     /// Events are independent: failures hold nothing back, aggregates are not serialized.
     Unordered,
-}
-
-/// A database the relay can read an outbox from.
-pub trait RelayDialect: Dialect {
-    #[doc(hidden)]
-    type Source: Source;
-    #[doc(hidden)]
-    fn __source(pool: sqlx::Pool<Self>, config: &SourceConfig) -> Self::Source;
-    #[doc(hidden)]
-    fn __dead_letters(
-        pool: &sqlx::Pool<Self>,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>, sqlx::Error>> + Send;
-    #[doc(hidden)]
-    fn __count_dead_letters(
-        pool: &sqlx::Pool<Self>,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
-    #[doc(hidden)]
-    fn __replay(
-        pool: &sqlx::Pool<Self>,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
-}
-
-#[cfg(feature = "postgres")]
-impl RelayDialect for sqlx::Postgres {
-    type Source = PgSource;
-
-    fn __source(pool: sqlx::PgPool, config: &SourceConfig) -> Self::Source {
-        PgSource::new(pool, config)
-    }
-
-    async fn __dead_letters(
-        pool: &sqlx::PgPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::postgres::relay::dead_letters(pool, table, filter, limit).await
-    }
-
-    async fn __count_dead_letters(
-        pool: &sqlx::PgPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::postgres::relay::count_dead_letters(pool, table, filter).await
-    }
-
-    async fn __replay(
-        pool: &sqlx::PgPool,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::postgres::relay::replay(pool, table, ids).await
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl RelayDialect for sqlx::MySql {
-    type Source = MySqlSource;
-
-    fn __source(pool: sqlx::MySqlPool, config: &SourceConfig) -> Self::Source {
-        MySqlSource::new(pool, config)
-    }
-
-    async fn __dead_letters(
-        pool: &sqlx::MySqlPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::mysql::relay::dead_letters(pool, table, filter, limit).await
-    }
-
-    async fn __count_dead_letters(
-        pool: &sqlx::MySqlPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::mysql::relay::count_dead_letters(pool, table, filter).await
-    }
-
-    async fn __replay(
-        pool: &sqlx::MySqlPool,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::mysql::relay::replay(pool, table, ids).await
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl RelayDialect for sqlx::Sqlite {
-    type Source = SqliteSource;
-
-    fn __source(pool: sqlx::SqlitePool, config: &SourceConfig) -> Self::Source {
-        SqliteSource::new(pool, config)
-    }
-
-    async fn __dead_letters(
-        pool: &sqlx::SqlitePool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        crate::store::sqlite::relay::dead_letters(pool, table, filter, limit).await
-    }
-
-    async fn __count_dead_letters(
-        pool: &sqlx::SqlitePool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::sqlite::relay::count_dead_letters(pool, table, filter).await
-    }
-
-    async fn __replay(
-        pool: &sqlx::SqlitePool,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> Result<u64, sqlx::Error> {
-        crate::store::sqlite::relay::replay(pool, table, ids).await
-    }
-}
-
-/// What a table [`Source`] needs to know of the relay's settings.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    pub table: TableName,
-    pub ordering: Ordering,
-    /// Retention mode: mark published events instead of deleting them.
-    pub retain: bool,
-    /// The table notifies on commit: wait for notifications, not only the poll interval.
-    pub listen: bool,
-    /// SQLite: how long the relay lease lasts without renewal.
-    pub lease_ttl: Duration,
 }
 
 /// Settings of a [`Relay`]; see [`RelayBuilder`] for their meaning and defaults.
@@ -242,19 +93,17 @@ struct Config {
 
 /// Where a [`RelayBuilder`] takes its [`Source`] from: a pool, whose outbox table the relay
 /// claims from ([`Relay::builder`]), or a source of your own ([`Relay::from_source`]).
+/// Implemented by the library; the databases implement it for their pools.
+#[diagnostic::on_unimplemented(
+    message = "the relay cannot read an outbox from `{Self}`",
+    label = "expected a `sqlx::Pool` of an enabled database",
+    note = "give `Relay::builder` a pool (`PgPool`, `MySqlPool`, `SqlitePool`, with the outbox feature of that database on); a source of your own goes to `Relay::from_source`"
+)]
 pub trait IntoSource {
     /// The source the relay reads.
     type Source: Source;
     #[doc(hidden)]
     fn __into_source(self, config: &SourceConfig) -> Self::Source;
-}
-
-impl<DB: RelayDialect> IntoSource for sqlx::Pool<DB> {
-    type Source = DB::Source;
-
-    fn __into_source(self, config: &SourceConfig) -> DB::Source {
-        DB::__source(self, config)
-    }
 }
 
 /// A [`Source`] given to [`Relay::from_source`], used as it is.
@@ -365,11 +214,9 @@ pub struct Relay<S, K> {
 }
 
 impl Relay<(), ()> {
-    /// A relay from `pool`'s outbox table to `sink`, with default settings.
-    pub fn builder<DB: RelayDialect, K: Sink>(
-        pool: sqlx::Pool<DB>,
-        sink: K,
-    ) -> RelayBuilder<sqlx::Pool<DB>, K> {
+    /// A relay from `pool`'s outbox table to `sink`, with default settings: `pool` is a
+    /// `sqlx::Pool` of a database whose feature is on (`PgPool`, `MySqlPool`, `SqlitePool`).
+    pub fn builder<P: IntoSource, K: Sink>(pool: P, sink: K) -> RelayBuilder<P, K> {
         Relay::with(pool, sink)
     }
 
@@ -662,66 +509,147 @@ fn idle_pause(claim_took: Duration) -> Duration {
     }
 }
 
-impl Outbox {
-    /// Dead letters of this outbox (at most `limit`, oldest first): events that failed for good,
-    /// with their last error.
-    pub async fn dead_letters<DB: RelayDialect>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, Error> {
-        self.dead_letters_where(pool, &DeadLetterFilter::new(), limit)
-            .await
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A source that never has anything: the tests call `publish` directly.
+    struct Nothing;
+    struct NoClaim;
+
+    impl Source for Nothing {
+        type Claim = NoClaim;
+        async fn claim(&self, _max: usize) -> Result<Option<NoClaim>, Error> {
+            Ok(None)
+        }
+        async fn wait(&self, _timeout: Duration) {}
+        async fn maintain(&self, _retention: Option<Duration>) -> Result<f64, Error> {
+            Ok(0.0)
+        }
     }
 
-    /// The dead letters `filter` selects (at most `limit`, oldest first), selected by the
-    /// database.
-    pub async fn dead_letters_where<DB: RelayDialect>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-        filter: &DeadLetterFilter,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, Error> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        DB::__dead_letters(pool, self.table(), filter, limit)
-            .await
-            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    impl Claim for NoClaim {
+        fn take_messages(&mut self) -> Vec<Message> {
+            Vec::new()
+        }
+        async fn settle(self, _settlement: Settlement) -> Result<(), Error> {
+            Ok(())
+        }
     }
 
-    /// How many dead letters `filter` selects.
-    pub async fn count_dead_letters<DB: RelayDialect>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, Error> {
-        DB::__count_dead_letters(pool, self.table(), filter)
-            .await
-            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    /// Fails the events whose `seq` it is given, and remembers each call's batch. When it keeps
+    /// order, it delivers nothing of an aggregate after that aggregate's failure in a batch, as
+    /// the contract of `keeps_order` says.
+    struct Recorder {
+        failing: HashSet<i64>,
+        keeps_order: bool,
+        waves: Mutex<Vec<Vec<Message>>>,
     }
 
-    /// Makes the given dead letters deliverable again (attempts reset); returns how many.
-    pub async fn replay_dead_letters<DB: RelayDialect>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-        ids: &[uuid::Uuid],
-    ) -> Result<u64, Error> {
-        DB::__replay(pool, self.table(), Some(ids))
-            .await
-            .map_err(|source| self.database_error::<DB>("replay", source))
+    impl Sink for Recorder {
+        fn publish(&self, batch: &[Message]) -> impl Future<Output = Vec<Delivery>> + Send {
+            self.waves.lock().unwrap().push(batch.to_vec());
+            let mut failed = HashSet::new();
+            let results = batch
+                .iter()
+                .map(|m| {
+                    let behind = self.keeps_order && failed.contains(&m.aggregate_id);
+                    if behind || self.failing.contains(&m.seq) {
+                        failed.insert(m.aggregate_id.clone());
+                        Err(SinkError::transient("refused"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect();
+            std::future::ready(results)
+        }
+
+        fn keeps_order(&self) -> bool {
+            self.keeps_order
+        }
     }
 
-    /// Makes every dead letter deliverable again; returns how many.
-    pub async fn replay_all_dead_letters<DB: RelayDialect>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-    ) -> Result<u64, Error> {
-        DB::__replay(pool, self.table(), None)
-            .await
-            .map_err(|source| self.database_error::<DB>("replay", source))
+    fn batch(aggregates: &[u8]) -> Vec<Message> {
+        aggregates
+            .iter()
+            .enumerate()
+            .map(|(seq, aggregate)| {
+                let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+                Message::new(
+                    uuid::Uuid::now_v7(),
+                    seq,
+                    "t",
+                    aggregate.to_string(),
+                    "E",
+                    "{}",
+                )
+            })
+            .collect()
     }
 
-    fn database_error<DB: Dialect>(&self, operation: &'static str, source: sqlx::Error) -> Error {
-        let dialect = <DB::Connection as crate::OutboxConnection>::DIALECT;
-        Error::database(operation, self.table(), dialect, source)
+    proptest! {
+        /// Per aggregate: the events before its first failure are published, the failure is
+        /// retried, the events after it are released untried; waves never hold two events of
+        /// one aggregate unless the sink keeps their order, and then in order.
+        #[test]
+        fn waves_publish_each_aggregate_in_order_up_to_its_first_failure(
+            aggregates in proptest::collection::vec(0_u8..5, 1..40),
+            failing in proptest::collection::hash_set(0_i64..40, 0..8),
+            keeps_order in any::<bool>(),
+            unordered in any::<bool>(),
+        ) {
+            let ordering = if unordered { Ordering::Unordered } else { Ordering::PerAggregate };
+            let sink = Recorder { failing: failing.clone(), keeps_order, waves: Mutex::default() };
+            let relay = Relay::from_source(Nothing, sink).ordering(ordering).build();
+            let messages = batch(&aggregates);
+            let settlement = relay.publish(messages.clone()).now_or_never().unwrap();
+
+            let published: HashSet<i64> = settlement.published.iter().copied().collect();
+            let retried: HashSet<i64> = settlement.retry.iter().map(|(seq, ..)| *seq).collect();
+            prop_assert!(settlement.dead.is_empty(), "transient failures are retried");
+            prop_assert_eq!(published.len(), settlement.published.len(), "published once");
+            prop_assert!(published.is_disjoint(&retried));
+
+            let mut by_aggregate: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+            for message in &messages {
+                by_aggregate.entry(&message.aggregate_id).or_default().push(message.seq);
+            }
+            for seqs in by_aggregate.values() {
+                if unordered {
+                    for seq in seqs {
+                        prop_assert_eq!(retried.contains(seq), failing.contains(seq));
+                        prop_assert_eq!(published.contains(seq), !failing.contains(seq));
+                    }
+                    continue;
+                }
+                let first_failure = seqs.iter().position(|seq| failing.contains(seq));
+                let delivered = first_failure.unwrap_or(seqs.len());
+                for (i, seq) in seqs.iter().enumerate() {
+                    prop_assert_eq!(published.contains(seq), i < delivered, "seq {}", seq);
+                    prop_assert_eq!(retried.contains(seq), Some(i) == first_failure, "seq {}", seq);
+                }
+            }
+
+            let waves = relay.sink.waves.lock().unwrap();
+            for wave in waves.iter() {
+                let mut last_of: BTreeMap<&str, i64> = BTreeMap::new();
+                for message in wave {
+                    if let Some(previous) = last_of.insert(&message.aggregate_id, message.seq) {
+                        prop_assert!(
+                            keeps_order || unordered,
+                            "two events of aggregate {} in one wave", message.aggregate_id
+                        );
+                        prop_assert!(previous < message.seq, "out of order within a wave");
+                    }
+                }
+            }
+        }
     }
 }

@@ -413,4 +413,69 @@ mod tests {
         assert!(headers.contains(&("traceparent".into(), "00-abc-def-01".into())));
         assert!(headers.contains(&("n".into(), "3".into())));
     }
+
+    /// A piece of a routing template: literal text, or a placeholder.
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Text(String),
+        AggregateType,
+        EventType,
+        AggregateId,
+    }
+
+    fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-z0-9._/-]{1,6}".prop_map(Piece::Text),
+            Just(Piece::AggregateType),
+            Just(Piece::EventType),
+            Just(Piece::AggregateId),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_template_renders_its_text_and_the_message_fields_in_order(
+            pieces in proptest::collection::vec(piece(), 1..8),
+            aggregate_type in "\\PC{1,12}",
+            event_type in "\\PC{1,12}",
+            aggregate_id in "\\PC{1,12}",
+        ) {
+            let mut message = message();
+            message.aggregate_type = aggregate_type;
+            message.event_type = event_type;
+            message.aggregate_id = aggregate_id;
+            let (mut template, mut expected) = (String::new(), String::new());
+            for piece in &pieces {
+                let (written, value) = match piece {
+                    Piece::Text(text) => (text.as_str(), text.as_str()),
+                    Piece::AggregateType => ("{aggregate_type}", message.aggregate_type.as_str()),
+                    Piece::EventType => ("{event_type}", message.event_type.as_str()),
+                    Piece::AggregateId => ("{aggregate_id}", message.aggregate_id.as_str()),
+                };
+                template.push_str(written);
+                expected.push_str(value);
+            }
+            let routing = Routing::template(&template).unwrap();
+            proptest::prop_assert_eq!(routing.destination(&message), expected);
+        }
+
+        #[test]
+        fn any_template_text_is_parsed_or_refused_without_panicking(template in "\\PC{0,24}") {
+            match Routing::template(&template) {
+                Ok(routing) => {
+                    // Accepted: braces only around known placeholders.
+                    let rendered = routing.destination(&message());
+                    proptest::prop_assert!(!rendered.is_empty());
+                    if !template.contains('{') {
+                        proptest::prop_assert_eq!(rendered, template);
+                    }
+                }
+                Err(error) => proptest::prop_assert!(
+                    error.to_string().contains("template"),
+                    "{error}"
+                ),
+            }
+        }
+    }
 }

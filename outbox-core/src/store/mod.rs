@@ -1,37 +1,182 @@
-//! The dialects: how each database stores the outbox. Everything dialect-specific lives here.
+//! The databases: each one's SQL, whole statements, in `store/<database>/`, behind one sealed
+//! trait, [`Dialect`] — the way sqlx's drivers implement `sqlx::Database`. The rest of the
+//! crate (recording, the relay, the inbox, the administrative queries) is written once against
+//! that trait and never names a database.
+//!
+//! The public items of each database's module are its relay [`Source`](crate::relay::source::Source)
+//! and claim, what [`Relay::builder`](crate::relay::Relay::builder) reads from given that
+//! database's pool: [`TableSource`] on the databases with row locks (`postgres::PgSource`,
+//! `mysql::MySqlSource`), `sqlite::SqliteSource` on SQLite, where relays take turns.
 
-/// The inbox methods of `OutboxConnection` in a dialect's impl: each calls the function of the
-/// same name in the dialect's `inbox` module.
+use std::future::Future;
+use std::time::Duration;
+
+use crate::admin::{EventCounts, RelayInstance};
+use crate::connection::NewRow;
+use crate::message::{DeadLetter, DeadLetterFilter, Message};
+use crate::relay::IntoSource;
+use crate::relay::source::{Source, SourceConfig};
+use crate::{Outbox, OutboxConnection, TableName};
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod locking;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-macro_rules! inbox_methods {
-    () => {
-        async fn __inbox_insert(
-            &mut self,
-            table: &TableName,
-            consumer: &str,
-            message_id: &str,
-        ) -> Result<bool, sqlx::Error> {
-            inbox::insert(self, table, consumer, message_id).await
-        }
+pub(crate) mod table;
 
-        async fn __inbox_migrate(&mut self, table: &TableName) -> Result<(), sqlx::Error> {
-            inbox::migrate(self, table).await
-        }
-
-        async fn __inbox_purge(
-            &mut self,
-            table: &TableName,
-            older_than_ms: i64,
-            limit: i64,
-        ) -> Result<u64, sqlx::Error> {
-            inbox::purge(self, table, older_than_ms, limit).await
-        }
-    };
-}
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[doc(hidden)]
+pub use locking::RowLocking;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use locking::{TableClaim, TableSource};
 
 #[cfg(feature = "mysql")]
-pub(crate) mod mysql;
+pub mod mysql;
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+pub mod postgres;
 #[cfg(feature = "sqlite")]
-pub(crate) mod sqlite;
+pub mod sqlite;
+
+/// A database the outbox supports, for code generic over the database:
+///
+/// ```
+/// # #[cfg(feature = "postgres")] {
+/// use outbox::Dialect;
+///
+/// async fn open_account<DB: Dialect>(tx: &mut sqlx::Transaction<'_, DB>) { /* ... */ }
+/// # }
+/// ```
+///
+/// Implemented for `Postgres`, `MySql` and `Sqlite` when their cargo features are on; the
+/// trait is sealed. Its methods are the library's: each database's statements for recording,
+/// migrations, the relay's table source, the inbox and the administrative queries.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait Dialect:
+    sqlx::Database<Connection: OutboxConnection<Dialect = Self>> + sealed::Sealed
+{
+    /// The outbox table as a relay source.
+    #[doc(hidden)]
+    type Source: Source;
+
+    #[doc(hidden)]
+    fn __insert<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        row: &'a NewRow,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __migrate<'a>(
+        conn: &'a mut Self::Connection,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Inserts the inbox entry unless it exists; true when inserted.
+    #[doc(hidden)]
+    fn __inbox_insert<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        consumer: &'a str,
+        message_id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __inbox_migrate<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Deletes, `batch` rows per statement, the entries processed more than `older_than` ago;
+    /// how many.
+    #[doc(hidden)]
+    fn __inbox_purge<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        older_than: Duration,
+        batch: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __source(pool: sqlx::Pool<Self>, config: &SourceConfig) -> Self::Source;
+
+    /// The dead letters `filter` selects, oldest first, at most `limit`.
+    #[doc(hidden)]
+    fn __dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __count_dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Deletes the dead letters `filter` selects; how many.
+    #[doc(hidden)]
+    fn __purge_dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Makes dead letters deliverable again, attempts reset. `ids`: `None` for all.
+    #[doc(hidden)]
+    fn __replay<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        ids: Option<&'a [uuid::Uuid]>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Counts per aggregate type and event type, in that order.
+    #[doc(hidden)]
+    fn __status<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Vec<EventCounts>, sqlx::Error>> + Send + 'a;
+
+    /// The relays at work on this table, `None` where the database cannot tell.
+    #[doc(hidden)]
+    fn __relays<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Option<Vec<RelayInstance>>, sqlx::Error>> + Send + 'a;
+
+    /// The highest `seq` in the table, 0 when it is empty.
+    #[doc(hidden)]
+    fn __last_seq<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'a;
+
+    /// The events recorded after `after` (a `seq`), whatever their state, in order, at most
+    /// `limit`.
+    #[doc(hidden)]
+    fn __events_after<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
+}
+
+impl<DB: Dialect> IntoSource for sqlx::Pool<DB> {
+    type Source = DB::Source;
+
+    fn __into_source(self, config: &SourceConfig) -> DB::Source {
+        DB::__source(self, config)
+    }
+}
+
+pub(crate) mod sealed {
+    /// Only the library implements `Dialect` and `OutboxConnection`.
+    pub trait Sealed {}
+
+    impl<DB: sqlx::Database> Sealed for sqlx::Transaction<'_, DB> {}
+    impl<DB: sqlx::Database> Sealed for sqlx::pool::PoolConnection<DB> {}
+}

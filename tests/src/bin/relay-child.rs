@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outbox::relay::{HandlerSink, Message, Relay, RelayDialect, SinkError};
+use outbox::relay::{HandlerSink, Message, Relay, SinkError};
 use outbox::{Outbox, TableName};
 
 type Failure = Box<dyn std::error::Error>;
@@ -29,7 +29,7 @@ async fn main() -> Result<(), Failure> {
     }
 }
 
-async fn relay<DB: RelayDialect>(
+async fn relay<DB: outbox::Dialect>(
     pool: sqlx::Pool<DB>,
     table: String,
     insert: String,

@@ -1,9 +1,12 @@
 //! The inbox on MySQL / MariaDB: `INSERT IGNORE` on the primary key. The key's length was
 //! checked before (at most 255 bytes), so `IGNORE` can only skip a duplicate.
 
-use sqlx::{AssertSqlSafe, MySqlConnection};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, MySqlConnection, MySqlPool};
 
 use crate::TableName;
+use crate::store::table::delete_in_batches;
 
 pub(crate) async fn insert(
     conn: &mut MySqlConnection,
@@ -41,21 +44,26 @@ pub(crate) async fn migrate(
     Ok(())
 }
 
+/// Deletes the entries older than `older_than`, `batch` per statement.
 pub(crate) async fn purge(
-    conn: &mut MySqlConnection,
+    pool: &MySqlPool,
     table: &TableName,
-    older_than_ms: i64,
-    limit: i64,
+    older_than: Duration,
+    batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let sql = format!(
         "DELETE FROM {} WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL ? * 1000 MICROSECOND \
          LIMIT ?",
         table.quoted('`')
     );
-    let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(older_than_ms)
-        .bind(limit)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    delete_in_batches(batch, || async {
+        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(older_than_ms)
+            .bind(batch)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }

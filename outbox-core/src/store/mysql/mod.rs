@@ -1,24 +1,34 @@
 //! MySQL 8 and MariaDB 10.6+: `JSON` payload, auto-increment `seq` primary key and one index
 //! for the relay, UTC microsecond timestamps.
 
+mod admin;
 mod inbox;
-pub(crate) mod relay;
+mod relay;
 
-use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
+use std::time::Duration;
 
-use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
-use crate::{Outbox, TableName};
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
-impl Sealed for MySqlConnection {}
+pub use self::relay::{MySqlClaim, MySqlSource};
+use crate::admin::{EventCounts, RelayInstance};
+use crate::connection::{NewRow, outbox_connection};
+use crate::message::{DeadLetter, DeadLetterFilter, Message};
+use crate::relay::source::SourceConfig;
+use crate::store::TableSource;
+use crate::{Dialect, Outbox, TableName};
 
-impl OutboxConnection for MySqlConnection {
-    const DIALECT: &'static str = "MySQL";
+outbox_connection!(MySqlConnection => MySql);
 
-    fn __in_transaction(&self) -> bool {
-        self.is_in_transaction()
-    }
+impl crate::store::sealed::Sealed for MySql {}
 
-    async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
+impl Dialect for MySql {
+    type Source = MySqlSource;
+
+    async fn __insert(
+        conn: &mut MySqlConnection,
+        table: &TableName,
+        row: &NewRow,
+    ) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -31,14 +41,12 @@ impl OutboxConnection for MySqlConnection {
             .bind(&row.event_type)
             .bind(&row.payload)
             .bind(&row.headers)
-            .execute(&mut *self)
+            .execute(conn)
             .await?;
         Ok(())
     }
 
-    inbox_methods!();
-
-    async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
+    async fn __migrate(conn: &mut MySqlConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
         let table = outbox.table();
         // DDL commits implicitly in MySQL, and `CREATE TABLE IF NOT EXISTS` is atomic under
         // the metadata lock, so concurrent migrations need no extra lock.
@@ -61,7 +69,7 @@ impl OutboxConnection for MySqlConnection {
             table.quoted('`')
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *self)
+            .execute(&mut *conn)
             .await?;
         // The index behind per-aggregate order, added to tables created without it. MySQL has
         // no `CREATE INDEX IF NOT EXISTS`; a concurrent migration that added it first is fine.
@@ -74,14 +82,14 @@ impl OutboxConnection for MySqlConnection {
         .bind(schema)
         .bind(name)
         .bind(&index)
-        .fetch_one(&mut *self)
+        .fetch_one(&mut *conn)
         .await?;
         if present == 0 {
             let sql = format!(
                 "ALTER TABLE {} ADD INDEX `{index}` (aggregate_type, aggregate_id, seq)",
                 table.quoted('`')
             );
-            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *self).await {
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
                 Err(sqlx::Error::Database(error))
                     if error
                         .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
@@ -95,5 +103,95 @@ impl OutboxConnection for MySqlConnection {
             }
         }
         Ok(())
+    }
+
+    async fn __inbox_insert(
+        conn: &mut MySqlConnection,
+        table: &TableName,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        inbox::insert(conn, table, consumer, message_id).await
+    }
+
+    async fn __inbox_migrate(
+        conn: &mut MySqlConnection,
+        table: &TableName,
+    ) -> Result<(), sqlx::Error> {
+        inbox::migrate(conn, table).await
+    }
+
+    async fn __inbox_purge(
+        pool: &MySqlPool,
+        table: &TableName,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        inbox::purge(pool, table, older_than, batch).await
+    }
+
+    fn __source(pool: MySqlPool, config: &SourceConfig) -> MySqlSource {
+        TableSource::new(pool, config)
+    }
+
+    async fn __dead_letters(
+        pool: &MySqlPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        admin::dead_letters(pool, table, filter, limit).await
+    }
+
+    async fn __count_dead_letters(
+        pool: &MySqlPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        admin::count_dead_letters(pool, table, filter).await
+    }
+
+    async fn __purge_dead_letters(
+        pool: &MySqlPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        admin::purge_dead_letters(pool, table, filter).await
+    }
+
+    async fn __replay(
+        pool: &MySqlPool,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> Result<u64, sqlx::Error> {
+        admin::replay(pool, table, ids).await
+    }
+
+    async fn __status(
+        pool: &MySqlPool,
+        table: &TableName,
+    ) -> Result<Vec<EventCounts>, sqlx::Error> {
+        admin::status(pool, table).await
+    }
+
+    async fn __relays(
+        _pool: &MySqlPool,
+        _table: &TableName,
+    ) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
+        // Connections carry no name a relay could set: the database cannot tell.
+        Ok(None)
+    }
+
+    async fn __last_seq(pool: &MySqlPool, table: &TableName) -> Result<i64, sqlx::Error> {
+        admin::last_seq(pool, table).await
+    }
+
+    async fn __events_after(
+        pool: &MySqlPool,
+        table: &TableName,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        admin::events_after(pool, table, after, limit).await
     }
 }

@@ -1,8 +1,11 @@
 //! The inbox on PostgreSQL: `INSERT ... ON CONFLICT DO NOTHING` on the primary key.
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::TableName;
+use crate::store::table::delete_in_batches;
 
 pub(crate) async fn insert(
     conn: &mut PgConnection,
@@ -48,22 +51,27 @@ pub(crate) async fn migrate(conn: &mut PgConnection, table: &TableName) -> Resul
     tx.commit().await
 }
 
+/// Deletes the entries older than `older_than`, `batch` per statement.
 pub(crate) async fn purge(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     table: &TableName,
-    older_than_ms: i64,
-    limit: i64,
+    older_than: Duration,
+    batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let quoted = table.quoted('"');
     let sql = format!(
         "DELETE FROM {quoted} WHERE ctid IN (SELECT ctid FROM {quoted} \
          WHERE processed_at < clock_timestamp() - make_interval(secs => $1::double precision / 1000) \
          LIMIT $2)"
     );
-    let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(older_than_ms)
-        .bind(limit)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    delete_in_batches(batch, || async {
+        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(older_than_ms)
+            .bind(batch)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }

@@ -1,23 +1,33 @@
 //! PostgreSQL: `jsonb` payload, identity `seq` primary key, a `NOTIFY` trigger for the relay.
 
+mod admin;
 mod inbox;
-pub(crate) mod relay;
+mod relay;
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use std::time::Duration;
 
-use crate::connection::{NewRow, OutboxConnection, sealed::Sealed};
-use crate::{Outbox, TableName};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 
-impl Sealed for PgConnection {}
+pub use self::relay::{PgClaim, PgSource};
+use crate::admin::{EventCounts, RelayInstance};
+use crate::connection::{NewRow, outbox_connection};
+use crate::message::{DeadLetter, DeadLetterFilter, Message};
+use crate::relay::source::SourceConfig;
+use crate::store::TableSource;
+use crate::{Dialect, Outbox, TableName};
 
-impl OutboxConnection for PgConnection {
-    const DIALECT: &'static str = "PostgreSQL";
+outbox_connection!(PgConnection => Postgres);
 
-    fn __in_transaction(&self) -> bool {
-        self.is_in_transaction()
-    }
+impl crate::store::sealed::Sealed for Postgres {}
 
-    async fn __insert(&mut self, table: &TableName, row: &NewRow) -> Result<(), sqlx::Error> {
+impl Dialect for Postgres {
+    type Source = PgSource;
+
+    async fn __insert(
+        conn: &mut PgConnection,
+        table: &TableName,
+        row: &NewRow,
+    ) -> Result<(), sqlx::Error> {
         // The payload travels as text and is parsed into jsonb by the server, once.
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
@@ -31,16 +41,14 @@ impl OutboxConnection for PgConnection {
             .bind(&row.event_type)
             .bind(&row.payload)
             .bind(&row.headers)
-            .execute(&mut *self)
+            .execute(conn)
             .await?;
         Ok(())
     }
 
-    inbox_methods!();
-
-    async fn __migrate(&mut self, outbox: &Outbox) -> Result<(), sqlx::Error> {
+    async fn __migrate(conn: &mut PgConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
         let table = outbox.table();
-        let mut tx = self.begin().await?;
+        let mut tx = conn.begin().await?;
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog: serialize
         // migrations of one table on an advisory lock held until commit.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -77,5 +85,91 @@ impl OutboxConnection for PgConnection {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
+    }
+
+    async fn __inbox_insert(
+        conn: &mut PgConnection,
+        table: &TableName,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        inbox::insert(conn, table, consumer, message_id).await
+    }
+
+    async fn __inbox_migrate(
+        conn: &mut PgConnection,
+        table: &TableName,
+    ) -> Result<(), sqlx::Error> {
+        inbox::migrate(conn, table).await
+    }
+
+    async fn __inbox_purge(
+        pool: &PgPool,
+        table: &TableName,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        inbox::purge(pool, table, older_than, batch).await
+    }
+
+    fn __source(pool: PgPool, config: &SourceConfig) -> PgSource {
+        TableSource::new(pool, config)
+    }
+
+    async fn __dead_letters(
+        pool: &PgPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        admin::dead_letters(pool, table, filter, limit).await
+    }
+
+    async fn __count_dead_letters(
+        pool: &PgPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        admin::count_dead_letters(pool, table, filter).await
+    }
+
+    async fn __purge_dead_letters(
+        pool: &PgPool,
+        table: &TableName,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, sqlx::Error> {
+        admin::purge_dead_letters(pool, table, filter).await
+    }
+
+    async fn __replay(
+        pool: &PgPool,
+        table: &TableName,
+        ids: Option<&[uuid::Uuid]>,
+    ) -> Result<u64, sqlx::Error> {
+        admin::replay(pool, table, ids).await
+    }
+
+    async fn __status(pool: &PgPool, table: &TableName) -> Result<Vec<EventCounts>, sqlx::Error> {
+        admin::status(pool, table).await
+    }
+
+    async fn __relays(
+        pool: &PgPool,
+        _table: &TableName,
+    ) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
+        admin::relays(pool).await.map(Some)
+    }
+
+    async fn __last_seq(pool: &PgPool, table: &TableName) -> Result<i64, sqlx::Error> {
+        admin::last_seq(pool, table).await
+    }
+
+    async fn __events_after(
+        pool: &PgPool,
+        table: &TableName,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        admin::events_after(pool, table, after, limit).await
     }
 }

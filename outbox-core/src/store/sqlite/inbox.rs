@@ -1,10 +1,13 @@
 //! The inbox on SQLite: `INSERT ... ON CONFLICT DO NOTHING`; one writer at a time, so a second
 //! delivery waits for the first transaction's write lock.
 
-use sqlx::{AssertSqlSafe, SqliteConnection};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, SqliteConnection, SqlitePool};
 
 use super::relay::companion;
 use crate::TableName;
+use crate::store::table::delete_in_batches;
 
 pub(crate) async fn insert(
     conn: &mut SqliteConnection,
@@ -45,21 +48,26 @@ pub(crate) async fn migrate(
     Ok(())
 }
 
+/// Deletes the entries older than `older_than`, `batch` per statement.
 pub(crate) async fn purge(
-    conn: &mut SqliteConnection,
+    pool: &SqlitePool,
     table: &TableName,
-    older_than_ms: i64,
-    limit: i64,
+    older_than: Duration,
+    batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
     let quoted = table.quoted('"');
     let sql = format!(
         "DELETE FROM {quoted} WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM {quoted} \
          WHERE processed_at < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ? LIMIT ?)"
     );
-    let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(older_than_ms)
-        .bind(limit)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    delete_in_batches(batch, || async {
+        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(older_than_ms)
+            .bind(batch)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }

@@ -8,22 +8,21 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 
-use crate::relay::source::{
-    Claim, FilterValue, PENDING, Settlement, Source, dead_letter, dead_letter_conditions, seq_list,
-};
-use crate::relay::{DeadLetter, DeadLetterFilter, Message, Ordering, SourceConfig};
+use crate::message::Message;
+use crate::relay::Ordering;
+use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
+use crate::store::table::{self, MessageRow, PENDING, delete_in_batches, seq_list};
 use crate::{Error, TableName};
 
-const DIALECT: &str = <sqlx::SqliteConnection as crate::OutboxConnection>::DIALECT;
+const DIALECT: &str = <Sqlite as sqlx::Database>::NAME;
 
 /// The timestamp format of the table's columns: ISO 8601, UTC, milliseconds.
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+pub(super) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-/// The columns of a [`Message`], from a table aliased `o`.
-const COLUMNS: &str =
+/// The columns of a [`MessageRow`], from a table aliased `o`.
+pub(super) const COLUMNS: &str =
     "o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload, o.headers, o.attempts";
 
 /// A table beside the outbox table, in its schema: `<table><suffix>`, quoted.
@@ -49,25 +48,8 @@ pub(crate) fn relay_ddl(table: &TableName) -> String {
     )
 }
 
-fn message(row: &SqliteRow) -> Result<Message, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    Ok(Message {
-        seq: row.try_get("seq")?,
-        id: id.parse().map_err(|error| sqlx::Error::ColumnDecode {
-            index: "id".to_owned(),
-            source: Box::new(error),
-        })?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        event_type: row.try_get("event_type")?,
-        payload: row.try_get("payload")?,
-        headers: row.try_get("headers")?,
-        attempts: row.try_get("attempts")?,
-    })
-}
-
 /// Milliseconds since the Unix epoch: the lease's clock, shared by the processes of one machine.
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -101,7 +83,7 @@ pub struct SqliteSource {
 }
 
 impl SqliteSource {
-    pub(crate) fn new(pool: SqlitePool, config: &SourceConfig) -> Self {
+    pub(super) fn new(pool: SqlitePool, config: &SourceConfig) -> Self {
         let table = config.table.clone();
         let t = table.quoted('"');
         let lease = companion(&table, "_lease");
@@ -195,7 +177,7 @@ impl Source for SqliteSource {
         {
             return Ok(None); // another relay holds it: stand by
         }
-        let rows = sqlx::query(AssertSqlSafe(self.claim.as_str()))
+        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(self.claim.as_str()))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
@@ -203,11 +185,7 @@ impl Source for SqliteSource {
         if rows.is_empty() {
             return Ok(None);
         }
-        let messages = rows
-            .iter()
-            .map(message)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.database_error("claim"))?;
+        let messages = table::messages(rows).map_err(self.database_error("claim"))?;
         Ok(Some(SqliteClaim {
             pool: self.pool.clone(),
             messages,
@@ -336,99 +314,9 @@ impl Claim for SqliteClaim {
     }
 }
 
-/// The dead letters of `table` that `filter` selects, oldest first.
-pub(crate) async fn dead_letters(
-    pool: &SqlitePool,
-    table: &TableName,
-    filter: &DeadLetterFilter,
-    limit: i64,
-) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let (conditions, values) = filtered(filter);
-    let sql = format!(
-        "SELECT {COLUMNS}, o.last_error, (julianday('now') - julianday(o.dead_at)) * 86400.0 AS dead_secs FROM {} o \
-         WHERE o.dead_at IS NOT NULL{conditions} ORDER BY o.seq LIMIT {}",
-        table.quoted('"'),
-        "?".to_owned(),
-    );
-    let rows = bind(sqlx::query(AssertSqlSafe(sql)), values)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| dead_letter(row, message(row)?))
-        .collect()
-}
-
-/// How many dead letters of `table` `filter` selects.
-pub(crate) async fn count_dead_letters(
-    pool: &SqlitePool,
-    table: &TableName,
-    filter: &DeadLetterFilter,
-) -> Result<u64, sqlx::Error> {
-    let (conditions, values) = filtered(filter);
-    let sql = format!(
-        "SELECT count(*) AS dead FROM {} o WHERE o.dead_at IS NOT NULL{conditions}",
-        table.quoted('"')
-    );
-    let row = bind(sqlx::query(AssertSqlSafe(sql)), values)
-        .fetch_one(pool)
-        .await?;
-    Ok(u64::try_from(row.try_get::<i64, _>("dead")?).unwrap_or(0))
-}
-
-/// The dead-letter filter's conditions in this dialect.
-fn filtered(filter: &DeadLetterFilter) -> (String, Vec<FilterValue<'_>>) {
-    dead_letter_conditions(
-        filter,
-        |_| "?".to_owned(),
-        |p| format!("julianday(o.dead_at) <= julianday('now') - {p} / 86400.0"),
-    )
-}
-
-/// Binds the filter's values, in the order of their placeholders.
-fn bind<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    values: Vec<FilterValue<'q>>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for value in values {
-        query = match value {
-            FilterValue::Text(text) => query.bind(text),
-            FilterValue::Id(id) => query.bind(id.hyphenated().to_string()),
-            FilterValue::Age(age) => query.bind(age.as_secs_f64()),
-        };
-    }
-    query
-}
-
-/// Makes dead letters deliverable again, attempts reset. `ids`: `None` for all.
-pub(crate) async fn replay(
-    pool: &SqlitePool,
-    table: &TableName,
-    ids: Option<&[uuid::Uuid]>,
-) -> Result<u64, sqlx::Error> {
-    let reset = format!(
-        "UPDATE {} SET dead_at = NULL, attempts = 0, available_at = {NOW} WHERE dead_at IS NOT NULL",
-        table.quoted('"')
-    );
-    let done = match ids {
-        Some([]) => return Ok(0),
-        Some(ids) => {
-            let placeholders = vec!["?"; ids.len()].join(",");
-            let sql = format!("{reset} AND id IN ({placeholders})");
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in ids {
-                query = query.bind(id.hyphenated().to_string());
-            }
-            query.execute(pool).await?
-        }
-        None => sqlx::query(AssertSqlSafe(reset)).execute(pool).await?,
-    };
-    Ok(done.rows_affected())
-}
-
 /// Deletes published rows older than `retention`, at most `batch` per statement; returns how
 /// many went.
-pub(crate) async fn purge(
+async fn purge(
     pool: &SqlitePool,
     table: &TableName,
     retention: Duration,
@@ -439,7 +327,7 @@ pub(crate) async fn purge(
         "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} \
          WHERE published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) ORDER BY seq LIMIT ?2)"
     );
-    crate::relay::source::delete_in_batches(batch, || async {
+    delete_in_batches(batch, || async {
         Ok(sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(modifier('-', retention))
             .bind(batch)

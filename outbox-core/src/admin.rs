@@ -1,0 +1,209 @@
+//! What an operator asks of an outbox: how many events wait, how old the oldest is, which relays
+//! are at work, the dead letters (listed, counted, replayed, purged — filtered by the database),
+//! the latest events recorded. The same queries behind `outbox status`, `outbox dead-letters` and
+//! `outbox tail`, for an application's own status page.
+//!
+//! ```no_run
+//! # async fn demo(pool: sqlx::PgPool) -> Result<(), outbox::Error> {
+//! use outbox::Outbox;
+//!
+//! for counts in Outbox::DEFAULT.status(&pool).await? {
+//!     println!(
+//!         "{}/{}: {} pending, {} dead, oldest {:?}",
+//!         counts.aggregate_type, counts.event_type, counts.pending, counts.dead, counts.oldest_pending
+//!     );
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use crate::message::{DeadLetter, DeadLetterFilter, Message};
+use crate::{Dialect, Error, Outbox};
+
+/// The prefix of the PostgreSQL `application_name` by which [`Outbox::relays`] recognises a
+/// relay's connections: `outbox relay` connects as `outbox-relay:<instance>`. A relay run in
+/// your own process is listed too when its pool's connections are named that way
+/// (`PgConnectOptions::application_name`).
+pub const RELAY_APPLICATION_PREFIX: &str = "outbox-relay:";
+
+/// The events of one aggregate type and event type in the outbox: a line of [`Outbox::status`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EventCounts {
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The event type.
+    pub event_type: String,
+    /// Waiting to be published (retries included).
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Published and kept (retention mode).
+    pub published: u64,
+    /// Age of the oldest pending event: how far behind the relays are.
+    pub oldest_pending: Option<Duration>,
+}
+
+/// A relay at work on an outbox, as the database sees it: a line of [`Outbox::relays`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayInstance {
+    /// Its instance name.
+    pub instance: String,
+    /// Where it connects from and with how many connections (PostgreSQL), or its role (SQLite:
+    /// holds the lease).
+    pub detail: String,
+}
+
+impl EventCounts {
+    /// Counts as a database returns them (signed, an age in seconds that a clock step may have
+    /// made negative).
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+    pub(crate) fn from_row(
+        (aggregate_type, event_type, pending, dead, published, age): (
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<f64>,
+        ),
+    ) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        EventCounts {
+            aggregate_type,
+            event_type,
+            pending: count(pending),
+            dead: count(dead),
+            published: count(published),
+            oldest_pending: age
+                .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or_default()),
+        }
+    }
+}
+
+impl Outbox {
+    /// Counts per aggregate type and event type (pending, dead, published and kept) with the
+    /// age of the oldest pending event, ordered by aggregate type then event type.
+    pub async fn status<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<Vec<EventCounts>, Error> {
+        DB::__status(pool, self.table())
+            .await
+            .map_err(|source| self.database_error::<DB>("status", source))
+    }
+
+    /// The relays at work on this outbox: on PostgreSQL the connections named
+    /// [`RELAY_APPLICATION_PREFIX`]`<instance>`, on SQLite the holder of the relay lease.
+    /// `None` on MySQL/MariaDB, which cannot tell.
+    pub async fn relays<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<Option<Vec<RelayInstance>>, Error> {
+        DB::__relays(pool, self.table())
+            .await
+            .map_err(|source| self.database_error::<DB>("list relays", source))
+    }
+
+    /// Checks that the outbox table is there and readable: an error naming the table
+    /// otherwise (create it with [`migrate`](Outbox::migrate)).
+    pub async fn check<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+        self.last_seq(pool).await.map(drop)
+    }
+
+    /// The highest `seq` recorded so far, 0 for an empty table: where
+    /// [`events_after`](Outbox::events_after) starts to follow new events.
+    pub async fn last_seq<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<i64, Error> {
+        DB::__last_seq(pool, self.table())
+            .await
+            .map_err(|source| self.database_error::<DB>("read", source))
+    }
+
+    /// The events recorded after `seq`, in order, at most `limit`, whatever their state
+    /// (pending, published and kept, dead).
+    pub async fn events_after<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Message>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        DB::__events_after(pool, self.table(), seq, limit)
+            .await
+            .map_err(|source| self.database_error::<DB>("read", source))
+    }
+
+    /// Dead letters of this outbox (at most `limit`, oldest first): events that failed for good,
+    /// with their last error.
+    pub async fn dead_letters<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        self.dead_letters_where(pool, &DeadLetterFilter::new(), limit)
+            .await
+    }
+
+    /// The dead letters `filter` selects (at most `limit`, oldest first), selected by the
+    /// database.
+    pub async fn dead_letters_where<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        DB::__dead_letters(pool, self.table(), filter, limit)
+            .await
+            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    }
+
+    /// How many dead letters `filter` selects.
+    pub async fn count_dead_letters<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, Error> {
+        DB::__count_dead_letters(pool, self.table(), filter)
+            .await
+            .map_err(|source| self.database_error::<DB>("dead letters", source))
+    }
+
+    /// Deletes the dead letters `filter` selects, for good; returns how many.
+    pub async fn purge_dead_letters<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, Error> {
+        DB::__purge_dead_letters(pool, self.table(), filter)
+            .await
+            .map_err(|source| self.database_error::<DB>("purge dead letters", source))
+    }
+
+    /// Makes the given dead letters deliverable again (attempts reset); returns how many.
+    pub async fn replay_dead_letters<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        ids: &[uuid::Uuid],
+    ) -> Result<u64, Error> {
+        DB::__replay(pool, self.table(), Some(ids))
+            .await
+            .map_err(|source| self.database_error::<DB>("replay", source))
+    }
+
+    /// Makes every dead letter deliverable again; returns how many.
+    pub async fn replay_all_dead_letters<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<u64, Error> {
+        DB::__replay(pool, self.table(), None)
+            .await
+            .map_err(|source| self.database_error::<DB>("replay", source))
+    }
+
+    fn database_error<DB: Dialect>(&self, operation: &'static str, source: sqlx::Error) -> Error {
+        Error::database(operation, self.table(), DB::NAME, source)
+    }
+}

@@ -1,0 +1,267 @@
+//! The outbox table of a database with row locks (PostgreSQL, MySQL/MariaDB) as a relay source,
+//! written once: a claim is an open transaction holding `FOR UPDATE SKIP LOCKED` locks on, for
+//! each aggregate, its oldest pending event and some that follow; settling runs the database's
+//! statements in that transaction and commits. The databases differ only in their statements,
+//! which [`RowLocking`] gives.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Transaction};
+
+use super::table::LowWater;
+use crate::message::Message;
+use crate::relay::Ordering;
+use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
+use crate::{Dialect, Error, TableName};
+
+/// How many times a settlement that the database rolled back as a deadlock victim is settled
+/// again before the batch is given up (and claimed again).
+const SETTLE_RETRIES: u32 = 3;
+
+/// Rows deleted per statement when published events are purged.
+const PURGE_BATCH: i64 = 1000;
+
+/// The statements of a database whose outbox table is claimed under row locks. Implemented by
+/// the library for PostgreSQL and MySQL/MariaDB.
+#[doc(hidden)]
+pub trait RowLocking: Dialect {
+    /// The statement that begins a claim's transaction.
+    const BEGIN_CLAIM: &'static str;
+
+    /// State kept for [`wait`](RowLocking::wait), e.g. a listening connection.
+    type Wakeup: Default + std::fmt::Debug + Send + Sync;
+
+    /// The claim's two queries on `table`: the heads (bound: from `seq`, limit) and their
+    /// followers (bound by [`claim_followers`](RowLocking::claim_followers)).
+    fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String);
+
+    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order.
+    fn claim_heads<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        from_seq: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
+
+    /// Up to `limit` later pending events of the aggregates of `heads`, locked.
+    fn claim_followers<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        heads: &'a [Message],
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
+
+    /// The settlement's statements: published rows deleted (or marked, with `retain`),
+    /// failures counted and delayed, dead letters set apart. Idempotent.
+    fn settle<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        retain: bool,
+        settlement: &'a Settlement,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// The database rolled the transaction back to break a deadlock: settling again is safe.
+    fn is_deadlock(_error: &sqlx::Error) -> bool {
+        false
+    }
+
+    /// Deletes published rows older than `retention`, `batch` per statement; how many.
+    fn purge<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        retention: Duration,
+        batch: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// The oldest pending event: its `seq` and its age in seconds.
+    fn oldest_pending<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Option<(i64, f64)>, sqlx::Error>> + Send + 'a;
+
+    /// Returns when new events may have arrived (with `listen`, where the database can tell),
+    /// or after `timeout`.
+    fn wait<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        listen: bool,
+        wakeup: &'a Self::Wakeup,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let _ = (pool, table, listen, wakeup);
+        tokio::time::sleep(timeout)
+    }
+}
+
+/// The outbox table of a database with row locks, as a relay [`Source`]: what
+/// `Relay::builder(pool, sink).build()` reads from on PostgreSQL
+/// ([`PgSource`](super::postgres::PgSource)) and MySQL/MariaDB
+/// ([`MySqlSource`](super::mysql::MySqlSource)).
+#[derive(Debug)]
+pub struct TableSource<DB: RowLocking> {
+    pool: sqlx::Pool<DB>,
+    table: TableName,
+    ordering: Ordering,
+    retain: bool,
+    listen: bool,
+    low_water: LowWater,
+    wakeup: DB::Wakeup,
+    claim_heads: Arc<str>,
+    claim_followers: Arc<str>,
+}
+
+impl<DB: RowLocking> TableSource<DB> {
+    pub(crate) fn new(pool: sqlx::Pool<DB>, config: &SourceConfig) -> Self {
+        let (claim_heads, claim_followers) = DB::claim_statements(&config.table, config.ordering);
+        TableSource {
+            pool,
+            table: config.table.clone(),
+            ordering: config.ordering,
+            retain: config.retain,
+            listen: config.listen,
+            low_water: LowWater::default(),
+            wakeup: DB::Wakeup::default(),
+            claim_heads: claim_heads.into(),
+            claim_followers: claim_followers.into(),
+        }
+    }
+
+    fn database_error(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
+        move |source| Error::database(operation, &self.table, DB::NAME, source)
+    }
+
+    async fn claim_in(
+        &self,
+        conn: &mut DB::Connection,
+        max: usize,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut messages =
+            DB::claim_heads(conn, &self.claim_heads, self.low_water.get(), limit).await?;
+        let room = max.saturating_sub(messages.len());
+        if self.ordering == Ordering::PerAggregate && room > 0 && !messages.is_empty() {
+            // Later events of aggregates whose head this claim holds: nobody else can claim them.
+            let room = i64::try_from(room).unwrap_or(i64::MAX);
+            let followers =
+                DB::claim_followers(conn, &self.claim_followers, &messages, room).await?;
+            messages.extend(followers);
+            messages.sort_by_key(|m| m.seq);
+        }
+        Ok(messages)
+    }
+}
+
+impl<DB: RowLocking> Source for TableSource<DB> {
+    type Claim = TableClaim<DB>;
+
+    async fn claim(&self, max: usize) -> Result<Option<TableClaim<DB>>, Error> {
+        let mut tx = self
+            .pool
+            .begin_with(AssertSqlSafe(DB::BEGIN_CLAIM))
+            .await
+            .map_err(self.database_error("claim"))?;
+        let messages = self
+            .claim_in(&mut tx, max)
+            .await
+            .map_err(self.database_error("claim"))?;
+        if messages.is_empty() {
+            // Nothing locked; ending the transaction now returns the connection at once.
+            tx.rollback().await.map_err(self.database_error("claim"))?;
+            return Ok(None);
+        }
+        let seqs = messages.iter().map(|m| m.seq).collect();
+        Ok(Some(TableClaim {
+            pool: self.pool.clone(),
+            tx,
+            messages,
+            seqs,
+            low_water: self.low_water.clone(),
+            table: self.table.clone(),
+            retain: self.retain,
+        }))
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        DB::wait(&self.pool, &self.table, self.listen, &self.wakeup, timeout).await;
+    }
+
+    async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
+        if let Some(retention) = retention {
+            let purged = DB::purge(&self.pool, &self.table, retention, PURGE_BATCH)
+                .await
+                .map_err(self.database_error("purge"))?;
+            if purged > 0 {
+                tracing::debug!(purged, table = %self.table, "purged published events");
+            }
+        }
+        let oldest = DB::oldest_pending(&self.pool, &self.table)
+            .await
+            .map_err(self.database_error("lag"))?;
+        Ok(match oldest {
+            Some((seq, lag)) => {
+                self.low_water.reset(seq);
+                lag
+            }
+            None => 0.0,
+        })
+    }
+}
+
+/// A claimed batch of a [`TableSource`]: its rows are locked by this open transaction until it
+/// settles.
+#[derive(Debug)]
+pub struct TableClaim<DB: RowLocking> {
+    pool: sqlx::Pool<DB>,
+    tx: Transaction<'static, DB>,
+    messages: Vec<Message>,
+    /// The claimed `seq`s, in order.
+    seqs: Vec<i64>,
+    low_water: LowWater,
+    table: TableName,
+    retain: bool,
+}
+
+impl<DB: RowLocking> Claim for TableClaim<DB> {
+    fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.messages)
+    }
+
+    async fn settle(self, settlement: Settlement) -> Result<(), Error> {
+        let TableClaim {
+            pool,
+            mut tx,
+            seqs,
+            low_water,
+            table,
+            retain,
+            ..
+        } = self;
+        let next = LowWater::after(&seqs, &settlement);
+        let mut outcome = match DB::settle(&mut tx, &table, retain, &settlement).await {
+            Ok(()) => tx.commit().await,
+            Err(error) => Err(error),
+        };
+        // A deadlock with another relay's claim or settlement rolls this transaction back, but
+        // the batch is published already: settle it again in a transaction of its own rather
+        // than let it be claimed and published once more. The statements are idempotent.
+        let mut tries = 0;
+        while let Err(error) = &outcome {
+            if !DB::is_deadlock(error) || tries == SETTLE_RETRIES {
+                break;
+            }
+            tries += 1;
+            tracing::debug!(table = %table, tries, "settlement deadlocked; settling again");
+            outcome = async {
+                let mut tx = pool.begin().await?;
+                DB::settle(&mut tx, &table, retain, &settlement).await?;
+                tx.commit().await
+            }
+            .await;
+        }
+        outcome.map_err(|source| Error::database("settle", &table, DB::NAME, source))?;
+        low_water.advance(next);
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! What the databases' outbox tables share: the row a [`Message`] is decoded from, the claims'
+//! conditions, the low-water mark, the dead-letter filter's conditions, batched deletes. Each
+//! database's statements stay whole in its own module; what repeats around them is here.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::message::{DeadLetter, DeadLetterFilter, Message};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use crate::relay::Ordering;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use crate::relay::source::Settlement;
+
+/// The columns of a [`Message`] as every database's queries return them: `id` as text,
+/// `payload` and `headers` as JSON text.
+#[derive(Debug)]
+pub(crate) struct MessageRow {
+    seq: i64,
+    id: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    event_type: String,
+    payload: String,
+    headers: Option<String>,
+    attempts: i32,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = sqlx::Error;
+
+    fn try_from(row: MessageRow) -> Result<Message, sqlx::Error> {
+        let id = row.id.parse().map_err(|error| sqlx::Error::ColumnDecode {
+            index: "id".to_owned(),
+            source: Box::new(error),
+        })?;
+        Ok(Message {
+            id,
+            seq: row.seq,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            headers: row.headers,
+            attempts: row.attempts,
+        })
+    }
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for MessageRow
+where
+    R: sqlx::Row,
+    for<'i> &'i str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(MessageRow {
+            seq: row.try_get("seq")?,
+            id: row.try_get("id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            event_type: row.try_get("event_type")?,
+            payload: row.try_get("payload")?,
+            headers: row.try_get("headers")?,
+            attempts: row.try_get("attempts")?,
+        })
+    }
+}
+
+/// Decodes the rows of a query of [`MessageRow`]s.
+pub(crate) fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>, sqlx::Error> {
+    rows.into_iter().map(Message::try_from).collect()
+}
+
+/// A [`DeadLetter`]'s columns: the message's, its last error (`last_error`), and how many
+/// seconds ago it died as the database computed it (`dead_secs`).
+#[derive(Debug)]
+pub(crate) struct DeadLetterRow {
+    message: MessageRow,
+    last_error: Option<String>,
+    dead_secs: Option<f64>,
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for DeadLetterRow
+where
+    R: sqlx::Row,
+    for<'i> &'i str: sqlx::ColumnIndex<R>,
+    MessageRow: sqlx::FromRow<'r, R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(DeadLetterRow {
+            message: MessageRow::from_row(row)?,
+            last_error: row.try_get("last_error")?,
+            dead_secs: row.try_get("dead_secs")?,
+        })
+    }
+}
+
+/// Decodes the rows of a dead-letter query (the columns of a [`DeadLetterRow`]).
+pub(crate) fn dead_letters<R>(rows: &[R]) -> Result<Vec<DeadLetter>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> DeadLetterRow: sqlx::FromRow<'r, R>,
+{
+    rows.iter()
+        .map(|row| {
+            let row = <DeadLetterRow as sqlx::FromRow<'_, R>>::from_row(row)?;
+            Ok(DeadLetter {
+                message: row.message.try_into()?,
+                last_error: row.last_error.unwrap_or_default(),
+                // A clock step may make the age negative: zero then.
+                dead_for: Duration::try_from_secs_f64(row.dead_secs.unwrap_or(0.0).max(0.0))
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Where a claim's scan of the table starts (`seq`): every pending event is at or above it,
+/// except those committed late or come due since housekeeping last lowered it. Without it, every
+/// claim would walk the index entries of all the deleted events the database has not yet
+/// cleaned up. Shared by the claims of one source.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LowWater(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl LowWater {
+    /// The `seq` to scan from.
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Housekeeping found the oldest pending event at `seq`: events committed late with a lower
+    /// `seq`, and retries come due behind the mark, are claimable again.
+    pub(crate) fn reset(&self, seq: i64) {
+        self.0.store(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the scan may start once `settlement` of the batch `claimed` (in `seq` order) has
+    /// committed: at its first event still pending (failed or held back), or past its end.
+    pub(crate) fn after(claimed: &[i64], settlement: &Settlement) -> Option<i64> {
+        let settled: std::collections::HashSet<i64> = settlement
+            .published
+            .iter()
+            .chain(settlement.dead.iter().map(|(seq, _)| seq))
+            .copied()
+            .collect();
+        claimed
+            .iter()
+            .find(|seq| !settled.contains(seq))
+            .copied()
+            .or_else(|| claimed.last().map(|last| last + 1))
+    }
+
+    /// Moves the mark up to `next` (never down: another claim may already be further).
+    pub(crate) fn advance(&self, next: Option<i64>) {
+        if let Some(next) = next {
+            self.0.fetch_max(next, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// SQL shared by the dialects' claims: the condition that `o` (the table aliased) is pending.
+pub(crate) const PENDING: &str = "o.dead_at IS NULL AND o.published_at IS NULL";
+
+/// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
+/// is the head of its aggregate, with no earlier pending event. Another relay holding a head
+/// keeps its aggregate's later events out of a claim, since the head row is still there.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn head_condition(table: &str, ordering: Ordering) -> String {
+    match ordering {
+        Ordering::PerAggregate => format!(
+            "AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
+             AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
+             AND e.dead_at IS NULL AND e.published_at IS NULL)"
+        ),
+        Ordering::Unordered => String::new(),
+    }
+}
+
+/// A comma-separated list of `seq`s, for `IN (...)` in dialects without array parameters: safe
+/// to put in SQL because they are integers read from the table itself.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn seq_list(seqs: impl IntoIterator<Item = i64>) -> String {
+    seqs.into_iter()
+        .map(|seq| seq.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `delete` — a statement deleting at most `batch` rows — until it deletes fewer, so that
+/// a purge never holds locks on more than one batch at a time. Returns how many rows went.
+pub(crate) async fn delete_in_batches<F, Fut>(batch: i64, mut delete: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, sqlx::Error>>,
+{
+    let full = u64::try_from(batch).unwrap_or(u64::MAX);
+    let mut total = 0;
+    loop {
+        let done = delete().await?;
+        total += done;
+        if done < full {
+            return Ok(total);
+        }
+    }
+}
+
+/// A value bound by a dead-letter filter's condition, in the order of the placeholders.
+pub(crate) enum FilterValue<'a> {
+    Text(&'a str),
+    Id(uuid::Uuid),
+    /// The least time since the event died.
+    Age(Duration),
+}
+
+/// SQL shared by the dialects' dead-letter queries: the `AND …` conditions that `filter` puts
+/// on `o` (the table aliased), with `placeholder(n)` for the n-th value (from 1) and `older(p)`
+/// the dialect's condition that `o.dead_at` is at least the age bound at `p`; and the values
+/// to bind, in order.
+pub(crate) fn dead_letter_conditions<'a>(
+    filter: &'a DeadLetterFilter,
+    placeholder: impl Fn(usize) -> String,
+    older: impl Fn(&str) -> String,
+) -> (String, Vec<FilterValue<'a>>) {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    let mut condition = |column: &str, value: FilterValue<'a>| {
+        values.push(value);
+        sql.push_str(&format!(" AND o.{column} = {}", placeholder(values.len())));
+    };
+    if let Some(id) = filter.id {
+        condition("id", FilterValue::Id(id));
+    }
+    for (column, value) in [
+        ("event_type", &filter.event_type),
+        ("aggregate_type", &filter.aggregate_type),
+        ("aggregate_id", &filter.aggregate_id),
+    ] {
+        if let Some(value) = value {
+            condition(column, FilterValue::Text(value));
+        }
+    }
+    if let Some(age) = filter.dead_for_at_least {
+        values.push(FilterValue::Age(age));
+        sql.push_str(&format!(" AND {}", older(&placeholder(values.len()))));
+    }
+    (sql, values)
+}
+
+#[cfg(all(test, any(feature = "postgres", feature = "mysql")))]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the settlement, the next claim's scan starts at the first claimed event still
+        /// pending (retried or untried), or past the batch: never above a pending event.
+        #[test]
+        fn the_low_water_mark_stops_at_the_first_event_still_pending(
+            claimed in proptest::collection::btree_set(0_i64..10_000, 1..60),
+            outcomes in proptest::collection::vec(0_u8..4, 60),
+        ) {
+            let claimed: Vec<i64> = claimed.into_iter().collect();
+            let mut settlement = Settlement::default();
+            let mut pending = Vec::new();
+            for (seq, outcome) in claimed.iter().zip(&outcomes) {
+                match outcome {
+                    0 => settlement.published.push(*seq),
+                    1 => settlement.dead.push((*seq, "dead".into())),
+                    2 => {
+                        settlement.retry.push((*seq, "retry".into(), Duration::from_secs(1)));
+                        pending.push(*seq);
+                    }
+                    _ => pending.push(*seq),
+                }
+            }
+            let next = LowWater::after(&claimed, &settlement);
+            let expected = pending.first().copied().unwrap_or(claimed[claimed.len() - 1] + 1);
+            prop_assert_eq!(next, Some(expected));
+
+            // The shared mark only moves up.
+            let mark = LowWater::default();
+            mark.reset(expected - 5);
+            mark.advance(next);
+            mark.advance(Some(expected - 3));
+            prop_assert_eq!(mark.get(), expected);
+        }
+    }
+}

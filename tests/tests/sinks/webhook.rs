@@ -1,0 +1,393 @@
+//! Webhooks: signed batches verified by the receiver, one aggregate's events together in order,
+//! a receiver killed and back, refusals, 503s.
+
+use super::*;
+
+/// A webhook receiver that verifies each request's signature, keeps the events, and refuses
+/// (422) any request holding an event whose payload has `"poison": true`. It runs on a runtime
+/// of its own, in a thread: [`Receiver::kill`] drops that runtime, and every connection with it.
+struct Receiver {
+    port: u16,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    refused_signatures: Arc<std::sync::atomic::AtomicUsize>,
+    /// While above zero, each request is answered 503 and counted down.
+    unavailable: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests accepted (answered 200).
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    refused_signatures: Arc<std::sync::atomic::AtomicUsize>,
+    unavailable: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn receive(
+    axum::extract::State(state): axum::extract::State<ReceiverState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    use outbox::sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let checked = verify(
+        SECRET,
+        &header(TIMESTAMP_HEADER),
+        &header(SIGNATURE_HEADER),
+        &body,
+        Duration::from_secs(300),
+        std::time::SystemTime::now(),
+    );
+    let busy = state.unavailable.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |left| left.checked_sub(1),
+    );
+    if busy.is_ok() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if checked.is_err() {
+        state
+            .refused_signatures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(events) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if events
+        .iter()
+        .any(|event| event["payload"]["poison"] == true)
+    {
+        return StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    state.events.lock().unwrap().extend(events);
+    state
+        .accepted
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    StatusCode::OK
+}
+
+impl Receiver {
+    /// Starts on `port` (0: a free one), keeping the events in `events`.
+    fn start(port: u16, events: Arc<Mutex<Vec<serde_json::Value>>>) -> Receiver {
+        let refused_signatures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let unavailable = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let state = ReceiverState {
+            events: events.clone(),
+            refused_signatures: refused_signatures.clone(),
+            unavailable: unavailable.clone(),
+            accepted: accepted.clone(),
+        };
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new()
+                    .route("/hook", axum::routing::post(receive).head(|| async { "" }))
+                    .with_state(state);
+                axum::serve(listener, app).await.unwrap();
+            });
+            runtime.block_on(async {
+                while stopped.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            // Dropping the runtime drops the listener and every open connection.
+        });
+        Receiver {
+            port,
+            events,
+            refused_signatures,
+            unavailable,
+            accepted,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn kill(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+
+    fn received(&self) -> Vec<(String, String, i64)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                (
+                    event["id"].as_str().unwrap().to_owned(),
+                    event["aggregate_id"].as_str().unwrap().to_owned(),
+                    event["payload"]["n"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The webhook keeps order (requests in sequence, an aggregate's events in array order), so an
+/// aggregate's consecutive events share requests: 200 events of one aggregate are 2 requests of
+/// 100, not 200 round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_sends_one_aggregates_events_together_in_order() {
+    let table = RelayTable::<Pg>::new().await;
+    let receiver = Receiver::start(0, Arc::default());
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap()
+        .max_events(100);
+    let mut tx = table.pool.begin().await.unwrap();
+    for n in 0..200_i64 {
+        let event = Event::new(
+            "account",
+            "Numbered",
+            Some("solo"),
+            &serde_json::json!({ "n": n }),
+        )
+        .unwrap();
+        table.outbox.record(&mut *tx, &event).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&table.outbox)
+            .batch_size(500)
+            .build()
+            .run(async move {
+                let _ = stopped.await;
+            }),
+    );
+    drained(&table).await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let received: Vec<i64> = receiver.received().into_iter().map(|(_, _, n)| n).collect();
+    assert_eq!(received, (0..200).collect::<Vec<_>>());
+    assert_eq!(
+        receiver.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one aggregate's events travel together"
+    );
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_gets_exactly_the_committed_events_signed_in_batches() {
+    let table = RelayTable::<Pg>::new().await;
+    let receiver = Receiver::start(0, Arc::default());
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap()
+        .max_events(7);
+    let committed = record_mix(&table).await;
+    relay_all(&table, sink).await;
+
+    let events = receiver.events.lock().unwrap().clone();
+    assert_eq!(events.len(), committed.len());
+    for event in &events {
+        // The documented naming, shared with the Redis entries.
+        let mut names: Vec<&str> = event
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut expected = vec![
+            "aggregate_id",
+            "aggregate_type",
+            "event_type",
+            "id",
+            "payload",
+        ];
+        if event.get("headers").is_some() {
+            expected.push("headers");
+            expected.sort_unstable();
+        }
+        assert_eq!(names, expected);
+        assert_eq!(event["event_type"], "Numbered");
+        assert_eq!(event["aggregate_type"], "account");
+        if event["payload"]["n"] == 0 {
+            assert_eq!(event["headers"]["traceparent"], TRACEPARENT);
+        }
+    }
+    assert_eq!(
+        per_aggregate(&first_deliveries(receiver.received())),
+        per_aggregate(&committed)
+    );
+    assert_eq!(
+        receiver
+            .refused_signatures
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    // What the receiver does with a request that was not signed with its secret, or whose
+    // body was altered after signing.
+    use outbox::sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+    let client = sinks::webhook::reqwest::Client::new();
+    let body = r#"[{"id":"x","aggregate_id":"a0","payload":{"n":1000}}]"#;
+    for (secret, sent) in [
+        (SECRET, body.replace("1000", "1001")),
+        (b"another secret".as_slice(), body.to_owned()),
+    ] {
+        let (timestamp, signature) = sign(secret, std::time::SystemTime::now(), body.as_bytes());
+        let response = client
+            .post(receiver.url())
+            .header(TIMESTAMP_HEADER, timestamp)
+            .header(SIGNATURE_HEADER, signature)
+            .body(sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    assert_eq!(
+        receiver
+            .refused_signatures
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(receiver.events.lock().unwrap().len(), committed.len());
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_sink_catches_up_after_the_receiver_was_killed() {
+    let table = RelayTable::<Pg>::new().await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let receiver = Receiver::start(0, events.clone());
+    let port = receiver.port;
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap()
+        .retries(2, Duration::from_millis(50));
+    let relay = Running::start(&table, sink);
+    let mut committed = record_numbered(&table, 0, 20).await;
+    drained(&table).await;
+    receiver.kill();
+    committed.extend(record_numbered(&table, 20, 20).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        table.remaining().await,
+        20,
+        "delivered while the receiver was down"
+    );
+    let receiver = Receiver::start(port, events);
+    drained(&table).await;
+    relay.stop().await;
+    assert_eq!(
+        per_aggregate(&first_deliveries(receiver.received())),
+        per_aggregate(&committed)
+    );
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_refusal_dead_letters_only_the_event_at_fault() {
+    let table = RelayTable::<Pg>::new().await;
+    let receiver = Receiver::start(0, Arc::default());
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap();
+    for n in 0..10_i64 {
+        let mut tx = table.pool.begin().await.unwrap();
+        let payload = serde_json::json!({ "n": n, "poison": n == 6 });
+        let event = Event::new("account", "Numbered", Some(format!("a{n}")), &payload).unwrap();
+        table.outbox.record(&mut *tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let relay = Running::start(&table, sink);
+    eventually(LIMIT, "nine events delivered", || async {
+        receiver.events.lock().unwrap().len() == 9
+    })
+    .await;
+    eventually(LIMIT, "the poison event dead-lettered", || async {
+        table
+            .outbox
+            .dead_letters(&table.pool, 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    relay.stop().await;
+    let dead = table.outbox.dead_letters(&table.pool, 10).await.unwrap();
+    assert_eq!(dead[0].message.aggregate_id, "a6");
+    assert_eq!(dead[0].message.attempts, 1, "a refusal is not retried");
+    let mut delivered: Vec<i64> = receiver.received().iter().map(|(_, _, n)| *n).collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, vec![0, 1, 2, 3, 4, 5, 7, 8, 9]);
+    table.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_retries_a_receiver_that_answers_503() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let table = RelayTable::<Pg>::new().await;
+    let receiver = Receiver::start(0, Arc::default());
+    // Five 503s: two in-call retries of the first call fail, then the relay's retries.
+    receiver.unavailable.store(5, SeqCst);
+    let sink = sinks::webhook::WebhookSink::connect(&receiver.url(), SECRET)
+        .await
+        .unwrap()
+        .retries(2, Duration::from_millis(20));
+    let committed = record_numbered(&table, 0, 12).await;
+    relay_all(&table, sink).await;
+    assert_eq!(
+        receiver.unavailable.load(SeqCst),
+        0,
+        "the 503s were not all met"
+    );
+    assert_eq!(
+        per_aggregate(&first_deliveries(receiver.received())),
+        per_aggregate(&committed)
+    );
+    assert!(
+        table
+            .outbox
+            .dead_letters(&table.pool, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a 503 is not a reason to give up"
+    );
+    table.drop_table().await;
+}
