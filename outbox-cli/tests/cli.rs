@@ -524,7 +524,12 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
     .unwrap();
     // The configuration's table, created first: on a fresh database nothing else may have.
     let migrated = Command::new(OUTBOX)
-        .args(["--config", config.to_str().unwrap(), "migrate", "--no-inbox"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "migrate",
+            "--no-inbox",
+        ])
         .env("OUTBOX_DATABASE_URL", &url)
         .output()
         .unwrap();

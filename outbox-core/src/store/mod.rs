@@ -18,6 +18,95 @@ use crate::relay::IntoSource;
 use crate::relay::source::{Source, SourceConfig};
 use crate::{Outbox, OutboxConnection, TableName};
 
+/// The methods of a database's `Dialect` impl that call the function of the same name in its
+/// `inbox` and `admin` modules: `$pool` and `$conn` are its pool and connection types.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+macro_rules! forward_to_modules {
+    ($pool:ty, $conn:ty) => {
+        async fn __inbox_insert(
+            conn: &mut $conn,
+            table: &TableName,
+            consumer: &str,
+            message_id: &str,
+        ) -> Result<bool, sqlx::Error> {
+            inbox::insert(conn, table, consumer, message_id).await
+        }
+
+        async fn __inbox_migrate(conn: &mut $conn, table: &TableName) -> Result<(), sqlx::Error> {
+            inbox::migrate(conn, table).await
+        }
+
+        async fn __inbox_purge(
+            pool: &$pool,
+            table: &TableName,
+            older_than: std::time::Duration,
+            batch: i64,
+        ) -> Result<u64, sqlx::Error> {
+            inbox::purge(pool, table, older_than, batch).await
+        }
+
+        async fn __dead_letters(
+            pool: &$pool,
+            table: &TableName,
+            filter: &$crate::relay::DeadLetterFilter,
+            limit: i64,
+        ) -> Result<Vec<$crate::relay::DeadLetter>, sqlx::Error> {
+            admin::dead_letters(pool, table, filter, limit).await
+        }
+
+        async fn __count_dead_letters(
+            pool: &$pool,
+            table: &TableName,
+            filter: &$crate::relay::DeadLetterFilter,
+        ) -> Result<u64, sqlx::Error> {
+            admin::count_dead_letters(pool, table, filter).await
+        }
+
+        async fn __purge_dead_letters(
+            pool: &$pool,
+            table: &TableName,
+            filter: &$crate::relay::DeadLetterFilter,
+        ) -> Result<u64, sqlx::Error> {
+            admin::purge_dead_letters(pool, table, filter).await
+        }
+
+        async fn __replay(
+            pool: &$pool,
+            table: &TableName,
+            ids: Option<&[uuid::Uuid]>,
+        ) -> Result<u64, sqlx::Error> {
+            admin::replay(pool, table, ids).await
+        }
+
+        async fn __status(
+            pool: &$pool,
+            table: &TableName,
+        ) -> Result<Vec<$crate::admin::EventCounts>, sqlx::Error> {
+            admin::status(pool, table).await
+        }
+
+        async fn __relays(
+            pool: &$pool,
+            table: &TableName,
+        ) -> Result<Option<Vec<$crate::admin::RelayInstance>>, sqlx::Error> {
+            admin::relays(pool, table).await
+        }
+
+        async fn __last_seq(pool: &$pool, table: &TableName) -> Result<i64, sqlx::Error> {
+            admin::last_seq(pool, table).await
+        }
+
+        async fn __events_after(
+            pool: &$pool,
+            table: &TableName,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<$crate::relay::Message>, sqlx::Error> {
+            admin::events_after(pool, table, after, limit).await
+        }
+    };
+}
+
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod locking;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

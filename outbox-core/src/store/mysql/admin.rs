@@ -4,7 +4,7 @@ use sqlx::{AssertSqlSafe, MySqlPool, Row};
 
 use super::relay::COLUMNS;
 use crate::TableName;
-use crate::admin::EventCounts;
+use crate::admin::{EventCounts, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
 use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions};
 
@@ -129,6 +129,14 @@ pub(super) async fn status(
     );
     let rows = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?;
     Ok(rows.into_iter().map(EventCounts::from_row).collect())
+}
+
+/// MySQL connections carry no name a relay could set: the database cannot tell.
+pub(super) async fn relays(
+    _pool: &MySqlPool,
+    _table: &TableName,
+) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
+    Ok(None)
 }
 
 /// The highest `seq` in the table (0 when empty).

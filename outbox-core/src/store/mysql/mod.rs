@@ -5,14 +5,10 @@ mod admin;
 mod inbox;
 mod relay;
 
-use std::time::Duration;
-
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
 pub use self::relay::{MySqlClaim, MySqlSource};
-use crate::admin::{EventCounts, RelayInstance};
 use crate::connection::{NewRow, outbox_connection};
-use crate::message::{DeadLetter, DeadLetterFilter, Message};
 use crate::relay::source::SourceConfig;
 use crate::store::TableSource;
 use crate::{Dialect, Outbox, TableName};
@@ -105,93 +101,9 @@ impl Dialect for MySql {
         Ok(())
     }
 
-    async fn __inbox_insert(
-        conn: &mut MySqlConnection,
-        table: &TableName,
-        consumer: &str,
-        message_id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        inbox::insert(conn, table, consumer, message_id).await
-    }
-
-    async fn __inbox_migrate(
-        conn: &mut MySqlConnection,
-        table: &TableName,
-    ) -> Result<(), sqlx::Error> {
-        inbox::migrate(conn, table).await
-    }
-
-    async fn __inbox_purge(
-        pool: &MySqlPool,
-        table: &TableName,
-        older_than: Duration,
-        batch: i64,
-    ) -> Result<u64, sqlx::Error> {
-        inbox::purge(pool, table, older_than, batch).await
-    }
-
     fn __source(pool: MySqlPool, config: &SourceConfig) -> MySqlSource {
         TableSource::new(pool, config)
     }
 
-    async fn __dead_letters(
-        pool: &MySqlPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        admin::dead_letters(pool, table, filter, limit).await
-    }
-
-    async fn __count_dead_letters(
-        pool: &MySqlPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        admin::count_dead_letters(pool, table, filter).await
-    }
-
-    async fn __purge_dead_letters(
-        pool: &MySqlPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        admin::purge_dead_letters(pool, table, filter).await
-    }
-
-    async fn __replay(
-        pool: &MySqlPool,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> Result<u64, sqlx::Error> {
-        admin::replay(pool, table, ids).await
-    }
-
-    async fn __status(
-        pool: &MySqlPool,
-        table: &TableName,
-    ) -> Result<Vec<EventCounts>, sqlx::Error> {
-        admin::status(pool, table).await
-    }
-
-    async fn __relays(
-        _pool: &MySqlPool,
-        _table: &TableName,
-    ) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
-        // Connections carry no name a relay could set: the database cannot tell.
-        Ok(None)
-    }
-
-    async fn __last_seq(pool: &MySqlPool, table: &TableName) -> Result<i64, sqlx::Error> {
-        admin::last_seq(pool, table).await
-    }
-
-    async fn __events_after(
-        pool: &MySqlPool,
-        table: &TableName,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        admin::events_after(pool, table, after, limit).await
-    }
+    forward_to_modules!(MySqlPool, MySqlConnection);
 }

@@ -135,7 +135,10 @@ pub(super) async fn status(
 }
 
 /// The connections of this database named by a relay (`application_name`), per relay and host.
-pub(super) async fn relays(pool: &PgPool) -> Result<Vec<RelayInstance>, sqlx::Error> {
+pub(super) async fn relays(
+    pool: &PgPool,
+    _table: &TableName,
+) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT substr(application_name, length($1) + 1), \
                 COALESCE(host(client_addr), 'local') || ', ' || COUNT(*) || ' connections' \
@@ -146,10 +149,11 @@ pub(super) async fn relays(pool: &PgPool) -> Result<Vec<RelayInstance>, sqlx::Er
     .bind(RELAY_APPLICATION_PREFIX)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(instance, detail)| RelayInstance { instance, detail })
-        .collect())
+    Ok(Some(
+        rows.into_iter()
+            .map(|(instance, detail)| RelayInstance { instance, detail })
+            .collect(),
+    ))
 }
 
 /// The highest `seq` in the table (0 when empty).

@@ -4,14 +4,10 @@ mod admin;
 mod inbox;
 mod relay;
 
-use std::time::Duration;
-
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 
 pub use self::relay::{PgClaim, PgSource};
-use crate::admin::{EventCounts, RelayInstance};
 use crate::connection::{NewRow, outbox_connection};
-use crate::message::{DeadLetter, DeadLetterFilter, Message};
 use crate::relay::source::SourceConfig;
 use crate::store::TableSource;
 use crate::{Dialect, Outbox, TableName};
@@ -87,89 +83,9 @@ impl Dialect for Postgres {
         tx.commit().await
     }
 
-    async fn __inbox_insert(
-        conn: &mut PgConnection,
-        table: &TableName,
-        consumer: &str,
-        message_id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        inbox::insert(conn, table, consumer, message_id).await
-    }
-
-    async fn __inbox_migrate(
-        conn: &mut PgConnection,
-        table: &TableName,
-    ) -> Result<(), sqlx::Error> {
-        inbox::migrate(conn, table).await
-    }
-
-    async fn __inbox_purge(
-        pool: &PgPool,
-        table: &TableName,
-        older_than: Duration,
-        batch: i64,
-    ) -> Result<u64, sqlx::Error> {
-        inbox::purge(pool, table, older_than, batch).await
-    }
-
     fn __source(pool: PgPool, config: &SourceConfig) -> PgSource {
         TableSource::new(pool, config)
     }
 
-    async fn __dead_letters(
-        pool: &PgPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-        admin::dead_letters(pool, table, filter, limit).await
-    }
-
-    async fn __count_dead_letters(
-        pool: &PgPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        admin::count_dead_letters(pool, table, filter).await
-    }
-
-    async fn __purge_dead_letters(
-        pool: &PgPool,
-        table: &TableName,
-        filter: &DeadLetterFilter,
-    ) -> Result<u64, sqlx::Error> {
-        admin::purge_dead_letters(pool, table, filter).await
-    }
-
-    async fn __replay(
-        pool: &PgPool,
-        table: &TableName,
-        ids: Option<&[uuid::Uuid]>,
-    ) -> Result<u64, sqlx::Error> {
-        admin::replay(pool, table, ids).await
-    }
-
-    async fn __status(pool: &PgPool, table: &TableName) -> Result<Vec<EventCounts>, sqlx::Error> {
-        admin::status(pool, table).await
-    }
-
-    async fn __relays(
-        pool: &PgPool,
-        _table: &TableName,
-    ) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
-        admin::relays(pool).await.map(Some)
-    }
-
-    async fn __last_seq(pool: &PgPool, table: &TableName) -> Result<i64, sqlx::Error> {
-        admin::last_seq(pool, table).await
-    }
-
-    async fn __events_after(
-        pool: &PgPool,
-        table: &TableName,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        admin::events_after(pool, table, after, limit).await
-    }
+    forward_to_modules!(PgPool, PgConnection);
 }

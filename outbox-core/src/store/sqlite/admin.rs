@@ -133,7 +133,7 @@ pub(super) async fn status(
 pub(super) async fn relays(
     pool: &SqlitePool,
     table: &TableName,
-) -> Result<Vec<RelayInstance>, sqlx::Error> {
+) -> Result<Option<Vec<RelayInstance>>, sqlx::Error> {
     let sql = format!(
         "SELECT holder FROM {} WHERE name = 'relay' AND expires_at > ?",
         companion(table, "_lease")
@@ -142,13 +142,15 @@ pub(super) async fn relays(
         .bind(now_ms())
         .fetch_all(pool)
         .await?;
-    Ok(holders
-        .into_iter()
-        .map(|instance| RelayInstance {
-            instance,
-            detail: "holds the lease".to_owned(),
-        })
-        .collect())
+    Ok(Some(
+        holders
+            .into_iter()
+            .map(|instance| RelayInstance {
+                instance,
+                detail: "holds the lease".to_owned(),
+            })
+            .collect(),
+    ))
 }
 
 /// The highest `seq` in the table (0 when empty).

@@ -33,17 +33,20 @@ pub(crate) fn companion(table: &TableName, suffix: &str) -> String {
     }
 }
 
-/// SQL run by `migrate`: the index behind per-aggregate order and the lease table.
+/// SQL run by `migrate`: the index behind per-aggregate order, the dead letters' index (which
+/// holds only them: recording never touches it) and the lease table.
 pub(crate) fn relay_ddl(table: &TableName) -> String {
     let name = table.parts().1;
     format!(
         "CREATE INDEX IF NOT EXISTS {index} ON \"{name}\" (aggregate_type, aggregate_id, seq);
+         CREATE INDEX IF NOT EXISTS {dead} ON \"{name}\" (seq) WHERE dead_at IS NOT NULL;
          CREATE TABLE IF NOT EXISTS {lease} (
              name       TEXT    PRIMARY KEY,
              holder     TEXT    NOT NULL,
              expires_at INTEGER NOT NULL
          );",
         index = companion(table, "_aggregate_idx"),
+        dead = companion(table, "_dead_idx"),
         lease = companion(table, "_lease"),
     )
 }
