@@ -14,6 +14,7 @@
 //! `OUTBOX_BENCH_POLL_MS` overrides the relay's poll interval and `OUTBOX_BENCH_DEBUG` prints the
 //! latency quantiles and the gaps between publishes.
 
+mod mariadb;
 mod relay;
 mod sink;
 
@@ -236,6 +237,12 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = std::env::args().nth(1).unwrap_or_default();
+    if scenario == "relay-mariadb" {
+        let url = std::env::var("OUTBOX_BENCH_MYSQL_URL")
+            .or_else(|_| std::env::var("OUTBOX_TEST_MYSQL_URL"))
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+        return mariadb::run(&url).await;
+    }
     let url = std::env::var("OUTBOX_BENCH_POSTGRES_URL")
         .or_else(|_| std::env::var("OUTBOX_TEST_POSTGRES_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -253,8 +260,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(name) => sink::run(&pool, &name).await,
             None => Err(format!("which sink? `sink <name>`, name one of: {}", sink::NAMES).into()),
         },
-        other => {
-            Err(format!("unknown scenario {other:?}; available: write, relay, sink <name>").into())
-        }
+        other => Err(format!(
+            "unknown scenario {other:?}; available: write, relay, relay-mariadb, sink <name>"
+        )
+        .into()),
     }
 }

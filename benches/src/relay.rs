@@ -69,6 +69,17 @@ pub(crate) struct Observed<K> {
     times: Option<Arc<Mutex<HashMap<uuid::Uuid, Instant>>>>,
 }
 
+impl<K> Observed<K> {
+    /// `inner`, counting its deliveries into `delivered`.
+    pub(crate) fn counting(inner: K, delivered: Arc<AtomicUsize>) -> Self {
+        Observed {
+            inner,
+            delivered,
+            times: None,
+        }
+    }
+}
+
 impl<K: Sink> Sink for Observed<K> {
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         let results = self.inner.publish(batch).await;

@@ -63,9 +63,7 @@ pub trait RowLocking: Dialect {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     /// The database rolled the transaction back to break a deadlock: settling again is safe.
-    fn is_deadlock(_error: &sqlx::Error) -> bool {
-        false
-    }
+    fn is_deadlock(error: &sqlx::Error) -> bool;
 
     /// Deletes published rows older than `retention`, `batch` per statement; how many.
     fn purge<'a>(
@@ -162,10 +160,16 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             .begin_with(AssertSqlSafe(DB::BEGIN_CLAIM))
             .await
             .map_err(self.database_error("claim"))?;
-        let messages = self
-            .claim_in(&mut tx, max)
-            .await
-            .map_err(self.database_error("claim"))?;
+        let messages = match self.claim_in(&mut tx, max).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                // Nothing was published: the claim is simply tried again after a backoff.
+                if DB::is_deadlock(&error) {
+                    count_deadlock(&self.table, "claim");
+                }
+                return Err(self.database_error("claim")(error));
+            }
+        };
         if messages.is_empty() {
             // Nothing locked; ending the transaction now returns the connection at once.
             tx.rollback().await.map_err(self.database_error("claim"))?;
@@ -248,13 +252,18 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
         // than let it be claimed and published once more. The statements are idempotent.
         let mut tries = 0;
         while let Err(error) = &outcome {
-            if !DB::is_deadlock(error) || tries == SETTLE_RETRIES {
+            if !DB::is_deadlock(error) {
+                break;
+            }
+            count_deadlock(&table, "settle");
+            if tries == SETTLE_RETRIES {
                 break;
             }
             tries += 1;
             tracing::debug!(table = %table, tries, "settlement deadlocked; settling again");
             outcome = async {
-                let mut tx = pool.begin().await?;
+                // In the claim's isolation (MySQL: READ COMMITTED, no gap locks).
+                let mut tx = pool.begin_with(AssertSqlSafe(DB::BEGIN_CLAIM)).await?;
                 DB::settle(&mut tx, &table, retain, &settlement).await?;
                 tx.commit().await
             }
@@ -264,4 +273,17 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
         low_water.advance(next);
         Ok(())
     }
+}
+
+/// Counts a deadlock the database broke by rolling back this relay's `operation` (`claim` or
+/// `settle`): `outbox_deadlocks_total`. Several relays on one table should not deadlock each
+/// other; a count that grows says they do.
+fn count_deadlock(table: &TableName, operation: &'static str) {
+    tracing::debug!(%table, operation, "deadlock with another transaction");
+    metrics::counter!(
+        "outbox_deadlocks_total",
+        "table" => table.to_string(),
+        "operation" => operation
+    )
+    .increment(1);
 }

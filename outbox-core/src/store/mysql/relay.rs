@@ -48,11 +48,15 @@ impl RowLocking for MySql {
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {PENDING} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
         );
-        // The heads travel as one JSON array, `[[type, id, seq], ...]`.
+        // The heads travel as one JSON array, `[[type, id, seq], ...]`. The join starts from
+        // them and reads the table through the aggregate index only: a locking read locks every
+        // row it reads, and left to itself the optimizer scans the whole table, waiting on (and
+        // deadlocking with) the rows other relays hold.
+        let index = aggregate_index(table);
         let followers = format!(
-            "SELECT {COLUMNS} FROM {t} o \
-             JOIN JSON_TABLE(?, '$[*]' COLUMNS (aggregate_type VARCHAR(255) PATH '$[0]', \
+            "SELECT {COLUMNS} FROM JSON_TABLE(?, '$[*]' COLUMNS (aggregate_type VARCHAR(255) PATH '$[0]', \
                aggregate_id VARCHAR(255) PATH '$[1]', seq BIGINT PATH '$[2]')) AS h \
+             STRAIGHT_JOIN {t} o FORCE INDEX (`{index}`) \
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
              WHERE {PENDING} ORDER BY o.seq LIMIT ? FOR UPDATE"
         );
@@ -141,14 +145,29 @@ async fn apply(
     settlement: &Settlement,
 ) -> Result<(), sqlx::Error> {
     let t = table.quoted('`');
+    // Each statement reaches the listed rows through the primary key and no other row: the
+    // table's statistics are often those of an empty table (an outbox mostly is one), and the
+    // optimizer would then scan it whole, waiting on — and deadlocking with — the rows other
+    // relays hold. `DELETE` takes no index hint, so it joins the list instead.
     if !settlement.published.is_empty() {
-        let seqs = seq_list(settlement.published.iter().copied());
-        let sql = if retain {
-            format!("UPDATE {t} SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})")
+        if retain {
+            let seqs = seq_list(settlement.published.iter().copied());
+            let sql = format!(
+                "UPDATE {t} FORCE INDEX (PRIMARY) SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})"
+            );
+            sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
         } else {
-            format!("DELETE FROM {t} WHERE seq IN ({seqs})")
-        };
-        sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+            let seqs = serde_json::to_string(&settlement.published)
+                .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+            let sql = format!(
+                "DELETE o FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS p \
+                 STRAIGHT_JOIN {t} o ON o.seq = p.seq"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(seqs)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     // Failures are few: one statement each.
     let retry = format!(

@@ -169,6 +169,14 @@ impl RowLocking for Postgres {
         Ok(())
     }
 
+    /// `40P01 deadlock_detected`.
+    fn is_deadlock(error: &sqlx::Error) -> bool {
+        error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|code| code == "40P01")
+    }
+
     async fn purge(
         pool: &PgPool,
         table: &TableName,
