@@ -48,7 +48,10 @@
 //! * [`record`] is the same step by hand, [`Event`] describes a value without the derive;
 //! * [`migrate`] creates the table, [`Outbox`] configures another table or payload limit;
 //! * [`registered_events`] lists every event type the program can emit;
-//! * [`relay`] publishes the recorded events to a sink, in order per aggregate.
+//! * [`relay`] publishes the recorded events to a sink, in order per aggregate; [`inbox`]
+//!   processes them exactly once on the consumer's side;
+//! * [`admin`] answers what an operator asks (status, relays at work, dead letters, the latest
+//!   events), and [`store`] holds each database's SQL behind the sealed [`Dialect`] trait.
 //!
 //! ## Cargo features
 //!

@@ -749,10 +749,26 @@ async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>() {
     );
     let recent = DeadLetterFilter::new().dead_for_at_least(Duration::ZERO);
     assert_eq!(outbox.count_dead_letters(pool, &recent).await.unwrap(), 20);
+
+    // The filters' index holds the dead letters alone (MySQL has no partial indexes).
+    let index = format!("{}_dead_idx", table.name);
+    let partial = match D::NAME {
+        "PostgreSQL" => Some(format!(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = '{index}' \
+             AND indexdef LIKE '%WHERE (dead_at IS NOT NULL)'"
+        )),
+        "SQLite" => Some(format!(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '{index}' \
+             AND sql LIKE '%WHERE dead_at IS NOT NULL'"
+        )),
+        _ => None,
+    };
+    if let Some(sql) = partial {
+        assert_eq!(table.db.scalar(sql).await, 1, "partial index {index}");
+    }
     table.drop_table().await;
 }
 
-/// One test per generic test above and dialect.
 /// The queries behind `outbox status`, `tail` and `dead-letters purge`, as library calls: the
 /// counts per type, the relays at work, the events in order, and purging by filter.
 async fn status_tail_and_purge_read_what_the_database_holds<D: TestDb>() {
@@ -961,6 +977,7 @@ async fn relays_on_mariadb_settle_without_deadlocks_or_duplicates() {
     several_relays_settle_without_deadlocks_or_duplicates::<My>().await;
 }
 
+/// One test per generic test above and dialect.
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {
         mod $module {

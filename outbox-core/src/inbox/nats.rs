@@ -1,5 +1,5 @@
 //! NATS JetStream consumers through the inbox (feature `nats`): [`process`] runs a message
-//! through the [`Inbox`](super::Inbox) and only then acknowledges it.
+//! through the [`Inbox`] and only then acknowledges it.
 //!
 //! The id is the `outbox-event-id` header (set by the outbox's [`NatsSink`](crate::sinks::nats::NatsSink)),
 //! else `Nats-Msg-Id`. The acknowledgement waits for the server's confirmation (`double_ack`);

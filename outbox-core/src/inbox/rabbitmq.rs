@@ -1,5 +1,5 @@
 //! RabbitMQ consumers through the inbox (feature `rabbitmq`): [`process`] runs a delivery through
-//! the [`Inbox`](super::Inbox) and only then acknowledges it.
+//! the [`Inbox`] and only then acknowledges it.
 //!
 //! The id is the message's `message_id` property (set to the event id by the outbox's
 //! [`RabbitMqSink`](crate::sinks::rabbitmq::RabbitMqSink)), else its `outbox-event-id` header.

@@ -224,7 +224,7 @@ impl Relay<(), ()> {
     /// with default settings. The relay brings what it brings to the outbox table: batches,
     /// the sink's waves, retries with backoff, dead letters after `max_attempts`, per-aggregate
     /// holding back, metrics and graceful shutdown; the source decides what to claim and how
-    /// to record a [`Settlement`](source::Settlement). See [`source`] for the contract.
+    /// to record a [`Settlement`]. See [`source`] for the contract.
     ///
     /// ```
     /// use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Redis Streams sink (feature `redis`): one `XADD` per event to a stream (default: the
 //! aggregate type), the whole batch in one pipelined round trip. Each entry has the
-//! [fields](super::fields) `id` (event id, the consumers' dedup key), `event_type`,
+//! [fields] `id` (event id, the consumers' dedup key), `event_type`,
 //! `aggregate_type`, `aggregate_id`, `payload` (the body), `content_type`, and `headers` (JSON
 //! text) when headers were recorded — the names of the webhook's JSON elements. Streams keep
 //! per-key order, so per-aggregate order holds when an aggregate's events go to one stream.

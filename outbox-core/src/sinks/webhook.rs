@@ -14,7 +14,7 @@
 //! ones when those are retried. So a receiver that processes each request's elements in order,
 //! and the requests as they come, sees every aggregate's events in order.
 //!
-//! Each element of the array is an object with the [fields](super::fields) `id` (the event id:
+//! Each element of the array is an object with the [fields] `id` (the event id:
 //! deduplicate on it), `event_type`, `aggregate_type`, `aggregate_id`, `payload` (the recorded
 //! JSON) and, when some were recorded, `headers` (trace context…) — the names of the Redis
 //! sink's entries. With [`Envelope::CloudEvents`] the body is a CloudEvents batch

@@ -3,7 +3,7 @@
 //! crate (recording, the relay, the inbox, the administrative queries) is written once against
 //! that trait and never names a database.
 //!
-//! The public items of each database's module are its relay [`Source`](crate::relay::source::Source)
+//! The public items of each database's module are its relay [`Source`]
 //! and claim, what [`Relay::builder`](crate::relay::Relay::builder) reads from given that
 //! database's pool: [`TableSource`] on the databases with row locks (`postgres::PgSource`,
 //! `mysql::MySqlSource`), `sqlite::SqliteSource` on SQLite, where relays take turns.
