@@ -17,6 +17,7 @@ mod commands;
 mod config;
 mod db;
 mod error;
+mod http;
 mod settings;
 mod shutdown;
 mod sink;

@@ -5,15 +5,14 @@
 //! logs, and tries again with backoff, so that a broker outage never turns into a restart loop
 //! under systemd.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::Outbox;
 use outbox::relay::{Backoff, Ordering, Relay};
 use outbox::sinks::redacted;
 
 use crate::CliError;
 use crate::db::{Db, with_pool};
+use crate::http::{SinkProblem, serve};
 use crate::settings::Settings;
 use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
@@ -26,9 +25,6 @@ pub(crate) struct Options {
     pub(crate) webhook_secret: Option<String>,
     pub(crate) instance: String,
 }
-
-/// Why the service is not healthy, besides the database: the sink it is still waiting for.
-type SinkProblem = Arc<Mutex<Option<String>>>;
 
 /// Runs the relay until SIGINT or SIGTERM.
 pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result<(), CliError> {
@@ -149,52 +145,5 @@ async fn connect_sink(
             }
             Err(other) => return Err(other),
         }
-    }
-}
-
-/// `/metrics` in the Prometheus text format; `/health`: 200 while the database answers and the
-/// sink is connected, 503 with the reason otherwise.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    db: Db,
-    outbox: Outbox,
-    sink_problem: SinkProblem,
-) {
-    use axum::http::StatusCode;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.render();
-                async move { text }
-            }),
-        )
-        .route(
-            "/health",
-            axum::routing::get(move || {
-                let (db, outbox) = (db.clone(), outbox.clone());
-                let sink = sink_problem
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .clone();
-                async move {
-                    let ping = with_pool!(&db, pool => outbox.check(pool).await);
-                    match (ping, sink) {
-                        (Err(error), _) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("database unreachable: {error}\n"),
-                        ),
-                        (Ok(()), Some(problem)) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("sink unreachable: {problem}\n"),
-                        ),
-                        (Ok(()), None) => (StatusCode::OK, "ok\n".to_owned()),
-                    }
-                }
-            }),
-        );
-    if let Err(error) = axum::serve(listener, app).await {
-        eprintln!("outbox: error: the metrics endpoint stopped: {error}");
     }
 }
