@@ -46,7 +46,8 @@ pub struct EventCounts {
 }
 
 /// A relay at work on an outbox, as the database sees it: a line of [`Outbox::relays`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializes as `{"instance": …, "detail": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RelayInstance {
     /// Its instance name.

@@ -16,8 +16,6 @@ pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliE
     let relays = with_pool!(db, pool => outbox.relays(pool).await)
         .map_err(|error| CliError::Database(format!("cannot list the relays: {error}")))?;
     let rows: Vec<StatusRow> = counts.into_iter().map(StatusRow::from).collect();
-    let relays: Option<Vec<Relay>> =
-        relays.map(|relays| relays.into_iter().map(Relay::from).collect());
     print_status(&rows, relays.as_deref(), json)
 }
 
@@ -47,23 +45,11 @@ impl From<EventCounts> for StatusRow {
     }
 }
 
-/// A relay at work, as `status --json` prints it.
-#[derive(Debug, Serialize)]
-struct Relay {
-    instance: String,
-    detail: String,
-}
-
-impl From<RelayInstance> for Relay {
-    fn from(relay: RelayInstance) -> Self {
-        Relay {
-            instance: relay.instance,
-            detail: relay.detail,
-        }
-    }
-}
-
-fn print_status(rows: &[StatusRow], relays: Option<&[Relay]>, json: bool) -> Result<(), CliError> {
+fn print_status(
+    rows: &[StatusRow],
+    relays: Option<&[RelayInstance]>,
+    json: bool,
+) -> Result<(), CliError> {
     if json {
         let status = serde_json::json!({ "events": rows, "relays": relays });
         let text = serde_json::to_string_pretty(&status)

@@ -165,8 +165,11 @@ impl LowWater {
     }
 }
 
-/// SQL shared by the dialects' claims: the condition that `o` (the table aliased) is pending.
-pub(crate) const PENDING: &str = "o.dead_at IS NULL AND o.published_at IS NULL";
+/// SQL shared by the dialects' queries: the condition that the row `alias` stands for is
+/// pending (neither published nor dead).
+pub(crate) fn pending(alias: &str) -> String {
+    format!("{alias}.dead_at IS NULL AND {alias}.published_at IS NULL")
+}
 
 /// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
 /// is the head of its aggregate, with no earlier pending event. Another relay holding a head
@@ -176,8 +179,8 @@ pub(crate) fn head_condition(table: &str, ordering: Ordering) -> String {
     match ordering {
         Ordering::PerAggregate => format!(
             "AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
-             AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
-             AND e.dead_at IS NULL AND e.published_at IS NULL)"
+             AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND {})",
+            pending("e")
         ),
         Ordering::Unordered => String::new(),
     }

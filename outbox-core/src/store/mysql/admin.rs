@@ -6,7 +6,7 @@ use super::relay::COLUMNS;
 use crate::TableName;
 use crate::admin::{EventCounts, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions};
+use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -117,14 +117,14 @@ pub(super) async fn status(
     pool: &MySqlPool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = "published_at IS NULL AND dead_at IS NULL";
+    let pending = pending("o");
     let sql = format!(
         "SELECT aggregate_type, event_type,
                 CAST(SUM({pending}) AS SIGNED),
                 CAST(SUM(dead_at IS NOT NULL) AS SIGNED),
                 CAST(SUM(published_at IS NOT NULL) AS SIGNED),
                 CAST(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN {pending} THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE)
-         FROM {} GROUP BY 1, 2 ORDER BY 1, 2",
+         FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('`')
     );
     let rows = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?;

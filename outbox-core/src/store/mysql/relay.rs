@@ -11,7 +11,7 @@ use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::Settlement;
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
-use crate::store::table::{self, MessageRow, PENDING, delete_in_batches, head_condition, seq_list};
+use crate::store::table::{self, MessageRow, delete_in_batches, head_condition, pending, seq_list};
 
 /// The outbox table of a MySQL/MariaDB database, as a relay
 /// [`Source`](crate::relay::source::Source): what `Relay::builder(mysql_pool, sink).build()`
@@ -44,8 +44,9 @@ impl RowLocking for MySql {
     fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String) {
         let t = table.quoted('`');
         let head = head_condition(&t, ordering);
+        let pending = pending("o");
         let heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {PENDING} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
+            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
         );
         // The heads travel as one JSON array, `[[type, id, seq], ...]`. The join starts from
@@ -58,7 +59,7 @@ impl RowLocking for MySql {
                aggregate_id VARCHAR(255) PATH '$[1]', seq BIGINT PATH '$[2]')) AS h \
              STRAIGHT_JOIN {t} o FORCE INDEX (`{index}`) \
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
-             WHERE {PENDING} ORDER BY o.seq LIMIT ? FOR UPDATE"
+             WHERE {pending} ORDER BY o.seq LIMIT ? FOR UPDATE"
         );
         (heads, followers)
     }
@@ -97,139 +98,111 @@ impl RowLocking for MySql {
         table::messages(rows)
     }
 
+    /// The settlement's statements, in the claim's transaction: published rows deleted (or marked, with `retain`),
+    /// failures counted, dead letters set apart.
     async fn settle(
         conn: &mut MySqlConnection,
         table: &TableName,
         retain: bool,
         settlement: &Settlement,
     ) -> Result<(), sqlx::Error> {
-        apply(conn, table, retain, settlement).await
+        let t = table.quoted('`');
+        // Each statement reaches the listed rows through the primary key and no other row: the
+        // table's statistics are often those of an empty table (an outbox mostly is one), and the
+        // optimizer would then scan it whole, waiting on — and deadlocking with — the rows other
+        // relays hold. `DELETE` takes no index hint, so it joins the list instead.
+        if !settlement.published.is_empty() {
+            if retain {
+                let seqs = seq_list(settlement.published.iter().copied());
+                let sql = format!(
+                    "UPDATE {t} FORCE INDEX (PRIMARY) SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})"
+                );
+                sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+            } else {
+                let seqs = serde_json::to_string(&settlement.published)
+                    .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+                let sql = format!(
+                    "DELETE o FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS p \
+                     STRAIGHT_JOIN {t} o ON o.seq = p.seq"
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(seqs)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        // Failures are few: one statement each.
+        let retry = format!(
+            "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
+             available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE seq = ?"
+        );
+        for (seq, error, delay) in &settlement.retry {
+            sqlx::query(AssertSqlSafe(retry.clone()))
+                .bind(error)
+                .bind(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
+                .bind(seq)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let dead = format!(
+            "UPDATE {t} SET attempts = attempts + 1, last_error = ?, dead_at = UTC_TIMESTAMP(6) WHERE seq = ?"
+        );
+        for (seq, error) in &settlement.dead {
+            sqlx::query(AssertSqlSafe(dead.clone()))
+                .bind(error)
+                .bind(seq)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
+    /// MySQL's `ER_LOCK_DEADLOCK` (1213): InnoDB chose this transaction as the deadlock's victim and
+    /// rolled it back.
     fn is_deadlock(error: &sqlx::Error) -> bool {
-        is_deadlock(error)
+        error
+            .as_database_error()
+            .and_then(|error| error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|error| error.number() == 1213)
     }
 
+    /// Deletes published rows older than `retention`, at most `batch` per statement; returns how
+    /// many went.
     async fn purge(
         pool: &MySqlPool,
         table: &TableName,
         retention: Duration,
         batch: i64,
     ) -> Result<u64, sqlx::Error> {
-        purge(pool, table, retention, batch).await
+        let sql = format!(
+            "DELETE FROM {} WHERE published_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND ORDER BY seq LIMIT ?",
+            table.quoted('`')
+        );
+        let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        delete_in_batches(batch, || async {
+            Ok(sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(retention)
+                .bind(batch)
+                .execute(pool)
+                .await?
+                .rows_affected())
+        })
+        .await
     }
 
+    /// The oldest pending event: its `seq` and its age in seconds.
     async fn oldest_pending(
         pool: &MySqlPool,
         table: &TableName,
     ) -> Result<Option<(i64, f64)>, sqlx::Error> {
-        oldest_pending(pool, table).await
+        let sql = format!(
+            "SELECT CAST(seq AS SIGNED), TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)) / 1e6 FROM {} o \
+             WHERE {} ORDER BY seq LIMIT 1",
+            table.quoted('`'),
+            pending("o"),
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_optional(pool)
+            .await
     }
-}
-
-/// MySQL's `ER_LOCK_DEADLOCK` (1213): InnoDB chose this transaction as the deadlock's victim and
-/// rolled it back.
-fn is_deadlock(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|error| error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-        .is_some_and(|error| error.number() == 1213)
-}
-
-/// The settlement's statements, in `tx`: published rows deleted (or marked, with `retain`),
-/// failures counted, dead letters set apart.
-async fn apply(
-    tx: &mut sqlx::MySqlConnection,
-    table: &TableName,
-    retain: bool,
-    settlement: &Settlement,
-) -> Result<(), sqlx::Error> {
-    let t = table.quoted('`');
-    // Each statement reaches the listed rows through the primary key and no other row: the
-    // table's statistics are often those of an empty table (an outbox mostly is one), and the
-    // optimizer would then scan it whole, waiting on — and deadlocking with — the rows other
-    // relays hold. `DELETE` takes no index hint, so it joins the list instead.
-    if !settlement.published.is_empty() {
-        if retain {
-            let seqs = seq_list(settlement.published.iter().copied());
-            let sql = format!(
-                "UPDATE {t} FORCE INDEX (PRIMARY) SET published_at = UTC_TIMESTAMP(6) WHERE seq IN ({seqs})"
-            );
-            sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
-        } else {
-            let seqs = serde_json::to_string(&settlement.published)
-                .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-            let sql = format!(
-                "DELETE o FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS p \
-                 STRAIGHT_JOIN {t} o ON o.seq = p.seq"
-            );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(seqs)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    // Failures are few: one statement each.
-    let retry = format!(
-        "UPDATE {t} SET attempts = attempts + 1, last_error = ?, \
-         available_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE seq = ?"
-    );
-    for (seq, error, delay) in &settlement.retry {
-        sqlx::query(AssertSqlSafe(retry.clone()))
-            .bind(error)
-            .bind(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let dead = format!(
-        "UPDATE {t} SET attempts = attempts + 1, last_error = ?, dead_at = UTC_TIMESTAMP(6) WHERE seq = ?"
-    );
-    for (seq, error) in &settlement.dead {
-        sqlx::query(AssertSqlSafe(dead.clone()))
-            .bind(error)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Deletes published rows older than `retention`, at most `batch` per statement; returns how
-/// many went.
-async fn purge(
-    pool: &MySqlPool,
-    table: &TableName,
-    retention: Duration,
-    batch: i64,
-) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "DELETE FROM {} WHERE published_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND ORDER BY seq LIMIT ?",
-        table.quoted('`')
-    );
-    let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-    delete_in_batches(batch, || async {
-        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(retention)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected())
-    })
-    .await
-}
-
-/// The oldest pending event: its `seq` and its age in seconds.
-async fn oldest_pending(
-    pool: &MySqlPool,
-    table: &TableName,
-) -> Result<Option<(i64, f64)>, sqlx::Error> {
-    let sql = format!(
-        "SELECT CAST(seq AS SIGNED), TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)) / 1e6 FROM {} \
-         WHERE dead_at IS NULL AND published_at IS NULL ORDER BY seq LIMIT 1",
-        table.quoted('`')
-    );
-    sqlx::query_as(AssertSqlSafe(sql))
-        .fetch_optional(pool)
-        .await
 }

@@ -6,7 +6,7 @@ use super::relay::COLUMNS;
 use crate::TableName;
 use crate::admin::{EventCounts, RELAY_APPLICATION_PREFIX, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions};
+use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -120,14 +120,14 @@ pub(super) async fn status(
     pool: &PgPool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = "published_at IS NULL AND dead_at IS NULL";
+    let pending = pending("o");
     let sql = format!(
         "SELECT aggregate_type, event_type,
                 COUNT(*) FILTER (WHERE {pending}),
                 COUNT(*) FILTER (WHERE dead_at IS NOT NULL),
                 COUNT(*) FILTER (WHERE published_at IS NOT NULL),
                 EXTRACT(EPOCH FROM clock_timestamp() - MIN(created_at) FILTER (WHERE {pending}))::float8
-         FROM {} GROUP BY 1, 2 ORDER BY 1, 2",
+         FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('"')
     );
     let rows = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?;

@@ -12,7 +12,7 @@ use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::Settlement;
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
-use crate::store::table::{self, MessageRow, PENDING, delete_in_batches, head_condition};
+use crate::store::table::{self, MessageRow, delete_in_batches, head_condition, pending};
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
 /// what `Relay::builder(pg_pool, sink).build()` reads from.
@@ -67,15 +67,16 @@ impl RowLocking for Postgres {
     fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String) {
         let t = table.quoted('"');
         let head = head_condition(&t, ordering);
+        let pending = pending("o");
         let heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {PENDING} AND o.available_at <= clock_timestamp() {head} \
+            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {pending} AND o.available_at <= clock_timestamp() {head} \
              ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
         let followers = format!(
             "SELECT {COLUMNS} FROM {t} o \
              JOIN unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
-             WHERE {PENDING} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
+             WHERE {pending} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
         );
         (heads, followers)
     }
@@ -177,20 +178,44 @@ impl RowLocking for Postgres {
             .is_some_and(|code| code == "40P01")
     }
 
+    /// Deletes published rows older than `retention`, at most `batch` per statement; returns how
+    /// many went.
     async fn purge(
         pool: &PgPool,
         table: &TableName,
         retention: Duration,
         batch: i64,
     ) -> Result<u64, sqlx::Error> {
-        purge(pool, table, retention, batch).await
+        let t = table.quoted('"');
+        let sql = format!(
+            "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at < clock_timestamp() - $1 * interval '1 second' \
+             ORDER BY seq LIMIT $2)"
+        );
+        delete_in_batches(batch, || async {
+            Ok(sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(retention.as_secs_f64())
+                .bind(batch)
+                .execute(pool)
+                .await?
+                .rows_affected())
+        })
+        .await
     }
 
+    /// The oldest pending event: its `seq` and its age in seconds.
     async fn oldest_pending(
         pool: &PgPool,
         table: &TableName,
     ) -> Result<Option<(i64, f64)>, sqlx::Error> {
-        oldest_pending(pool, table).await
+        let sql = format!(
+            "SELECT seq, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM {} o \
+             WHERE {} ORDER BY seq LIMIT 1",
+            table.quoted('"'),
+            pending("o"),
+        );
+        sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_optional(pool)
+            .await
     }
 
     async fn wait(
@@ -229,43 +254,4 @@ impl RowLocking for Postgres {
             }
         }
     }
-}
-
-/// Deletes published rows older than `retention`, at most `batch` per statement; returns how
-/// many went.
-async fn purge(
-    pool: &PgPool,
-    table: &TableName,
-    retention: Duration,
-    batch: i64,
-) -> Result<u64, sqlx::Error> {
-    let t = table.quoted('"');
-    let sql = format!(
-        "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at < clock_timestamp() - $1 * interval '1 second' \
-         ORDER BY seq LIMIT $2)"
-    );
-    delete_in_batches(batch, || async {
-        Ok(sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(retention.as_secs_f64())
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected())
-    })
-    .await
-}
-
-/// The oldest pending event: its `seq` and its age in seconds.
-async fn oldest_pending(
-    pool: &PgPool,
-    table: &TableName,
-) -> Result<Option<(i64, f64)>, sqlx::Error> {
-    let sql = format!(
-        "SELECT seq, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM {} \
-         WHERE dead_at IS NULL AND published_at IS NULL ORDER BY seq LIMIT 1",
-        table.quoted('"')
-    );
-    sqlx::query_as(AssertSqlSafe(sql))
-        .fetch_optional(pool)
-        .await
 }

@@ -6,7 +6,7 @@ use super::relay::{COLUMNS, NOW, companion, now_ms};
 use crate::TableName;
 use crate::admin::{EventCounts, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions};
+use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -117,12 +117,12 @@ pub(super) async fn status(
     pool: &SqlitePool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = "published_at IS NULL AND dead_at IS NULL";
+    let pending = pending("o");
     let sql = format!(
         "SELECT aggregate_type, event_type,
                 SUM({pending}), SUM(dead_at IS NOT NULL), SUM(published_at IS NOT NULL),
                 (julianday('now') - julianday(MIN(CASE WHEN {pending} THEN created_at END))) * 86400.0
-         FROM {} GROUP BY 1, 2 ORDER BY 1, 2",
+         FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('"')
     );
     let rows = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?;

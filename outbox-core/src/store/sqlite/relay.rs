@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
-use crate::store::table::{self, MessageRow, PENDING, delete_in_batches, seq_list};
+use crate::store::table::{self, MessageRow, delete_in_batches, pending, seq_list};
 use crate::{Error, TableName};
 
 const DIALECT: &str = <Sqlite as sqlx::Database>::NAME;
@@ -96,12 +96,14 @@ impl SqliteSource {
             Ordering::PerAggregate => format!(
                 "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.aggregate_type = o.aggregate_type \
                  AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
-                 AND e.dead_at IS NULL AND e.published_at IS NULL AND e.available_at > {NOW})"
+                 AND {} AND e.available_at > {NOW})",
+                pending("e")
             ),
             Ordering::Unordered => String::new(),
         };
+        let pending = pending("o");
         let claim = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE {PENDING} AND o.available_at <= {NOW} {held_back} \
+            "SELECT {COLUMNS} FROM {t} o WHERE {pending} AND o.available_at <= {NOW} {held_back} \
              ORDER BY o.seq LIMIT ?1"
         );
         let acquire = format!(
@@ -214,9 +216,10 @@ impl Source for SqliteSource {
             }
         }
         let sql = format!(
-            "SELECT (julianday('now') - julianday(created_at)) * 86400.0 FROM {} \
-             WHERE dead_at IS NULL AND published_at IS NULL ORDER BY seq LIMIT 1",
-            self.table.quoted('"')
+            "SELECT (julianday('now') - julianday(created_at)) * 86400.0 FROM {} o \
+             WHERE {} ORDER BY seq LIMIT 1",
+            self.table.quoted('"'),
+            pending("o"),
         );
         let lag: Option<f64> = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_optional(&self.pool)
