@@ -57,7 +57,25 @@ postgres() {
     log "creating PostgreSQL database test"
     psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
   fi
+  postgres_logical
   log "PostgreSQL ready on 127.0.0.1:5432"
+}
+
+# The log-tailing relay streams a replication slot: PostgreSQL must decode its WAL logically.
+# ALTER SYSTEM writes postgresql.auto.conf; wal_level only changes with a restart, done once.
+postgres_logical() {
+  local sql="psql -h 127.0.0.1 -U postgres -d postgres -Atc"
+  if [ "$($sql 'SHOW wal_level')" = logical ]; then return 0; fi
+  log "setting wal_level = logical (restarting PostgreSQL once)"
+  $sql "ALTER SYSTEM SET wal_level = 'logical'" >/dev/null
+  local version
+  version=$($sql "SELECT current_setting('server_version_num')::int / 10000")
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+  wait_for PostgreSQL 60 pg_isready -h 127.0.0.1 -p 5432
+  if [ "$($sql 'SHOW wal_level')" != logical ]; then
+    log "PostgreSQL still runs with wal_level = $($sql 'SHOW wal_level')"
+    return 1
+  fi
 }
 
 mariadb_up() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 -uroot ping; }
