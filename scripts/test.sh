@@ -34,6 +34,14 @@ verify_dir=$(mktemp -d)
 CARGO_TARGET_DIR="$verify_dir" cargo package -p outbox-derive -p outbox --locked --allow-dirty
 rm -rf "$verify_dir"
 
+echo "== tests that restart PostgreSQL (alone, one at a time)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p outbox-tests --all-features --locked --no-fail-fast \
+    --run-ignored only --test-threads 1
+else
+  cargo test -p outbox-tests --all-features --locked --no-fail-fast -- --ignored --test-threads 1
+fi
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --locked --no-fail-fast

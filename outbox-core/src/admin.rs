@@ -45,6 +45,24 @@ pub struct EventCounts {
     pub oldest_pending: Option<Duration>,
 }
 
+/// The replication slot a log-tailing relay streams ([`Outbox::log_tailing`],
+/// [`Outbox::wal_messages`]): a line of [`Outbox::slot`]. Serializes with these field names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// The slot's name (`<schema>_<table>_relay`).
+    pub slot: String,
+    /// A relay streams it now.
+    pub active: bool,
+    /// Bytes of WAL the server keeps for it: what a stopped relay costs the disk.
+    pub retained_bytes: u64,
+    /// Bytes of WAL written since the position the relay confirmed: how far behind it is.
+    pub lag_bytes: u64,
+    /// PostgreSQL's `wal_status`: `reserved`, `extended`, `unreserved` or `lost` (invalidated:
+    /// see the README's recovery).
+    pub wal_status: Option<String>,
+}
+
 /// A relay at work on an outbox, as the database sees it: a line of [`Outbox::relays`].
 /// Serializes as `{"instance": …, "detail": …}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -106,6 +124,20 @@ impl Outbox {
         DB::__relays(pool, self.table())
             .await
             .map_err(|source| self.database_error::<DB>("list relays", source))
+    }
+
+    /// The replication slot of this outbox, on PostgreSQL when its relay tails the log
+    /// (`migrate` created it); `None` otherwise.
+    pub async fn slot<DB: Dialect>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<Option<SlotStatus>, Error> {
+        if !self.is_log_tailed() {
+            return Ok(None);
+        }
+        DB::__slot(pool, self.table())
+            .await
+            .map_err(|source| self.database_error::<DB>("read the replication slot", source))
     }
 
     /// Checks that the outbox table is there and readable: an error naming the table

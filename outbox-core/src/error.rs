@@ -122,6 +122,34 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A feature that this database does not have.
+    #[error("{feature} is not available on {dialect}: {hint}")]
+    Unsupported {
+        /// The feature asked for.
+        feature: &'static str,
+        /// Database dialect.
+        dialect: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// Tailing PostgreSQL's transaction log cannot go on: the server's settings, the
+    /// replication slot or the connection settings need a change, which `problem` names.
+    #[error("log tailing of outbox table `{table}`: {problem}")]
+    LogTailing {
+        /// The outbox table.
+        table: String,
+        /// What is wrong, and what to change.
+        problem: String,
+    },
+
+    /// The replication URL given to a log stream is not one.
+    #[error("invalid replication URL: {problem}")]
+    InvalidReplicationUrl {
+        /// What is wrong with it (never its password).
+        problem: String,
+    },
+
     /// The database refused an operation.
     #[error("{operation} on table `{table}` failed ({dialect}): {source}")]
     Database {

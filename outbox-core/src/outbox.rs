@@ -31,6 +31,18 @@ pub struct Outbox {
     max_payload_bytes: usize,
     notify_on_commit: bool,
     header_source: Option<HeaderSource>,
+    delivery: Delivery,
+}
+
+/// How recorded events reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Rows of the outbox table, claimed by a polling relay.
+    Polled,
+    /// Rows of the outbox table, streamed from PostgreSQL's transaction log.
+    LogTable,
+    /// No row: a logical decoding message in PostgreSQL's transaction log.
+    LogMessages,
 }
 
 /// A function giving the headers to record with every event, e.g. the current trace context.
@@ -64,6 +76,7 @@ impl Outbox {
             max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
             notify_on_commit: false,
             header_source: None,
+            delivery: Delivery::Polled,
         }
     }
 
@@ -103,9 +116,46 @@ impl Outbox {
         self
     }
 
+    /// PostgreSQL: events are rows of the outbox table, as by default, but the relay reads them
+    /// from the transaction log ([`LogStream`](crate::store::postgres::LogStream), feature
+    /// `postgres-log`) instead of claiming them. [`migrate`](Outbox::migrate) creates the lean
+    /// table that suits it (no claim index, no trigger: order comes from the log), the
+    /// publication and the replication slot, and fails with what to change when the server's
+    /// `wal_level` is not `logical`. Recording is unchanged.
+    pub const fn log_tailing(mut self) -> Self {
+        self.delivery = Delivery::LogTable;
+        self
+    }
+
+    /// PostgreSQL: records each event as a logical decoding message in the transaction log
+    /// (`pg_logical_emit_message`, transactional) instead of a table row: no row, no index, no
+    /// vacuum. Only a log-tailing relay ([`LogStream`](crate::store::postgres::LogStream))
+    /// reads them; implies [`log_tailing`](Outbox::log_tailing). The table still exists: it
+    /// holds the events whose delivery failed (retries and dead letters), as usual. Other
+    /// databases refuse to record with [`Error::Unsupported`].
+    ///
+    /// The message's prefix is `outbox:<table>` and its content a JSON object:
+    /// `{"id": "<uuid>", "aggregate_type": "…", "aggregate_id": "…", "event_type": "…",
+    /// "headers": {…} | null, "payload": <the payload's JSON>}`.
+    pub const fn wal_messages(mut self) -> Self {
+        self.delivery = Delivery::LogMessages;
+        self
+    }
+
     /// Whether `migrate` installs the `NOTIFY` trigger.
     pub fn notifies_on_commit(&self) -> bool {
-        self.notify_on_commit
+        self.notify_on_commit && self.delivery == Delivery::Polled
+    }
+
+    /// Whether the relay reads these events from PostgreSQL's transaction log
+    /// ([`log_tailing`](Outbox::log_tailing) or [`wal_messages`](Outbox::wal_messages)).
+    pub fn is_log_tailed(&self) -> bool {
+        self.delivery != Delivery::Polled
+    }
+
+    /// Whether events are recorded as logical decoding messages ([`wal_messages`](Outbox::wal_messages)).
+    pub fn writes_wal_messages(&self) -> bool {
+        self.delivery == Delivery::LogMessages
     }
 
     /// The outbox table.
@@ -153,11 +203,19 @@ impl Outbox {
             event_type: event_type.to_owned(),
         })?;
         check_metadata(event_type, "aggregate_id", &aggregate_id)?;
+        let dialect = <C::Dialect as sqlx::Database>::NAME;
+        if self.writes_wal_messages() && dialect != "PostgreSQL" {
+            return Err(Error::Unsupported {
+                feature: "recording events as WAL messages (`Outbox::wal_messages`)",
+                dialect,
+                hint: "record into the outbox table (leave `wal_messages` off)",
+            });
+        }
         if !conn.__in_transaction() {
             return Err(Error::NoTransaction {
                 event_type: event_type.to_owned(),
                 table: self.table.to_string(),
-                dialect: <C::Dialect as sqlx::Database>::NAME,
+                dialect,
             });
         }
         let payload = event.to_json().map_err(|source| Error::Serialize {
@@ -196,7 +254,11 @@ impl Outbox {
     pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         let wrap = |source| Error::database("migrate", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
-        DB::__migrate(&mut conn, self).await.map_err(wrap)
+        DB::__migrate(&mut conn, self).await.map_err(wrap)?;
+        if self.is_log_tailed() {
+            DB::__migrate_log(&mut conn, self).await?;
+        }
+        Ok(())
     }
 
     async fn insert<C>(&self, conn: &mut C, row: NewRow) -> Result<uuid::Uuid, Error>
@@ -204,7 +266,7 @@ impl Outbox {
         C: OutboxConnection + ?Sized,
     {
         let dialect = <C::Dialect as sqlx::Database>::NAME;
-        <C::Dialect as Dialect>::__insert(conn.__connection(), &self.table, &row)
+        <C::Dialect as Dialect>::__insert(conn.__connection(), self, &row)
             .await
             .map_err(|source| Error::database("record", &self.table, dialect, source))?;
         tracing::trace!(

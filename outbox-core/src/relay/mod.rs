@@ -193,6 +193,7 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
             retain: self.config.retention.is_some(),
             listen: self.config.listen,
             lease_ttl: self.config.lease_ttl,
+            parked_only: false,
         });
         Relay {
             source,

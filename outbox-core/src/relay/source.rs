@@ -89,4 +89,6 @@ pub struct SourceConfig {
     pub listen: bool,
     /// SQLite: how long the relay lease lasts without renewal.
     pub lease_ttl: Duration,
+    /// PostgreSQL log tailing: claim only the events the log source parked in the table.
+    pub parked_only: bool,
 }

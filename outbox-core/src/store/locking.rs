@@ -35,7 +35,7 @@ pub trait RowLocking: Dialect {
 
     /// The claim's two queries on `table`: the heads (bound: from `seq`, limit) and their
     /// followers (bound by [`claim_followers`](RowLocking::claim_followers)).
-    fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String);
+    fn claim_statements(config: &SourceConfig) -> (String, String);
 
     /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order.
     fn claim_heads<'a>(
@@ -112,7 +112,7 @@ pub struct TableSource<DB: RowLocking> {
 
 impl<DB: RowLocking> TableSource<DB> {
     pub(crate) fn new(pool: sqlx::Pool<DB>, config: &SourceConfig) -> Self {
-        let (claim_heads, claim_followers) = DB::claim_statements(&config.table, config.ordering);
+        let (claim_heads, claim_followers) = DB::claim_statements(config);
         TableSource {
             pool,
             table: config.table.clone(),

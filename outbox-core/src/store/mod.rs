@@ -11,7 +11,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::admin::{EventCounts, RelayInstance};
+use crate::Error;
+use crate::admin::{EventCounts, RelayInstance, SlotStatus};
 use crate::connection::NewRow;
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
 use crate::relay::IntoSource;
@@ -152,7 +153,7 @@ pub trait Dialect:
     #[doc(hidden)]
     fn __insert<'a>(
         conn: &'a mut Self::Connection,
-        table: &'a TableName,
+        outbox: &'a Outbox,
         row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
@@ -161,6 +162,23 @@ pub trait Dialect:
         conn: &'a mut Self::Connection,
         outbox: &'a Outbox,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// After [`__migrate`](Dialect::__migrate), for an outbox whose relay tails the transaction
+    /// log: what the log needs (PostgreSQL only).
+    #[doc(hidden)]
+    fn __migrate_log<'a>(
+        conn: &'a mut Self::Connection,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        let _ = (conn, outbox);
+        async {
+            Err(Error::Unsupported {
+                feature: "a relay tailing the transaction log (`Outbox::log_tailing`, `Outbox::wal_messages`)",
+                dialect: Self::NAME,
+                hint: "relay from the outbox table (leave `log_tailing` and `wal_messages` off)",
+            })
+        }
+    }
 
     /// Inserts the inbox entry unless it exists; true when inserted.
     #[doc(hidden)]
@@ -235,6 +253,16 @@ pub trait Dialect:
         pool: &'a sqlx::Pool<Self>,
         table: &'a TableName,
     ) -> impl Future<Output = Result<Option<Vec<RelayInstance>>, sqlx::Error>> + Send + 'a;
+
+    /// The log relay's replication slot of this table, where the database has them.
+    #[doc(hidden)]
+    fn __slot<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Option<SlotStatus>, sqlx::Error>> + Send + 'a {
+        let _ = (pool, table);
+        async { Ok(None) }
+    }
 
     /// The highest `seq` in the table, 0 when it is empty.
     #[doc(hidden)]

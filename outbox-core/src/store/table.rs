@@ -171,16 +171,28 @@ pub(crate) fn pending(alias: &str) -> String {
     format!("{alias}.dead_at IS NULL AND {alias}.published_at IS NULL")
 }
 
+/// The rows a table source claims from: the pending ones, or (for the log source's table of
+/// parked events, see `store::postgres::log`) the pending ones it parked there.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn claimable(alias: &str, parked_only: bool) -> String {
+    let pending = pending(alias);
+    if parked_only {
+        format!("{pending} AND {alias}.parked")
+    } else {
+        pending
+    }
+}
+
 /// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
 /// is the head of its aggregate, with no earlier pending event. Another relay holding a head
 /// keeps its aggregate's later events out of a claim, since the head row is still there.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn head_condition(table: &str, ordering: Ordering) -> String {
+pub(crate) fn head_condition(table: &str, ordering: Ordering, parked_only: bool) -> String {
     match ordering {
         Ordering::PerAggregate => format!(
             "AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
              AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND {})",
-            pending("e")
+            claimable("e", parked_only)
         ),
         Ordering::Unordered => String::new(),
     }

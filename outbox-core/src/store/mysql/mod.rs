@@ -22,13 +22,13 @@ impl Dialect for MySql {
 
     async fn __insert(
         conn: &mut MySqlConnection,
-        table: &TableName,
+        outbox: &Outbox,
         row: &NewRow,
     ) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
              VALUES (?, ?, ?, ?, ?, ?)",
-            table.quoted('`')
+            outbox.table().quoted('`')
         );
         sqlx::query(AssertSqlSafe(sql))
             .bind(row.id.hyphenated().to_string())

@@ -8,10 +8,11 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
 use crate::TableName;
 use crate::message::Message;
-use crate::relay::Ordering;
-use crate::relay::source::Settlement;
+use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
-use crate::store::table::{self, MessageRow, delete_in_batches, head_condition, pending, seq_list};
+use crate::store::table::{
+    self, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
+};
 
 /// The outbox table of a MySQL/MariaDB database, as a relay
 /// [`Source`](crate::relay::source::Source): what `Relay::builder(mysql_pool, sink).build()`
@@ -41,10 +42,11 @@ impl RowLocking for MySql {
     /// No `NOTIFY`: the relay polls, back to back while there is work.
     type Wakeup = ();
 
-    fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String) {
+    fn claim_statements(config: &SourceConfig) -> (String, String) {
+        let table = &config.table;
         let t = table.quoted('`');
-        let head = head_condition(&t, ordering);
-        let pending = pending("o");
+        let head = head_condition(&t, config.ordering, config.parked_only);
+        let pending = claimable("o", config.parked_only);
         let heads = format!(
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"

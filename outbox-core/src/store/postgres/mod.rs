@@ -2,10 +2,15 @@
 
 mod admin;
 mod inbox;
+#[cfg(feature = "postgres-log")]
+mod log;
 mod relay;
+mod wal;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 
+#[cfg(feature = "postgres-log")]
+pub use self::log::{LogClaim, LogSource, LogStream};
 pub use self::relay::{PgClaim, PgSource};
 use crate::connection::{NewRow, outbox_connection};
 use crate::relay::source::SourceConfig;
@@ -21,14 +26,17 @@ impl Dialect for Postgres {
 
     async fn __insert(
         conn: &mut PgConnection,
-        table: &TableName,
+        outbox: &Outbox,
         row: &NewRow,
     ) -> Result<(), sqlx::Error> {
+        if outbox.writes_wal_messages() {
+            return wal::emit(conn, outbox, row).await;
+        }
         // The payload travels as text and is parsed into jsonb by the server, once.
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
              VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
-            table.quoted('"')
+            outbox.table().quoted('"')
         );
         sqlx::query(AssertSqlSafe(sql))
             .bind(row.id)
@@ -74,13 +82,27 @@ impl Dialect for Postgres {
             table.quoted('"')
         );
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
-        sqlx::raw_sql(AssertSqlSafe(relay::relay_ddl(
-            table,
-            outbox.notifies_on_commit(),
-        )))
-        .execute(&mut *tx)
-        .await?;
+        // A log-tailed table needs no claim index nor trigger: the log gives the order.
+        let ddl = if outbox.is_log_tailed() {
+            wal::table_ddl(table)
+        } else {
+            relay::relay_ddl(table, outbox.notifies_on_commit())
+        };
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
         tx.commit().await
+    }
+
+    async fn __migrate_log(conn: &mut PgConnection, outbox: &Outbox) -> Result<(), crate::Error> {
+        // Outside the table's transaction: a logical slot cannot be created in a transaction
+        // that has written.
+        wal::setup(conn, outbox).await
+    }
+
+    async fn __slot(
+        pool: &PgPool,
+        table: &TableName,
+    ) -> Result<Option<crate::admin::SlotStatus>, sqlx::Error> {
+        wal::slot(pool, table).await
     }
 
     fn __source(pool: PgPool, config: &SourceConfig) -> PgSource {

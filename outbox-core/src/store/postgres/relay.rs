@@ -9,10 +9,11 @@ use tokio::sync::Mutex;
 
 use crate::TableName;
 use crate::message::Message;
-use crate::relay::Ordering;
-use crate::relay::source::Settlement;
+use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
-use crate::store::table::{self, MessageRow, delete_in_batches, head_condition, pending};
+use crate::store::table::{
+    self, MessageRow, claimable, delete_in_batches, head_condition, pending,
+};
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
 /// what `Relay::builder(pg_pool, sink).build()` reads from.
@@ -64,10 +65,11 @@ impl RowLocking for Postgres {
     /// The connection listening for the table's notifications, once opened.
     type Wakeup = Mutex<Option<PgListener>>;
 
-    fn claim_statements(table: &TableName, ordering: Ordering) -> (String, String) {
+    fn claim_statements(config: &SourceConfig) -> (String, String) {
+        let table = &config.table;
         let t = table.quoted('"');
-        let head = head_condition(&t, ordering);
-        let pending = pending("o");
+        let head = head_condition(&t, config.ordering, config.parked_only);
+        let pending = claimable("o", config.parked_only);
         let heads = format!(
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {pending} AND o.available_at <= clock_timestamp() {head} \
              ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"

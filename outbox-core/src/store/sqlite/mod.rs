@@ -21,13 +21,13 @@ impl Dialect for Sqlite {
 
     async fn __insert(
         conn: &mut SqliteConnection,
-        table: &TableName,
+        outbox: &Outbox,
         row: &NewRow,
     ) -> Result<(), sqlx::Error> {
         let sql = format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
              VALUES (?, ?, ?, ?, ?, ?)",
-            table.quoted('"')
+            outbox.table().quoted('"')
         );
         sqlx::query(AssertSqlSafe(sql))
             .bind(row.id.hyphenated().to_string())

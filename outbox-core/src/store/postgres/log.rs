@@ -1,0 +1,1222 @@
+//! Tailing PostgreSQL's transaction log: a relay [`Source`] that streams the outbox from a
+//! logical replication slot with the `pgoutput` plugin, pushed by the server as transactions
+//! commit, in commit order, with no claim queries.
+//!
+//! Two kinds of events arrive on the stream, and a [`LogSource`] takes both:
+//!
+//! * **rows** of the outbox table ([`Outbox::log_tailing`](crate::Outbox::log_tailing)): the
+//!   table is in the slot's publication; a published row is deleted afterwards with the rest of
+//!   its batch (one statement per batch), or marked published in retention mode;
+//! * **WAL messages** ([`Outbox::wal_messages`](crate::Outbox::wal_messages)), written by
+//!   `pg_logical_emit_message` with the prefix `outbox:<table>`: nothing to delete.
+//!
+//! # Acknowledgement
+//!
+//! The slot's confirmed position advances past a transaction only once each of its events is
+//! settled: published, or parked in the table (below). It is cumulative: a transaction in
+//! flight holds back the confirmation of every later one. A relay that restarts streams again
+//! from the confirmed position: at least once, the duplicates bounded by what was in flight.
+//!
+//! # Failures: parking
+//!
+//! An event that fails is *parked*: its row is marked `parked` (table mode) or a row is
+//! inserted for it (WAL messages), with its attempt count, error and next due time, or as a
+//! dead letter. While an aggregate has a pending parked event, its later events from the log
+//! are parked behind it (unless the relay is [unordered](crate::relay::Ordering::Unordered)).
+//! The parked rows are claimed from the table with the same retries, backoff, dead letters and
+//! replay as a polling relay, between batches of the log; once an aggregate has no pending
+//! parked event its events flow from the log again. Other aggregates are never held up.
+//!
+//! # One relay per slot
+//!
+//! PostgreSQL lets one session stream a slot. A second relay started on the same table waits
+//! as a standby, asking every second, and takes over when the first one stops or dies.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as Atomic};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
+use tokio::sync::Mutex;
+
+use super::relay::{PgClaim, PgSource};
+use super::wal::{self, LogNames};
+use crate::message::Message;
+use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
+use crate::relay::{IntoSource, Ordering};
+use crate::store::TableSource;
+use crate::store::locking::RowLocking;
+use crate::store::table::pending;
+use crate::{Error, TableName};
+
+/// How long a relay waits before asking again for a slot that another relay streams, or after
+/// a failed connection.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a batch's writes may take. A shutting-down PostgreSQL refuses new connections but
+/// waits for its walsender to be confirmed everything (or stopped): a settlement that cannot
+/// write must give the stream up quickly, not hold the server's shutdown.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the server may take to accept `START_REPLICATION`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the confirmed position reaches the server, at most: what a crashed relay
+/// publishes again is what it published in the last interval, plus the batch in flight.
+const STATUS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The transaction log of a PostgreSQL database, as where a relay takes an outbox's events:
+/// give it to [`Relay::builder`](crate::relay::Relay::builder) instead of the pool.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), outbox::Error> {
+/// use outbox::Outbox;
+/// use outbox::relay::{ChannelSink, Relay};
+/// use outbox::store::postgres::LogStream;
+///
+/// const OUTBOX: Outbox = Outbox::new().wal_messages();
+/// OUTBOX.migrate(&pool).await?; // the table, the publication and the slot
+///
+/// let log = LogStream::new(pool, "postgres://replicator:secret@127.0.0.1:5432/app")?;
+/// let (sink, _events) = ChannelSink::new(1024);
+/// Relay::builder(log, sink).outbox(&OUTBOX).build().run(std::future::pending()).await;
+/// # Ok(()) }
+/// ```
+///
+/// The URL is the replication connection's: a role with the `REPLICATION` attribute (or a
+/// superuser), the database of the outbox, and `sslmode` = `disable` (the default), `require`,
+/// `verify-ca` or `verify-full`. The pool serves the table: parking, deleting published rows,
+/// the slot's statistics.
+#[derive(Debug, Clone)]
+pub struct LogStream {
+    pool: PgPool,
+    replication: ReplicationConfig,
+}
+
+impl LogStream {
+    /// A log stream of `pool`'s database, replicated over the connection `url` describes
+    /// (`postgres://user:password@host:port/database?sslmode=...`).
+    pub fn new(pool: PgPool, url: &str) -> Result<Self, Error> {
+        Ok(LogStream {
+            pool,
+            replication: replication_config(url)?,
+        })
+    }
+}
+
+impl IntoSource for LogStream {
+    type Source = LogSource;
+
+    fn __into_source(self, config: &SourceConfig) -> LogSource {
+        LogSource::new(self, config)
+    }
+}
+
+/// Reads a replication URL; the error never repeats the password.
+fn replication_config(url: &str) -> Result<ReplicationConfig, Error> {
+    let invalid = |problem: String| Error::InvalidReplicationUrl { problem };
+    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(format!(
+            "the scheme is `{}`, expected `postgres://`",
+            parsed.scheme()
+        )));
+    }
+    let decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let user = match parsed.username() {
+        "" => "postgres".to_owned(),
+        user => decode(user),
+    };
+    let password = parsed.password().map(decode).unwrap_or_default();
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+    let database = match parsed.path().trim_start_matches('/') {
+        "" => user.clone(),
+        database => decode(database),
+    };
+    let mut tls = TlsConfig::disabled();
+    for (key, value) in parsed.query_pairs() {
+        match (&*key, &*value) {
+            ("sslmode", "disable" | "allow" | "prefer") => tls = TlsConfig::disabled(),
+            ("sslmode", "require") => tls = TlsConfig::require(),
+            ("sslmode", "verify-ca") => tls = TlsConfig::verify_ca(None),
+            ("sslmode", "verify-full") => tls = TlsConfig::verify_full(None),
+            ("sslmode", other) => {
+                return Err(invalid(format!(
+                    "sslmode `{other}` is none of disable, require, verify-ca, verify-full"
+                )));
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "unknown parameter `{other}` (the replication URL takes sslmode only)"
+                )));
+            }
+        }
+    }
+    Ok(
+        ReplicationConfig::new(host, user, password, database, "", "")
+            .with_port(parsed.port().unwrap_or(5432))
+            .with_tls(tls)
+            .with_status_interval(STATUS_INTERVAL)
+            .with_wakeup_interval(Duration::from_secs(1)),
+    )
+}
+
+/// The relay's source reading the transaction log; see the [module](self) for how it works.
+#[derive(Debug)]
+pub struct LogSource {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    table: TableName,
+    names: LogNames,
+    replication: ReplicationConfig,
+    ordering: Ordering,
+    retain: bool,
+    /// The events parked in the table, claimed as a polling relay would.
+    parked: PgSource,
+    state: Mutex<State>,
+    /// A claim was dropped unsettled or failed to settle: the stream starts again from the
+    /// slot, which still holds its events.
+    broken: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    stream: Option<Stream>,
+    /// No connection attempt before then.
+    retry_at: Option<Instant>,
+    /// Waiting for the slot held by another relay (logged once per wait).
+    standby: bool,
+    /// Aggregates with a pending parked event: their log events are parked behind it.
+    parked: HashSet<(String, String)>,
+    parked_loaded: bool,
+    /// Alternates the parked events' claims with the log's.
+    parked_turn: bool,
+}
+
+struct Stream {
+    client: ReplicationClient,
+    /// The outbox table's relation id in this session, once announced.
+    relation: Option<Relation>,
+    /// `(schema, table)` of the outbox table.
+    qualified: (String, String),
+    /// The events of the transaction being received.
+    open: Vec<Event>,
+    /// Events of committed transactions, in commit order, not yet claimed.
+    queue: VecDeque<Event>,
+    /// A claim of the log's events is out: acknowledge nothing beyond it.
+    in_flight: bool,
+    /// The commit time of the transaction being received (µs since 2000-01-01).
+    committed_at: i64,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("queued", &self.queue.len())
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the outbox table's columns are in its rows.
+#[derive(Debug, Clone, Copy)]
+struct Relation {
+    id: u32,
+    columns: [usize; 8],
+}
+
+/// The columns a row event needs, in the order of [`Relation::columns`].
+const COLUMNS: [&str; 8] = [
+    "seq",
+    "id",
+    "aggregate_type",
+    "aggregate_id",
+    "event_type",
+    "payload",
+    "headers",
+    "attempts",
+];
+
+#[derive(Debug, Clone)]
+struct Event {
+    message: Message,
+    /// A row of the table (else a WAL message: parking inserts a row).
+    row: bool,
+    /// Set on the last event of its transaction: the position to confirm once it is settled.
+    commit_end: Option<Lsn>,
+    /// When its transaction committed (µs since 2000-01-01).
+    committed_at: i64,
+    /// A WAL message with our prefix that does not decode: a dead letter at once.
+    undecodable: Option<String>,
+}
+
+impl LogSource {
+    fn new(log: LogStream, config: &SourceConfig) -> Self {
+        let names = LogNames::of(&config.table);
+        let mut replication = log.replication;
+        replication.slot.clone_from(&names.slot);
+        replication.publication = names.publication.clone().into();
+        replication.application_name = Some(format!(
+            "{}{}",
+            crate::admin::RELAY_APPLICATION_PREFIX,
+            config.table
+        ));
+        let parked = TableSource::new(
+            log.pool.clone(),
+            &SourceConfig {
+                parked_only: true,
+                listen: false,
+                ..config.clone()
+            },
+        );
+        LogSource {
+            inner: Arc::new(Inner {
+                pool: log.pool,
+                table: config.table.clone(),
+                names,
+                replication,
+                ordering: config.ordering,
+                retain: config.retain,
+                parked,
+                state: Mutex::new(State::default()),
+                broken: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn database_error(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
+        move |source| Error::database(operation, &self.table, "PostgreSQL", source)
+    }
+
+    fn log_error(&self, problem: String) -> Error {
+        Error::LogTailing {
+            table: self.table.to_string(),
+            problem,
+        }
+    }
+
+    /// The aggregates with a pending parked event, read from the table.
+    async fn load_parked(&self) -> Result<HashSet<(String, String)>, Error> {
+        let sql = format!(
+            "SELECT DISTINCT o.aggregate_type, o.aggregate_id FROM {} o WHERE o.parked AND {}",
+            self.table.quoted('"'),
+            pending("o")
+        );
+        let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.database_error("read parked events"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn refresh_parked(&self, state: &mut State) -> Result<(), Error> {
+        if self.ordering == Ordering::PerAggregate {
+            state.parked = self.load_parked().await?;
+        }
+        state.parked_loaded = true;
+        Ok(())
+    }
+
+    /// Opens the stream, unless another relay holds the slot (then: standby, `None`).
+    async fn connect(&self) -> Result<Option<Stream>, Error> {
+        let (schema, name): (String, String) = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::regclass",
+        )
+        .bind(self.table.quoted('"'))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.database_error("open the log"))?;
+        let lost: Option<Option<bool>> = sqlx::query_scalar(
+            "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&self.names.slot)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.database_error("open the log"))?;
+        match lost {
+            None => {
+                return Err(self.log_error(format!(
+                    "the replication slot `{}` does not exist: run `migrate` (or `outbox \
+                     migrate`) with `log_tailing` or `wal_messages` set on the Outbox",
+                    self.names.slot
+                )));
+            }
+            Some(Some(true)) => return Err(wal::invalidated(&self.table, &self.names.slot)),
+            Some(_) => {}
+        }
+        let started = async {
+            let mut client = ReplicationClient::connect(self.replication.clone()).await?;
+            client.wait_started().await?;
+            Ok::<_, pgwire_replication::PgWireError>(client)
+        };
+        let client = match tokio::time::timeout(START_TIMEOUT, started).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                let text = error.to_string();
+                if text.contains("55006") || text.contains("is active for PID") {
+                    return Ok(None);
+                }
+                if text.contains("can no longer get changes") {
+                    return Err(wal::invalidated(&self.table, &self.names.slot));
+                }
+                return Err(self.log_error(format!(
+                    "cannot stream the replication slot `{}` ({}): {text}",
+                    self.names.slot,
+                    self.replication.display_connection()
+                )));
+            }
+            Err(_) => {
+                return Err(self.log_error(format!(
+                    "the server did not start streaming the slot `{}` within {START_TIMEOUT:?}",
+                    self.names.slot
+                )));
+            }
+        };
+        tracing::info!(table = %self.table, slot = %self.names.slot, "streaming the outbox from the transaction log");
+        Ok(Some(Stream {
+            client,
+            relation: None,
+            qualified: (schema, name),
+            open: Vec::new(),
+            queue: VecDeque::new(),
+            in_flight: false,
+            committed_at: 0,
+        }))
+    }
+
+    /// The stream, connecting when due. `None`: standby, or waiting to connect again.
+    async fn stream<'s>(&self, state: &'s mut State) -> Result<Option<&'s mut Stream>, Error> {
+        if self.broken.swap(false, Atomic::SeqCst) {
+            // Its events are still in the slot: stream them again.
+            state.stream = None;
+        }
+        if state.stream.is_none() {
+            if state.retry_at.is_some_and(|at| Instant::now() < at) {
+                return Ok(None);
+            }
+            state.retry_at = Some(Instant::now() + RECONNECT_EVERY);
+            match self.connect().await? {
+                Some(stream) => {
+                    state.standby = false;
+                    state.stream = Some(stream);
+                }
+                None => {
+                    if !state.standby {
+                        state.standby = true;
+                        tracing::info!(table = %self.table, slot = %self.names.slot,
+                            "another relay streams this outbox's slot: standing by to take over");
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(state.stream.as_mut())
+    }
+
+    fn handle(&self, stream: &mut Stream, event: ReplicationEvent) -> Result<(), Error> {
+        match event {
+            ReplicationEvent::Begin {
+                commit_time_micros, ..
+            } => {
+                stream.open.clear();
+                stream.committed_at = commit_time_micros;
+            }
+            ReplicationEvent::XLogData { data, .. } => match data.first() {
+                Some(b'R') => {
+                    if let Some(relation) = parse_relation(&data[1..], &stream.qualified)
+                        .map_err(|problem| self.log_error(problem))?
+                    {
+                        stream.relation = Some(relation);
+                    }
+                }
+                Some(b'I') => {
+                    if let Some(message) = parse_insert(&data[1..], stream.relation)
+                        .map_err(|problem| self.log_error(problem))?
+                    {
+                        stream.open.push(Event {
+                            message,
+                            row: true,
+                            commit_end: None,
+                            committed_at: stream.committed_at,
+                            undecodable: None,
+                        });
+                    }
+                }
+                _ => {}
+            },
+            ReplicationEvent::Message {
+                transactional: true,
+                lsn,
+                prefix,
+                content,
+            } if prefix == self.names.prefix => {
+                // Negated, a WAL message's position never meets a row's `seq` (positive).
+                let seq = -i64::try_from(lsn.as_u64()).unwrap_or(i64::MAX);
+                let event = match wal::decode(&content, seq) {
+                    Ok(message) => Event {
+                        message,
+                        row: false,
+                        commit_end: None,
+                        committed_at: stream.committed_at,
+                        undecodable: None,
+                    },
+                    Err(error) => Event {
+                        message: Message::new(
+                            uuid::Uuid::now_v7(),
+                            seq,
+                            "outbox",
+                            format!("wal {lsn}"),
+                            "outbox.undecodable",
+                            serde_json::Value::from(String::from_utf8_lossy(&content)).to_string(),
+                        ),
+                        row: false,
+                        commit_end: None,
+                        committed_at: stream.committed_at,
+                        undecodable: Some(format!(
+                            "the WAL message at {lsn} does not decode as an outbox event: {error}"
+                        )),
+                    },
+                };
+                stream.open.push(event);
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                if let Some(last) = stream.open.last_mut() {
+                    last.commit_end = Some(end_lsn);
+                    stream.queue.extend(stream.open.drain(..));
+                } else if stream.queue.is_empty() && !stream.in_flight {
+                    stream.client.update_applied_lsn(end_lsn);
+                }
+            }
+            // Everything before it was received and settled: let the slot move on (else it
+            // would retain the WAL of every other table's writes).
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if stream.open.is_empty() && stream.queue.is_empty() && !stream.in_flight =>
+            {
+                stream.client.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Receives what already arrived, until `want` events are queued.
+    fn pump(&self, state: &mut State, want: usize) -> Result<(), Error> {
+        let Some(stream) = state.stream.as_mut() else {
+            return Ok(());
+        };
+        while stream.queue.len() < want {
+            match stream.client.recv().now_or_never() {
+                None => break,
+                Some(Ok(Some(event))) => {
+                    if let Err(error) = self.handle(stream, event) {
+                        state.stream = None;
+                        return Err(error);
+                    }
+                }
+                Some(Ok(None)) => {
+                    state.stream = None;
+                    break;
+                }
+                Some(Err(error)) => {
+                    state.stream = None;
+                    return Err(self.log_error(format!("the replication stream ended: {error}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what a settled batch of the log leaves to the table, in one transaction: deletes
+    /// (or marks) the published rows, parks the rest. Returns the aggregates parked.
+    async fn write(&self, outcome: &Outcome) -> Result<(), sqlx::Error> {
+        if outcome.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let rows = Settlement {
+            published: outcome.published_rows.clone(),
+            retry: outcome.retry_rows.clone(),
+            dead: outcome.dead_rows.clone(),
+        };
+        <Postgres as RowLocking>::settle(&mut tx, &self.table, self.retain, &rows).await?;
+        let t = self.table.quoted('"');
+        if !outcome.parked_rows.is_empty() {
+            let sql = format!("UPDATE {t} SET parked = true WHERE seq = ANY($1)");
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(&outcome.parked_rows)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !outcome.parked_messages.is_empty() {
+            park_messages(&mut tx, &t, &outcome.parked_messages).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// A WAL message to keep in the table: its attempts, error, delay before the next one, dead.
+#[derive(Debug)]
+struct Parked {
+    message: Message,
+    attempts: i32,
+    error: Option<String>,
+    delay: Duration,
+    dead: bool,
+}
+
+/// What settling a batch of the log writes.
+#[derive(Debug, Default)]
+struct Outcome {
+    published_rows: Vec<i64>,
+    retry_rows: Vec<(i64, String, Duration)>,
+    dead_rows: Vec<(i64, String)>,
+    /// Rows held back behind a failure: parked as they are.
+    parked_rows: Vec<i64>,
+    parked_messages: Vec<Parked>,
+    /// Aggregates whose later events must wait for a parked one.
+    held: HashSet<(String, String)>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.published_rows.is_empty()
+            && self.parked_rows.is_empty()
+            && self.parked_messages.is_empty()
+    }
+}
+
+async fn park_messages(
+    conn: &mut PgConnection,
+    table: &str,
+    parked: &[Parked],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers, \
+           attempts, last_error, available_at, dead_at, parked) \
+         SELECT p.id, p.aggregate_type, p.aggregate_id, p.event_type, p.payload::jsonb, p.headers::jsonb, \
+           p.attempts, p.error, clock_timestamp() + p.delay * interval '1 second', \
+           CASE WHEN p.dead THEN clock_timestamp() END, true \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+           $7::int4[], $8::text[], $9::float8[], $10::bool[]) \
+           AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead) \
+         ORDER BY p.ord",
+    );
+    // `ORDER BY p.ord`: rows get their `seq` in the log's order. unnest has no ordinality
+    // column of its own name here; add it.
+    let sql = sql.replace(
+        "AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead)",
+        "WITH ORDINALITY AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead, ord)",
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(parked.iter().map(|p| p.message.id).collect::<Vec<_>>())
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.message.aggregate_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.message.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.message.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.message.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.message.headers.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(parked.iter().map(|p| p.attempts).collect::<Vec<_>>())
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.error.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            parked
+                .iter()
+                .map(|p| p.delay.as_secs_f64())
+                .collect::<Vec<_>>(),
+        )
+        .bind(parked.iter().map(|p| p.dead).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+impl Source for LogSource {
+    type Claim = LogClaim;
+
+    async fn claim(&self, max: usize) -> Result<Option<LogClaim>, Error> {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().await;
+        if !state.parked_loaded {
+            inner.refresh_parked(&mut state).await?;
+        }
+        // The parked events, every other claim while there are any.
+        state.parked_turn = !state.parked_turn;
+        if state.parked_turn
+            && !state.parked.is_empty()
+            && let Some(claim) = inner.parked.claim(max).await?
+        {
+            return Ok(Some(Self::wrap(Batch::Parked(claim, Arc::clone(inner)))));
+        }
+        if inner.stream(&mut state).await?.is_none() {
+            return Ok(None);
+        }
+        inner.pump(&mut state, max)?;
+        let ordered = inner.ordering == Ordering::PerAggregate;
+        let State { stream, parked, .. } = &mut *state;
+        let Some(stream) = stream.as_mut() else {
+            return Ok(None);
+        };
+        if stream.queue.is_empty() {
+            return Ok(None);
+        }
+        let take = stream.queue.len().min(max.max(1));
+        let mut events: Vec<Event> = stream.queue.drain(..take).collect();
+        let ack = events.iter().rev().find_map(|e| e.commit_end);
+        let mut behind = Vec::new();
+        let mut dead = Vec::new();
+        events.retain(|event| {
+            if event.undecodable.is_some() {
+                dead.push(event.clone());
+                return false;
+            }
+            let key = (
+                event.message.aggregate_type.clone(),
+                event.message.aggregate_id.clone(),
+            );
+            if ordered && parked.contains(&key) {
+                behind.push(event.clone());
+                return false;
+            }
+            true
+        });
+        stream.in_flight = true;
+        let messages = events.iter().map(|e| e.message.clone()).collect();
+        Ok(Some(Self::wrap(Batch::Log(StreamClaim {
+            inner: Arc::clone(inner),
+            messages,
+            events,
+            behind,
+            dead,
+            ack,
+            settled: false,
+        }))))
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().await;
+        let deadline = Instant::now() + timeout;
+        let Some(stream) = state.stream.as_mut() else {
+            let until = state.retry_at.map_or(deadline, |at| at.min(deadline));
+            drop(state);
+            tokio::time::sleep_until(until.into()).await;
+            return;
+        };
+        while stream.queue.is_empty() {
+            match tokio::time::timeout_at(deadline.into(), stream.client.recv()).await {
+                Err(_) => return,
+                Ok(Ok(Some(event))) => {
+                    if let Err(error) = inner.handle(stream, event) {
+                        tracing::warn!(%error, "outbox log stream");
+                        state.stream = None;
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    state.stream = None;
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, table = %inner.table, "the replication stream ended; reconnecting");
+                    state.stream = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
+        let inner = &self.inner;
+        let table_lag = inner.parked.maintain(retention).await?;
+        let slot = wal::slot(&inner.pool, &inner.table)
+            .await
+            .map_err(inner.database_error("read the slot"))?;
+        if let Some(slot) = &slot {
+            let table = inner.table.to_string();
+            metrics::gauge!("outbox_slot_retained_bytes", "table" => table.clone())
+                .set(slot.retained_bytes as f64);
+            metrics::gauge!("outbox_slot_lag_bytes", "table" => table.clone())
+                .set(slot.lag_bytes as f64);
+            metrics::gauge!("outbox_slot_active", "table" => table)
+                .set(f64::from(u8::from(slot.active)));
+            if slot.wal_status.as_deref() == Some("lost") {
+                return Err(wal::invalidated(&inner.table, &inner.names.slot));
+            }
+        }
+        let mut state = inner.state.lock().await;
+        inner.refresh_parked(&mut state).await?;
+        // The oldest event received and not yet published.
+        let queued = state
+            .stream
+            .as_ref()
+            .and_then(|s| s.queue.front().map(|e| e.committed_at))
+            .map_or(0.0, age_of);
+        Ok(table_lag.max(queued))
+    }
+
+    async fn close(&self) {
+        let mut state = self.inner.state.lock().await;
+        if let Some(mut stream) = state.stream.take() {
+            // The worker sends no last status with CopyDone: let the latest confirmation go
+            // out first, so that a graceful stop publishes nothing twice.
+            tokio::time::sleep(STATUS_INTERVAL * 2).await;
+            // CopyDone: the slot is free for a standby at once.
+            if let Err(error) = stream.client.shutdown().await {
+                tracing::debug!(%error, "closing the replication stream");
+            }
+        }
+    }
+}
+
+/// Seconds since `micros` (µs since 2000-01-01, PostgreSQL's epoch).
+fn age_of(micros: i64) -> f64 {
+    const POSTGRES_EPOCH: i64 = 946_684_800_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    (now - POSTGRES_EPOCH - micros).max(0) as f64 / 1e6
+}
+
+/// A batch of a [`LogSource`]: events of the log, or parked events of the table.
+#[derive(Debug)]
+pub struct LogClaim(Batch);
+
+#[derive(Debug)]
+enum Batch {
+    Parked(PgClaim, Arc<Inner>),
+    Log(StreamClaim),
+}
+
+impl LogSource {
+    fn wrap(batch: Batch) -> LogClaim {
+        LogClaim(batch)
+    }
+}
+
+/// Events taken from the log, held until settled.
+#[derive(Debug)]
+struct StreamClaim {
+    inner: Arc<Inner>,
+    messages: Vec<Message>,
+    /// The events given to the relay.
+    events: Vec<Event>,
+    /// Events of aggregates with a parked event: parked behind it, not published.
+    behind: Vec<Event>,
+    /// WAL messages that do not decode: dead letters.
+    dead: Vec<Event>,
+    /// Confirmed once settled: the end of the last transaction wholly in this batch or before.
+    ack: Option<Lsn>,
+    settled: bool,
+}
+
+impl Drop for StreamClaim {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Unsettled: the slot still holds these events; stream them again.
+            self.inner.broken.store(true, Atomic::SeqCst);
+        }
+    }
+}
+
+impl StreamClaim {
+    /// Sorts the events by what the relay did with them.
+    fn outcome(&self, settlement: Settlement) -> Outcome {
+        let ordered = self.inner.ordering == Ordering::PerAggregate;
+        let published: HashSet<i64> = settlement.published.into_iter().collect();
+        let retry: HashMap<i64, (String, Duration)> = settlement
+            .retry
+            .into_iter()
+            .map(|(seq, error, delay)| (seq, (error, delay)))
+            .collect();
+        let dead: HashMap<i64, String> = settlement.dead.into_iter().collect();
+        let mut outcome = Outcome::default();
+        let key = |m: &Message| (m.aggregate_type.clone(), m.aggregate_id.clone());
+        let tried = self.events.iter().map(|event| {
+            let seq = event.message.seq;
+            let fate = if published.contains(&seq) {
+                Fate::Published
+            } else if let Some((error, delay)) = retry.get(&seq) {
+                Fate::Retry(error.clone(), *delay)
+            } else if let Some(error) = dead.get(&seq) {
+                Fate::Dead(error.clone())
+            } else {
+                Fate::Behind
+            };
+            (event, fate)
+        });
+        let behind = self.behind.iter().map(|event| (event, Fate::Behind));
+        let undecodable = self.dead.iter().map(|event| {
+            let error = event.undecodable.clone().unwrap_or_default();
+            (event, Fate::Dead(error))
+        });
+        for (event, fate) in tried.chain(behind).chain(undecodable) {
+            let message = &event.message;
+            if ordered && matches!(fate, Fate::Retry(..) | Fate::Behind) {
+                outcome.held.insert(key(message));
+            }
+            match (fate, event.row) {
+                (Fate::Published, true) => outcome.published_rows.push(message.seq),
+                (Fate::Published, false) => {}
+                (Fate::Retry(error, delay), true) => {
+                    outcome.parked_rows.push(message.seq);
+                    outcome.retry_rows.push((message.seq, error, delay));
+                }
+                (Fate::Dead(error), true) => {
+                    outcome.parked_rows.push(message.seq);
+                    outcome.dead_rows.push((message.seq, error));
+                }
+                (Fate::Behind, true) => outcome.parked_rows.push(message.seq),
+                (fate, false) => {
+                    let (attempts, error, delay, dead) = match fate {
+                        Fate::Retry(error, delay) => {
+                            (message.attempts + 1, Some(error), delay, false)
+                        }
+                        Fate::Dead(error) => {
+                            (message.attempts + 1, Some(error), Duration::ZERO, true)
+                        }
+                        _ => (message.attempts, None, Duration::ZERO, false),
+                    };
+                    outcome.parked_messages.push(Parked {
+                        message: message.clone(),
+                        attempts,
+                        error,
+                        delay,
+                        dead,
+                    });
+                }
+            }
+        }
+        // Parked in the log's order, so that their rows' `seq` keep it.
+        outcome
+            .parked_messages
+            .sort_by_key(|p| std::cmp::Reverse(p.message.seq));
+        outcome
+    }
+}
+
+/// What became of one event of the log.
+enum Fate {
+    Published,
+    Retry(String, Duration),
+    Dead(String),
+    /// Not tried: behind a failure of its aggregate.
+    Behind,
+}
+
+impl Claim for LogClaim {
+    fn take_messages(&mut self) -> Vec<Message> {
+        match &mut self.0 {
+            Batch::Parked(claim, _) => claim.take_messages(),
+            Batch::Log(claim) => std::mem::take(&mut claim.messages),
+        }
+    }
+
+    async fn settle(self, settlement: Settlement) -> Result<(), Error> {
+        match self.0 {
+            Batch::Parked(claim, inner) => {
+                claim.settle(settlement).await?;
+                // An aggregate whose parked events are all gone flows from the log again.
+                let mut state = inner.state.lock().await;
+                inner.refresh_parked(&mut state).await
+            }
+            Batch::Log(mut claim) => {
+                let outcome = claim.outcome(settlement);
+                let inner = Arc::clone(&claim.inner);
+                let written =
+                    match tokio::time::timeout(SETTLE_TIMEOUT, inner.write(&outcome)).await {
+                        Ok(written) => written.map_err(inner.database_error("settle")),
+                        Err(_) => Err(inner.log_error(format!(
+                            "the batch's writes took longer than {SETTLE_TIMEOUT:?}"
+                        ))),
+                    };
+                let mut state = inner.state.lock().await;
+                if let Err(error) = written {
+                    // Unconfirmed, its events are still in the slot: end the stream now (the
+                    // server may be waiting for it to shut down) and stream them again.
+                    state.stream = None;
+                    return Err(error);
+                }
+                if let Some(stream) = state.stream.as_mut() {
+                    stream.in_flight = false;
+                    if let Some(ack) = claim.ack {
+                        stream.client.update_applied_lsn(ack);
+                    }
+                }
+                state.parked.extend(outcome.held);
+                claim.settled = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a pgoutput Relation message (after its tag): the outbox table's, or `None` for
+/// another table of the publication.
+fn parse_relation(data: &[u8], table: &(String, String)) -> Result<Option<Relation>, String> {
+    let mut reader = Reader(data);
+    let id = reader.u32()?;
+    let schema = reader.cstr()?;
+    let name = reader.cstr()?;
+    if (schema, name) != (table.0.as_str(), table.1.as_str()) {
+        return Ok(None);
+    }
+    reader.u8()?; // replica identity
+    let count = reader.u16()?;
+    let mut names = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        reader.u8()?; // flags
+        names.push(reader.cstr()?.to_owned());
+        reader.u32()?; // type
+        reader.u32()?; // modifier
+    }
+    let mut columns = [0; 8];
+    for (slot, wanted) in columns.iter_mut().zip(COLUMNS) {
+        *slot = names
+            .iter()
+            .position(|n| n == wanted)
+            .ok_or_else(|| format!("the outbox table has no column `{wanted}`: run `migrate`"))?;
+    }
+    Ok(Some(Relation { id, columns }))
+}
+
+/// Reads a pgoutput Insert message (after its tag) of the outbox table; `None` for another
+/// table's.
+fn parse_insert(data: &[u8], relation: Option<Relation>) -> Result<Option<Message>, String> {
+    let mut reader = Reader(data);
+    let id = reader.u32()?;
+    let Some(relation) = relation.filter(|r| r.id == id) else {
+        return Ok(None);
+    };
+    if reader.u8()? != b'N' {
+        return Err("pgoutput: an Insert without a new tuple".into());
+    }
+    let count = reader.u16()?;
+    let mut values: Vec<Option<&str>> = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        match reader.u8()? {
+            b'n' | b'u' => values.push(None),
+            b't' => {
+                let len = reader.u32()? as usize;
+                let bytes = reader.take(len)?;
+                values.push(Some(
+                    std::str::from_utf8(bytes).map_err(|_| "pgoutput: a value is not UTF-8")?,
+                ));
+            }
+            kind => return Err(format!("pgoutput: unexpected column kind {kind:#x}")),
+        }
+    }
+    let value = |i: usize| -> Result<Option<&str>, String> {
+        values
+            .get(relation.columns[i])
+            .copied()
+            .ok_or_else(|| "pgoutput: a row has fewer columns than its relation".into())
+    };
+    let required = |i: usize| -> Result<&str, String> {
+        value(i)?.ok_or_else(|| format!("the outbox row has no `{}`", COLUMNS[i]))
+    };
+    let seq = required(0)?
+        .parse()
+        .map_err(|_| "the outbox row's seq is not a number")?;
+    let event_id = required(1)?
+        .parse()
+        .map_err(|_| "the outbox row's id is not a UUID")?;
+    let attempts = value(7)?.and_then(|a| a.parse().ok()).unwrap_or(0);
+    let mut message = Message::new(
+        event_id,
+        seq,
+        required(2)?,
+        required(3)?,
+        required(4)?,
+        required(5)?,
+    )
+    .with_attempts(attempts);
+    if let Some(headers) = value(6)? {
+        message = message.with_headers(headers);
+    }
+    Ok(Some(message))
+}
+
+/// Big-endian reads of a pgoutput message.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("pgoutput: a message ends early".into());
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn cstr(&mut self) -> Result<&'a str, String> {
+        let end = self
+            .0
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("pgoutput: a name without its terminator")?;
+        let text =
+            std::str::from_utf8(&self.0[..end]).map_err(|_| "pgoutput: a name is not UTF-8")?;
+        self.0 = &self.0[end + 1..];
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relation_message(columns: &[&str]) -> Vec<u8> {
+        let mut data = 16384_u32.to_be_bytes().to_vec();
+        data.extend(b"public\0outbox\0d");
+        data.extend((columns.len() as u16).to_be_bytes());
+        for column in columns {
+            data.push(0);
+            data.extend(column.as_bytes());
+            data.push(0);
+            data.extend(25_u32.to_be_bytes());
+            data.extend((-1_i32).to_be_bytes());
+        }
+        data
+    }
+
+    #[test]
+    fn rows_decode_from_pgoutput_whatever_the_column_order() {
+        let mut columns = COLUMNS.to_vec();
+        columns.reverse();
+        columns.insert(3, "created_at");
+        let table = ("public".to_owned(), "outbox".to_owned());
+        let relation = parse_relation(&relation_message(&columns), &table)
+            .expect("parses")
+            .expect("the outbox table");
+        let id = uuid::Uuid::now_v7();
+        let mut row = 16384_u32.to_be_bytes().to_vec();
+        row.push(b'N');
+        row.extend((columns.len() as u16).to_be_bytes());
+        for column in &columns {
+            let value = match *column {
+                "seq" => Some("42".to_owned()),
+                "id" => Some(id.to_string()),
+                "aggregate_type" => Some("Account".into()),
+                "aggregate_id" => Some("7".into()),
+                "event_type" => Some("Opened".into()),
+                "payload" => Some(r#"{"a": 1}"#.into()),
+                "attempts" => Some("0".into()),
+                _ => None,
+            };
+            match value {
+                Some(text) => {
+                    row.push(b't');
+                    row.extend((text.len() as u32).to_be_bytes());
+                    row.extend(text.as_bytes());
+                }
+                None => row.push(b'n'),
+            }
+        }
+        let message = parse_insert(&row, Some(relation))
+            .expect("parses")
+            .expect("our row");
+        assert_eq!(
+            message,
+            Message::new(id, 42, "Account", "7", "Opened", r#"{"a": 1}"#)
+        );
+        let other = ("public".to_owned(), "orders".to_owned());
+        assert!(
+            parse_relation(&relation_message(&columns), &other)
+                .expect("parses")
+                .is_none()
+        );
+        assert!(
+            parse_relation(&relation_message(&["seq"]), &table).is_err(),
+            "a column missing"
+        );
+        assert!(
+            parse_insert(&row[..row.len() - 3], Some(relation)).is_err(),
+            "cut short"
+        );
+    }
+
+    #[test]
+    fn replication_urls_are_read_and_refused_with_a_reason() {
+        let config =
+            replication_config("postgres://rep%40x:p%2Fw@db.example:6543/app?sslmode=require")
+                .expect("valid");
+        assert_eq!(config.host, "db.example");
+        assert_eq!(config.port, 6543);
+        assert_eq!(config.user, "rep@x");
+        assert_eq!(config.password, "p/w");
+        assert_eq!(config.database, "app");
+        assert!(config.tls.mode.requires_tls());
+        for (url, reason) in [
+            ("mysql://x@h/db", "scheme"),
+            ("postgres://u:secret@h/db?sslmode=maybe", "sslmode"),
+            ("postgres://u:secret@h/db?foo=1", "unknown parameter"),
+            ("no url", "not a URL"),
+        ] {
+            let error = replication_config(url).expect_err(url).to_string();
+            assert!(error.contains(reason), "{url}: {error}");
+            assert!(
+                !error.contains("secret"),
+                "{url}: the password is never shown"
+            );
+        }
+    }
+}
