@@ -39,6 +39,23 @@ pub(crate) struct RelayConfig {
     pub(crate) retention: Option<Duration>,
     /// `per-aggregate` (default) or `unordered`.
     pub(crate) ordering: Option<OrderingSetting>,
+    /// Where the relay reads events: `table` (default: claims rows), `log` (PostgreSQL: rows
+    /// streamed from the transaction log) or `wal-messages` (PostgreSQL: events recorded as
+    /// WAL messages, no rows).
+    pub(crate) source: Option<SourceSetting>,
+    /// The replication connection of `source = "log"` / `"wal-messages"` (default:
+    /// `database_url`); its role needs the `REPLICATION` attribute.
+    pub(crate) replication_url: Option<String>,
+}
+
+/// `relay.source`, checked when the file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SourceSetting {
+    #[default]
+    Table,
+    Log,
+    WalMessages,
 }
 
 /// `relay.ordering`, checked when the file is read.

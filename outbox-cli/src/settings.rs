@@ -4,7 +4,7 @@ use outbox::{Outbox, TableName};
 
 use crate::CliError;
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Config, SourceSetting};
 
 /// The file's settings with the environment and flags over them.
 pub(crate) struct Settings {
@@ -39,6 +39,11 @@ pub(crate) fn settings(cli: &Cli) -> Result<Settings, CliError> {
         .or_else(|| config.table.clone())
         .unwrap_or_else(|| "outbox".into());
     let outbox = Outbox::for_table(table_name(&table)?);
+    let outbox = match config.relay.source.unwrap_or_default() {
+        SourceSetting::Table => outbox,
+        SourceSetting::Log => outbox.log_tailing(),
+        SourceSetting::WalMessages => outbox.wal_messages(),
+    };
     Ok(Settings {
         config,
         database_url,

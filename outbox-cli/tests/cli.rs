@@ -257,6 +257,103 @@ async fn relay_service_killed_with_sigkill_loses_nothing() {
     std::fs::remove_file(config).unwrap();
 }
 
+/// A relay process tailing the transaction log (`relay.source`), SIGKILLed three times while
+/// it streams: no event lost, and `outbox status` shows the slot.
+async fn log_relay_killed_with_sigkill_loses_nothing(source: &str) {
+    let table = unique("cli_log");
+    let config = relay_config(&table, free_port());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[relay]\n", &format!("[relay]\nsource = \"{source}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let migrated = outbox(&["--config", config_arg, "migrate", "--no-inbox"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let mut stream = stream_for(&table).await;
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    let recorder = Outbox::for_table(TableName::new(table.clone()).unwrap());
+    let recorder = if source == "log" {
+        recorder.log_tailing()
+    } else {
+        recorder.wal_messages()
+    };
+    let total = 3_000;
+    for chunk in (0..total).collect::<Vec<i64>>().chunks(50) {
+        let mut tx = pool.begin().await.unwrap();
+        for n in chunk {
+            let payload = serde_json::json!({ "n": n });
+            let event = Event::new(
+                "account",
+                "Deposited",
+                Some(format!("acc-{}", n % 20)),
+                &payload,
+            )
+            .unwrap();
+            recorder.record(&mut *tx, &event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    for _ in 0..3 {
+        let before = messages(&mut stream).await;
+        let mut relay = start_relay(&config);
+        until(
+            "the relay to publish more",
+            Duration::from_secs(60),
+            async || messages(&mut stream).await > before,
+        )
+        .await;
+        signal(&relay, "KILL");
+        relay.wait().unwrap();
+    }
+    assert!(
+        messages(&mut stream).await < total as u64,
+        "killed mid-stream; record more"
+    );
+    let mut relay = start_relay(&config);
+    until(
+        "the last relay to publish everything",
+        Duration::from_secs(60),
+        async || messages(&mut stream).await == total as u64,
+    )
+    .await;
+    let status = outbox(&["--config", config_arg, "status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["slot"]["active"], true, "{status}");
+    let slot = status["slot"]["slot"].as_str().unwrap().to_owned();
+    signal(&relay, "TERM");
+    assert!(relay.wait().unwrap().success());
+    // The duplicate window (`Nats-Msg-Id` = event id) kept one copy of each redelivery.
+    assert_eq!(messages(&mut stream).await, total as u64);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let publication = slot.replace("_relay", "_pub");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP PUBLICATION \"{publication}\"; DROP TABLE {table}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    std::fs::remove_file(config).unwrap();
+}
+
+async fn messages(stream: &mut async_nats::jetstream::stream::Stream) -> u64 {
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_relay_of_table_rows_killed_with_sigkill_loses_nothing() {
+    log_relay_killed_with_sigkill_loses_nothing("log").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_relay_of_wal_messages_killed_with_sigkill_loses_nothing() {
+    log_relay_killed_with_sigkill_loses_nothing("wal-messages").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed() {
     let table = unique("cli");
@@ -489,7 +586,7 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         text,
         format!(
             "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
-             `max_attempts`, `poll_interval`, `retention`, `ordering`\n",
+             `max_attempts`, `poll_interval`, `retention`, `ordering`, `source`, `replication_url`\n",
             config.display()
         )
     );
@@ -503,6 +600,10 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         (
             "poll_interval = \"soon\"",
             "invalid value: string \"soon\", expected a duration",
+        ),
+        (
+            "source = \"binlog\"",
+            "unknown variant `binlog`, expected one of `table`, `log`, `wal-messages`",
         ),
     ] {
         std::fs::write(&config, format!("table = \"outbox\"\n[relay]\n{setting}\n")).unwrap();
@@ -540,6 +641,23 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         .output()
         .unwrap();
     assert!(read.status.success(), "{}", stderr(&read));
+
+    // Only PostgreSQL has a transaction log to tail.
+    std::fs::write(&config, "table = \"outbox\"\n[relay]\nsource = \"log\"\n").unwrap();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", "sqlite://:memory:")],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "migrate",
+            "--no-inbox",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("tailing the transaction log") && text.contains("not available on SQLite"),
+        "{text}"
+    );
 
     // A sink that refuses the credentials.
     let table = unique("cli");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use outbox::relay::{Backoff, Ordering, Relay};
 use outbox::sinks::redacted;
+use outbox::store::postgres::LogStream;
 
 use crate::CliError;
 use crate::db::{Db, with_pool};
@@ -89,22 +90,45 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         sink_config.kind,
         redacted(&sink_config.url),
     );
-    with_pool!(&db, pool => {
-        let mut builder = Relay::builder(pool.clone(), sink)
-            .outbox(outbox)
-            .batch_size(batch)
-            .ordering(ordering);
-        if let Some(attempts) = relay_config.max_attempts {
-            builder = builder.max_attempts(attempts);
+    // One builder for every source and database: the settings apply alike.
+    macro_rules! run_relay {
+        ($source:expr) => {{
+            let mut builder = Relay::builder($source, sink)
+                .outbox(outbox)
+                .batch_size(batch)
+                .ordering(ordering);
+            if let Some(attempts) = relay_config.max_attempts {
+                builder = builder.max_attempts(attempts);
+            }
+            if let Some(interval) = relay_config.poll_interval {
+                builder = builder.poll_interval(interval);
+            }
+            if let Some(period) = relay_config.retention {
+                builder = builder.retention(period);
+            }
+            builder.build().run(&mut shutdown).await;
+        }};
+    }
+    match (&db, outbox.is_log_tailed()) {
+        (Db::Postgres(pool), true) => {
+            let url = relay_config
+                .replication_url
+                .as_deref()
+                .unwrap_or(&settings.database_url);
+            let log = LogStream::new(pool.clone(), url)
+                .map_err(|error| CliError::Config(error.to_string()))?;
+            run_relay!(log)
         }
-        if let Some(interval) = relay_config.poll_interval {
-            builder = builder.poll_interval(interval);
+        (_, true) => {
+            server.abort();
+            return Err(CliError::Config(
+                "relay.source = \"log\" and \"wal-messages\" tail PostgreSQL's transaction log: \
+                 use them with a postgres:// database_url, or remove the setting"
+                    .into(),
+            ));
         }
-        if let Some(period) = relay_config.retention {
-            builder = builder.retention(period);
-        }
-        builder.build().run(&mut shutdown).await;
-    });
+        (db, false) => with_pool!(db, pool => run_relay!(pool.clone())),
+    }
     server.abort();
     eprintln!("outbox relay {instance}: stopped");
     Ok(())

@@ -2,7 +2,7 @@
 //! at work.
 
 use outbox::Outbox;
-use outbox::admin::{EventCounts, RelayInstance};
+use outbox::admin::{EventCounts, RelayInstance, SlotStatus};
 use serde::Serialize;
 
 use crate::CliError;
@@ -15,8 +15,11 @@ pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliE
         .map_err(|error| CliError::Database(error.to_string()))?;
     let relays = with_pool!(db, pool => outbox.relays(pool).await)
         .map_err(|error| CliError::Database(format!("cannot list the relays: {error}")))?;
+    let slot = with_pool!(db, pool => outbox.slot(pool).await).map_err(|error| {
+        CliError::Database(format!("cannot read the replication slot: {error}"))
+    })?;
     let rows: Vec<StatusRow> = counts.into_iter().map(StatusRow::from).collect();
-    print_status(&rows, relays.as_deref(), json)
+    print_status(&rows, relays.as_deref(), slot.as_ref(), json)
 }
 
 /// One line of `outbox status`.
@@ -48,10 +51,11 @@ impl From<EventCounts> for StatusRow {
 fn print_status(
     rows: &[StatusRow],
     relays: Option<&[RelayInstance]>,
+    slot: Option<&SlotStatus>,
     json: bool,
 ) -> Result<(), CliError> {
     if json {
-        let status = serde_json::json!({ "events": rows, "relays": relays });
+        let status = serde_json::json!({ "events": rows, "relays": relays, "slot": slot });
         let text = serde_json::to_string_pretty(&status)
             .map_err(|error| CliError::Other(error.to_string()))?;
         println!("{text}");
@@ -85,6 +89,24 @@ fn print_status(
                 println!("relay {}: {}", relay.instance, relay.detail);
             }
         }
+    }
+    if let Some(slot) = slot {
+        println!(
+            "slot {}: {}, {} bytes of WAL retained, {} bytes behind{}",
+            slot.slot,
+            if slot.active {
+                "streamed by a relay"
+            } else {
+                "no relay streams it"
+            },
+            slot.retained_bytes,
+            slot.lag_bytes,
+            match slot.wal_status.as_deref() {
+                Some("lost") => " - INVALIDATED: see the README's recovery".to_owned(),
+                Some(status) => format!(" (wal_status {status})"),
+                None => String::new(),
+            }
+        );
     }
     Ok(())
 }
