@@ -34,6 +34,10 @@ verify_dir=$(mktemp -d)
 CARGO_TARGET_DIR="$verify_dir" cargo package -p outbox-derive -p outbox --locked --allow-dirty
 rm -rf "$verify_dir"
 
+# Replication slots that failed runs of the log tests left behind would keep WAL for ever.
+psql -h 127.0.0.1 -U postgres -d test -Atqc "SELECT count(pg_drop_replication_slot(slot_name)) \
+  FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 'log\_t%\_relay'" >/dev/null
+
 echo "== tests that restart PostgreSQL (alone, one at a time)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p outbox-tests --all-features --locked --no-fail-fast \

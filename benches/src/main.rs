@@ -14,6 +14,7 @@
 //! `OUTBOX_BENCH_POLL_MS` overrides the relay's poll interval and `OUTBOX_BENCH_DEBUG` prints the
 //! latency quantiles and the gaps between publishes.
 
+mod log;
 mod mariadb;
 mod relay;
 mod sink;
@@ -23,11 +24,17 @@ use std::time::{Duration, Instant};
 use outbox::{Outbox, OutboxEvent, TableName, outbox_event};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 const BENCH_OUTBOX: Outbox = Outbox::for_table(TableName::from_static("outbox_bench"));
 const NOTIFY_OUTBOX: Outbox =
     Outbox::for_table(TableName::from_static("outbox_bench_notify")).notify_on_commit(true);
+/// The lean table of a relay tailing the log: no claim index, no trigger.
+const LOG_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_bench_lean")).log_tailing();
+/// No row at all: a logical decoding message.
+const WAL_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_bench_wal")).wal_messages();
 
 /// A business row like the bank's: what a service writes, and the event it emits.
 #[derive(Serialize, sqlx::FromRow, OutboxEvent)]
@@ -89,6 +96,24 @@ async fn open_account_notify(
     insert_account(tx, owner).await
 }
 
+/// The same into a log-tailed table.
+#[outbox_event(outbox = LOG_OUTBOX)]
+async fn open_account_log(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+) -> Result<Account, BenchError> {
+    insert_account(tx, owner).await
+}
+
+/// The same as a WAL message.
+#[outbox_event(outbox = WAL_OUTBOX)]
+async fn open_account_wal(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+) -> Result<Account, BenchError> {
+    insert_account(tx, owner).await
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     /// `BEGIN; INSERT business row; COMMIT`.
@@ -100,13 +125,19 @@ enum Mode {
     Outbox,
     /// The same with `Outbox::notify_on_commit(true)`: a trigger sends `NOTIFY` at commit.
     OutboxNotify,
+    /// The same into the lean table of `Outbox::log_tailing()`.
+    OutboxLog,
+    /// The same with `Outbox::wal_messages()`: no row.
+    OutboxWal,
 }
 
-const MODES: [Mode; 4] = [
+const MODES: [Mode; 6] = [
     Mode::Plain,
     Mode::RoundTrip,
     Mode::Outbox,
     Mode::OutboxNotify,
+    Mode::OutboxLog,
+    Mode::OutboxWal,
 ];
 
 /// Committed transactions per second of `clients` concurrent clients for `duration`.
@@ -130,6 +161,8 @@ async fn measure(pool: &PgPool, mode: Mode, clients: usize, duration: Duration) 
                     }
                     Mode::Outbox => open_account(&mut tx, "bench").await.map(drop),
                     Mode::OutboxNotify => open_account_notify(&mut tx, "bench").await.map(drop),
+                    Mode::OutboxLog => open_account_log(&mut tx, "bench").await.map(drop),
+                    Mode::OutboxWal => open_account_wal(&mut tx, "bench").await.map(drop),
                 }
                 .expect("business write");
                 tx.commit().await.expect("commit");
@@ -166,37 +199,45 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
     let seconds: f64 = env_or("OUTBOX_BENCH_SECONDS", 2.0);
     let rounds: usize = env_or("OUTBOX_BENCH_ROUNDS", 5);
+    drop_write_tables(pool).await?;
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS bench_accounts, outbox_bench, outbox_bench_notify;
-         CREATE TABLE bench_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL, balance_cents BIGINT NOT NULL);",
+        "CREATE TABLE bench_accounts (id BIGSERIAL PRIMARY KEY, owner TEXT NOT NULL, balance_cents BIGINT NOT NULL);",
     )
     .execute(pool)
     .await?;
-    BENCH_OUTBOX.migrate(pool).await?;
-    NOTIFY_OUTBOX.migrate(pool).await?;
+    for outbox in [&BENCH_OUTBOX, &NOTIFY_OUTBOX, &LOG_OUTBOX, &WAL_OUTBOX] {
+        outbox.migrate(pool).await?;
+    }
 
     println!("## write: the cost `#[outbox_event]` adds to a business transaction\n");
     println!(
         "PostgreSQL, committed transactions per second, medians of {rounds} interleaved rounds of {seconds}s. \
          *plain*: `BEGIN; INSERT; COMMIT`. *+SELECT 1*: the same plus one bare statement, the floor \
          for any event written as its own statement. *outbox*: the same through `#[outbox_event]`. \
-         *+notify*: the same into a table with `notify_on_commit(true)`.\n"
+         *+notify*: the same into a table with `notify_on_commit(true)`. *log table*: the lean \
+         table of `log_tailing()` (no claim index, no trigger). *WAL*: `wal_messages()`, no row. \
+         Ratios are to *plain*.\n"
     );
     println!(
-        "| clients | plain tx/s | +SELECT 1 tx/s | outbox tx/s | ratio (outbox/plain) | floor (+SELECT 1/plain) |"
+        "| clients | plain tx/s | +SELECT 1 tx/s | outbox tx/s | +notify tx/s | log table tx/s | WAL tx/s \
+         | outbox | floor (+SELECT 1) | +notify | log table | WAL |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let mut ratios = Vec::new();
     for clients in [1, 16] {
-        let mut rates: [Vec<f64>; 4] = Default::default();
+        let mut rates: [Vec<f64>; 6] = Default::default();
         // Warm up connections and statement caches, then rotate which mode goes first.
         for mode in MODES {
             measure(pool, mode, clients, Duration::from_millis(300)).await;
         }
         for round in 0..rounds {
-            sqlx::raw_sql("TRUNCATE bench_accounts, outbox_bench")
-                .execute(pool)
-                .await?;
+            sqlx::raw_sql(
+                "TRUNCATE bench_accounts, outbox_bench, outbox_bench_notify, outbox_bench_lean",
+            )
+            .execute(pool)
+            .await?;
             for i in 0..MODES.len() {
                 let index = (round + i) % MODES.len();
                 let rate = measure(
@@ -209,14 +250,17 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
                 rates[index].push(rate);
             }
         }
-        let [plain, round_trip, outbox, notify] = rates.map(|mut r| median(&mut r));
+        let [plain, round_trip, outbox, notify, log, wal] = rates.map(|mut r| median(&mut r));
         let ratio = outbox / plain;
         println!(
-            "| {clients} | {plain:.0} | {round_trip:.0} | {outbox:.0} | {notify:.0} | {ratio:.3} | {:.3} | {:.3} |",
+            "| {clients} | {plain:.0} | {round_trip:.0} | {outbox:.0} | {notify:.0} | {log:.0} | {wal:.0} \
+             | {ratio:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             round_trip / plain,
-            notify / plain
+            notify / plain,
+            log / plain,
+            wal / plain,
         );
-        ratios.push(ratio);
+        ratios.push((ratio, round_trip / plain, log / plain, wal / plain));
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_bench")
         .fetch_one(pool)
@@ -224,13 +268,39 @@ async fn write(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\n(last round left {rows} outbox rows: every annotated transaction recorded its event)"
     );
+    let (r16, floor16, log16, wal16) = ratios[1];
     println!(
-        "summary: ratio_1={:.3} ratio_16={:.3}",
-        ratios[0], ratios[1]
+        "summary: ratio_1={:.3} ratio_16={r16:.3} floor_16={floor16:.3} ratio_log_16={log16:.3} \
+         ratio_wal_16={wal16:.3} wal_to_floor_16={:.3}",
+        ratios[0].0,
+        wal16 / floor16
     );
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_accounts, outbox_bench")
+    drop_write_tables(pool).await?;
+    Ok(())
+}
+
+/// The write benchmark's tables, and the publications and slots of its log-tailed outboxes
+/// (a slot left behind would keep WAL forever).
+async fn drop_write_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
+    for name in ["outbox_bench_lean", "outbox_bench_wal"] {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(format!("{name}_relay"))
         .execute(pool)
         .await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP PUBLICATION IF EXISTS {name}_pub"
+        )))
+        .execute(pool)
+        .await?;
+    }
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_accounts, outbox_bench, outbox_bench_notify, outbox_bench_lean, outbox_bench_wal",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox::relay::{ChannelSink, Delivery, HandlerSink, Message, Relay, Sink};
+use outbox::relay::{ChannelSink, Delivery, HandlerSink, IntoSource, Message, Relay, Sink};
 use outbox::{Event, Outbox, TableName};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -179,21 +179,51 @@ pub(crate) async fn latency<K: Sink>(
     sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
         .execute(pool)
         .await?;
+    let poll = if notify {
+        // Woken by NOTIFY: polling only covers lost notifications.
+        Some(Duration::from_secs(1))
+    } else {
+        std::env::var("OUTBOX_BENCH_POLL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    };
+    let label = if notify { "notify" } else { "polling" };
+    latency_from(
+        pool,
+        pool.clone(),
+        &outbox,
+        inner,
+        poll,
+        rate,
+        seconds,
+        label,
+    )
+    .await
+}
+
+/// Commit-to-publish latency of events recorded into `outbox` at `rate` per second for
+/// `seconds`, relayed from `from` (a pool, or the transaction log).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn latency_from<F: IntoSource, K: Sink>(
+    pool: &PgPool,
+    from: F,
+    outbox: &Outbox,
+    inner: K,
+    poll: Option<Duration>,
+    rate: u64,
+    seconds: u64,
+    label: &str,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let received: Arc<Mutex<HashMap<uuid::Uuid, Instant>>> = Arc::default();
     let sink = Observed {
         inner,
         delivered: Arc::default(),
         times: Some(received.clone()),
     };
-    let mut builder = Relay::builder(pool.clone(), sink).outbox(&outbox);
-    if notify {
-        // Woken by NOTIFY: polling only covers lost notifications.
-        builder = builder.poll_interval(Duration::from_secs(1));
-    } else if let Some(ms) = std::env::var("OUTBOX_BENCH_POLL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        builder = builder.poll_interval(Duration::from_millis(ms));
+    let mut builder = Relay::builder(from, sink).outbox(outbox);
+    if let Some(poll) = poll {
+        builder = builder.poll_interval(poll);
     }
     let relay = tokio::spawn(builder.build().run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -244,13 +274,13 @@ pub(crate) async fn latency<K: Sink>(
         let mut sorted = gaps.clone();
         sorted.sort_by(f64::total_cmp);
         eprintln!(
-            "notify={notify}: publish gaps: {} over 10 ms, largest {:.1} ms; mean batch {:.1}",
+            "{label}: publish gaps: {} over 10 ms, largest {:.1} ms; mean batch {:.1}",
             big,
             sorted.last().copied().unwrap_or(0.0),
             times.len() as f64 / (big + 1) as f64
         );
         eprintln!(
-            "notify={notify}: p10 {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
+            "{label}: p10 {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
             at(0.1),
             at(0.5),
             at(0.9),
@@ -308,9 +338,34 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
     println!("| --- | ---: | ---: |");
     println!("| polling every 25 ms (default) | {p50:.1} | {p99:.1} |");
     println!("| NOTIFY on commit (`notify_on_commit(true)`) | {n50:.1} | {n99:.1} |");
-    println!(
-        "\nsummary: events_per_s_1={one:.0} events_per_s_4={four:.0} p50_ms={p50:.1} p99_ms={p99:.1}"
-    );
     drop_table(pool).await?;
+
+    let log = crate::log::measure(pool).await?;
+    println!(
+        "\n### the relay's sources, same run: drain of {EVENTS} events into the in-process sink, \
+         and latency at 1,000 events/s\n"
+    );
+    println!("| source | drain events/s | ratio to polling | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| table, polling every 25 ms | {one:.0} | 1.000 | {p50:.1} | {p99:.1} |");
+    println!("| table, NOTIFY on commit | - | - | {n50:.1} | {n99:.1} |");
+    let (t50, t99) = log.table;
+    let (w50, w99) = log.wal;
+    println!(
+        "| log, table rows (`log_tailing`) | {:.0} | {:.3} | {t50:.1} | {t99:.1} |",
+        log.drain_table,
+        log.drain_table / one
+    );
+    println!(
+        "| log, WAL messages (`wal_messages`) | {:.0} | {:.3} | {w50:.1} | {w99:.1} |",
+        log.drain_wal,
+        log.drain_wal / one
+    );
+    println!(
+        "\nsummary: events_per_s_1={one:.0} events_per_s_4={four:.0} p50_ms={p50:.1} p99_ms={p99:.1} \
+         log_events_per_s={:.0} log_wal_events_per_s={:.0} log_p50_ms={t50:.1} log_p99_ms={t99:.1} \
+         log_wal_p50_ms={w50:.1} log_wal_p99_ms={w99:.1}",
+        log.drain_table, log.drain_wal
+    );
     Ok(())
 }

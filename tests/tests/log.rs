@@ -233,8 +233,8 @@ async fn committed_events_are_published_and_rolled_back_events_never_are(mode: M
     })
     .await;
 
-    // The slot confirmed what was published: a relay started afresh gets only what follows.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The slot confirmed what was published, the last of it as the relay stopped: a relay
+    // started afresh gets only what follows.
     stop.send(()).unwrap();
     relay.await.unwrap();
     let (sink, mut events) = ChannelSink::new(100);
