@@ -571,3 +571,76 @@ pub async fn amqp_queue(exchange: &str) -> (lapin::Connection, lapin::Channel, S
         .unwrap();
     (connection, channel, name)
 }
+
+/// The `n` of a test event's payload, `{"n": n}`.
+pub fn n(message: &outbox::relay::Message) -> i64 {
+    serde_json::from_str::<Value>(&message.payload)
+        .ok()
+        .and_then(|payload| payload["n"].as_i64())
+        .unwrap_or_else(|| panic!("not a numbered test event: {}", message.payload))
+}
+
+/// Runs `relay` in a task; the returned sender stops it gracefully.
+pub fn spawn<S, K>(
+    relay: outbox::relay::Relay<S, K>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: outbox::relay::source::Source,
+    K: outbox::relay::Sink,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+/// A poison event: the sink of [`Poison::sink`] fails the event numbered `poison`
+/// (transiently, `cannot route event <n>`) until [`Poison::fix`], and records every `n` it
+/// delivers, in order.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    poison: i64,
+    fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delivered: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl Poison {
+    pub fn new(poison: i64) -> Self {
+        Poison {
+            poison,
+            fixed: Default::default(),
+            delivered: Default::default(),
+        }
+    }
+
+    pub fn sink(&self) -> impl outbox::relay::Sink {
+        let this = self.clone();
+        outbox::relay::HandlerSink::new(move |message: outbox::relay::Message| {
+            let this = this.clone();
+            async move {
+                let n = n(&message);
+                if n == this.poison && !this.fixed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(outbox::relay::SinkError::transient(format!(
+                        "cannot route event {n}"
+                    )));
+                }
+                this.delivered.lock().expect("lock").push(n);
+                Ok(())
+            }
+        })
+    }
+
+    /// From now on the sink delivers the poison event too.
+    pub fn fix(&self) {
+        self.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What was delivered so far, in order.
+    pub fn delivered(&self) -> Vec<i64> {
+        self.delivered.lock().expect("lock").clone()
+    }
+}

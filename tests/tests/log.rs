@@ -8,18 +8,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox::relay::{
-    Backoff, ChannelSink, HandlerSink, Message, Relay, RelayBuilder, Sink, SinkError,
-};
+use outbox::relay::{Backoff, ChannelSink, Message, Relay, RelayBuilder, Sink};
 use outbox::store::postgres::LogStream;
 use outbox::{Event, Outbox, TableName};
-use outbox_tests::{eventually, postgres_url, run_id};
+use outbox_tests::{Poison, eventually, n, postgres_url, run_id, spawn};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -38,6 +35,11 @@ struct LogTable {
 
 impl LogTable {
     async fn new(mode: Mode) -> Self {
+        // The relay's warnings, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("outbox=info")
+            .with_test_writer()
+            .try_init();
         let url = postgres_url();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(30)
@@ -141,26 +143,6 @@ impl LogTable {
     }
 }
 
-fn n(message: &Message) -> i64 {
-    serde_json::from_str::<serde_json::Value>(&message.payload).unwrap()["n"]
-        .as_i64()
-        .unwrap()
-}
-
-fn spawn<S, K>(
-    relay: outbox::relay::Relay<S, K>,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
-where
-    S: outbox::relay::source::Source,
-    K: Sink,
-{
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
-    (stop, task)
-}
-
 /// Receives until `count` distinct events arrived; returns everything received, in order.
 async fn receive(events: &mut mpsc::Receiver<Message>, count: usize) -> Vec<Message> {
     let mut received = Vec::new();
@@ -228,10 +210,25 @@ async fn committed_events_are_published_and_rolled_back_events_never_are(mode: M
     assert_eq!(received.len(), committed.len(), "none twice");
     assert_per_aggregate_order(&received);
     // Published rows are deleted (table mode); WAL messages never had one.
-    eventually(LIMIT, "the table emptied", || async {
-        table.rows().await == 0
-    })
-    .await;
+    let deadline = Instant::now() + LIMIT;
+    while table.rows().await > 0 {
+        if Instant::now() > deadline {
+            let sql = format!(
+                "SELECT seq, parked, attempts, last_error FROM {} ORDER BY seq LIMIT 10",
+                table.name
+            );
+            let left: Vec<(i64, bool, i32, Option<String>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&table.pool)
+                    .await
+                    .unwrap();
+            panic!(
+                "{} rows left after {LIMIT:?}, e.g. {left:?}",
+                table.rows().await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The slot confirmed what was published, the last of it as the relay stopped: a relay
     // started afresh gets only what follows.
@@ -413,22 +410,8 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies(mode: Mode) {
 async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(mode: Mode) {
     let table = LogTable::new(mode).await;
     let poison = 47; // aggregate agg-7 holds 7, 27, 47, 67, ...
-    let fixed = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let sink = {
-        let (fixed, delivered) = (fixed.clone(), delivered.clone());
-        HandlerSink::new(move |message: Message| {
-            let (fixed, delivered) = (fixed.clone(), delivered.clone());
-            async move {
-                let n = n(&message);
-                if n == poison && !fixed.load(AtomicOrdering::SeqCst) {
-                    return Err(SinkError::transient(format!("cannot route event {n}")));
-                }
-                delivered.lock().unwrap().push(n);
-                Ok(())
-            }
-        })
-    };
+    let failing = Poison::new(poison);
+    let sink = failing.sink();
     let (stop, relay) = spawn(
         table
             .relay(sink)
@@ -442,13 +425,7 @@ async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(m
     table.write(0, 200, 20, 5).await;
     // While the poison event is retried, the other aggregates flow and its own later events wait.
     eventually(LIMIT, "the other aggregates", || async {
-        delivered
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|n| *n % 20 != 7)
-            .count()
-            == 190
+        failing.delivered().iter().filter(|n| *n % 20 != 7).count() == 190
     })
     .await;
     eventually(LIMIT, "the dead letter", || async {
@@ -466,11 +443,11 @@ async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(m
     assert_eq!(dead[0].message.attempts, 3);
     assert_eq!(dead[0].last_error, format!("cannot route event {poison}"));
     eventually(LIMIT, "the poison event's aggregate after it", || async {
-        delivered.lock().unwrap().len() == 199
+        failing.delivered().len() == 199
     })
     .await;
     {
-        let delivered = delivered.lock().unwrap();
+        let delivered = failing.delivered();
         let own: Vec<i64> = delivered.iter().copied().filter(|n| n % 20 == 7).collect();
         assert_eq!(
             own,
@@ -479,7 +456,7 @@ async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(m
         );
     }
     // Recording goes on meanwhile, and flows from the log again once nothing is parked.
-    fixed.store(true, AtomicOrdering::SeqCst);
+    failing.fix();
     let replayed = table
         .outbox
         .replay_dead_letters(&table.pool, &[dead[0].message.id])
@@ -488,10 +465,10 @@ async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(m
     assert_eq!(replayed, 1);
     table.write(200, 20, 20, 5).await;
     eventually(LIMIT, "the replayed event and the new ones", || async {
-        delivered.lock().unwrap().len() == 220
+        failing.delivered().len() == 220
     })
     .await;
-    assert!(delivered.lock().unwrap().contains(&poison));
+    assert!(failing.delivered().contains(&poison));
     assert!(
         table
             .outbox

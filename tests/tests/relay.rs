@@ -17,29 +17,9 @@ use outbox::relay::{
     Backoff, ChannelSink, DeadLetterFilter, HandlerSink, Message, Relay, RelayBuilder, Sink,
     SinkError,
 };
-use outbox_tests::{Lite, My, Pg, RelayTable, TestDb, eventually};
-use tokio::sync::oneshot;
+use outbox_tests::{Lite, My, Pg, Poison, RelayTable, TestDb, eventually, n, spawn};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn n(message: &Message) -> i64 {
-    serde_json::from_str::<serde_json::Value>(&message.payload).unwrap()["n"]
-        .as_i64()
-        .unwrap()
-}
-
-/// Runs `relay` in a task; the returned sender stops it gracefully.
-fn spawn<S, K>(relay: Relay<S, K>) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>)
-where
-    S: outbox::relay::source::Source,
-    K: outbox::relay::Sink,
-{
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
-    (stop, task)
-}
 
 fn fast_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(10), Duration::from_millis(100))
@@ -362,22 +342,8 @@ async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>() 
     let table = RelayTable::<D>::new().await;
     table.preload(200, 20).await; // n = 0..200; aggregate agg-7 holds 7, 27, 47, ...
     let poison = 47;
-    let fixed = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let sink = {
-        let (fixed, delivered) = (fixed.clone(), delivered.clone());
-        HandlerSink::new(move |message: Message| {
-            let (fixed, delivered) = (fixed.clone(), delivered.clone());
-            async move {
-                let n = n(&message);
-                if n == poison && !fixed.load(AtomicOrdering::SeqCst) {
-                    return Err(SinkError::transient(format!("cannot route event {n}")));
-                }
-                delivered.lock().unwrap().push(n);
-                Ok(())
-            }
-        })
-    };
+    let failing = Poison::new(poison);
+    let sink = failing.sink();
     let (stop, relay) = spawn(
         relay(&table, table.pool.clone(), sink)
             .max_attempts(3)
@@ -385,7 +351,7 @@ async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>() 
             .build(),
     );
     eventually(LIMIT, "all but the poison event", || async {
-        delivered.lock().unwrap().len() == 199
+        failing.delivered().len() == 199
     })
     .await;
     // Delivered before settled: the poison event's settlement may still be on its way.
@@ -406,12 +372,12 @@ async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>() 
     {
         // The aggregate's earlier events came first; its later ones were held back until the
         // poison event was dead.
-        let delivered = delivered.lock().unwrap();
+        let delivered = failing.delivered();
         let position = |n: i64| delivered.iter().position(|d| *d == n).unwrap();
         assert!(position(27) < position(67));
     }
 
-    fixed.store(true, AtomicOrdering::SeqCst);
+    failing.fix();
     let replayed = table
         .outbox
         .replay_dead_letters(&table.pool, &[dead[0].message.id])
@@ -419,7 +385,7 @@ async fn poison_event_becomes_a_dead_letter_and_replays_once_fixed<D: TestDb>() 
         .unwrap();
     assert_eq!(replayed, 1);
     eventually(LIMIT, "the replayed event", || async {
-        delivered.lock().unwrap().contains(&poison)
+        failing.delivered().contains(&poison)
     })
     .await;
     assert!(

@@ -219,6 +219,8 @@ struct Stream {
     in_flight: bool,
     /// The commit time of the transaction being received (µs since 2000-01-01).
     committed_at: i64,
+    /// The id of the transaction being received.
+    xid: u32,
 }
 
 impl std::fmt::Debug for Stream {
@@ -258,6 +260,8 @@ struct Event {
     commit_end: Option<Lsn>,
     /// When its transaction committed (µs since 2000-01-01).
     committed_at: i64,
+    /// Its transaction's id: its row is visible to others only once that transaction is.
+    xid: u32,
     /// A WAL message with our prefix that does not decode: a dead letter at once.
     undecodable: Option<String>,
 }
@@ -396,6 +400,7 @@ impl Inner {
             queue: VecDeque::new(),
             in_flight: false,
             committed_at: 0,
+            xid: 0,
         }))
     }
 
@@ -431,10 +436,13 @@ impl Inner {
     fn handle(&self, stream: &mut Stream, event: ReplicationEvent) -> Result<(), Error> {
         match event {
             ReplicationEvent::Begin {
-                commit_time_micros, ..
+                commit_time_micros,
+                xid,
+                ..
             } => {
                 stream.open.clear();
                 stream.committed_at = commit_time_micros;
+                stream.xid = xid;
             }
             ReplicationEvent::XLogData { data, .. } => match data.first() {
                 Some(b'R') => {
@@ -453,6 +461,7 @@ impl Inner {
                             row: true,
                             commit_end: None,
                             committed_at: stream.committed_at,
+                            xid: stream.xid,
                             undecodable: None,
                         });
                     }
@@ -473,6 +482,7 @@ impl Inner {
                         row: false,
                         commit_end: None,
                         committed_at: stream.committed_at,
+                        xid: stream.xid,
                         undecodable: None,
                     },
                     Err(error) => Event {
@@ -487,6 +497,7 @@ impl Inner {
                         row: false,
                         commit_end: None,
                         committed_at: stream.committed_at,
+                        xid: stream.xid,
                         undecodable: Some(format!(
                             "the WAL message at {lsn} does not decode as an outbox event: {error}"
                         )),
@@ -548,6 +559,9 @@ impl Inner {
             return Ok(());
         }
         let mut conn = self.pool.acquire().await?;
+        if !outcome.xids.is_empty() {
+            wait_visible(&mut conn, &outcome.xids).await?;
+        }
         let mut tx = conn.begin().await?;
         let rows = Settlement {
             published: outcome.published_rows.clone(),
@@ -567,6 +581,32 @@ impl Inner {
             park_messages(&mut tx, &t, &outcome.parked_messages).await?;
         }
         tx.commit().await
+    }
+}
+
+/// Returns once the transactions `xids` are visible to new snapshots. The log hands over a
+/// transaction as soon as its commit record is flushed, a moment before its rows are visible
+/// to other sessions: a `DELETE` in that moment would find nothing, and leave a published row
+/// behind for good. Once the transactions are visible, a row that is missing is really gone
+/// (published before a restart), so the statements that follow need no retry.
+async fn wait_visible(conn: &mut PgConnection, xids: &[i64]) -> Result<(), sqlx::Error> {
+    // A 32-bit xid of a committed transaction is in the epoch of the snapshot's xmax, or the
+    // one before when it wrapped around since.
+    const INVISIBLE: &str = "SELECT count(*) FROM (SELECT pg_current_snapshot() AS s) c, \
+        LATERAL (SELECT (pg_snapshot_xmax(c.s)::text::int8 >> 32 << 32) AS epoch) e, unnest($1::int8[]) AS x(xid) \
+        WHERE NOT pg_visible_in_snapshot((CASE WHEN (e.epoch | x.xid) >= pg_snapshot_xmax(c.s)::text::int8 \
+          THEN (e.epoch | x.xid) - 4294967296 ELSE e.epoch | x.xid END)::text::xid8, c.s)";
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let invisible: i64 = sqlx::query_scalar(INVISIBLE)
+            .bind(xids)
+            .fetch_one(&mut *conn)
+            .await?;
+        if invisible == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -591,6 +631,8 @@ struct Outcome {
     parked_messages: Vec<Parked>,
     /// Aggregates whose later events must wait for a parked one.
     held: HashSet<(String, String)>,
+    /// The transactions of the rows written to.
+    xids: Vec<i64>,
 }
 
 impl Outcome {
@@ -930,6 +972,16 @@ impl StreamClaim {
                 }
             }
         }
+        let mut xids: Vec<i64> = self
+            .events
+            .iter()
+            .chain(&self.behind)
+            .filter(|e| e.row)
+            .map(|e| i64::from(e.xid))
+            .collect();
+        xids.sort_unstable();
+        xids.dedup();
+        outcome.xids = xids;
         // Parked in the log's order, so that their rows' `seq` keep it.
         outcome
             .parked_messages
