@@ -3,8 +3,9 @@
 //! messages with no row at all (`Outbox::wal_messages`). Each guarantee runs in both modes
 //! against the real server: committed ⇒ published and rolled back ⇒ never, commit order,
 //! acknowledgement, crashes and a terminated walsender, a standby taking over, a poison event
-//! parked, dead-lettered and replayed. The PostgreSQL restart is `#[ignore]`d here and run
-//! alone by `scripts/test.sh`, before the other tests, since it stops the shared server.
+//! parked, dead-lettered and replayed. The PostgreSQL restart and the invalidated slot are
+//! `#[ignore]`d here and run alone by `scripts/test.sh`, before the other tests, since they
+//! stop or reconfigure the shared server.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -580,6 +581,109 @@ async fn postgres_restarted_mid_stream_loses_nothing(mode: Mode) {
     stop.send(()).unwrap();
     relay.await.unwrap();
     Arc::into_inner(table).unwrap().cleanup().await;
+}
+
+/// A slot that retained more WAL than `max_slot_wal_keep_size` is invalidated: the relay stops
+/// with an error naming the slot, `outbox status` shows it, and the documented recovery (drop
+/// the slot, migrate, publish the table's rows with a polling relay) loses nothing in table
+/// mode. Changes a server setting (reloaded, no restart), so it runs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "changes max_slot_wal_keep_size: run alone by scripts/test.sh"]
+async fn an_invalidated_slot_is_reported_and_recovered_from_in_table_mode() {
+    let table = LogTable::new(Mode::Table).await;
+    table.write(0, 10, 5, 5).await; // recorded while no relay runs
+    let _reset = ResetsSetting("max_slot_wal_keep_size");
+    let sql = |sql: &str| {
+        let pool = table.pool.clone();
+        let sql = sql.to_owned();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await;
+    sql("SELECT pg_reload_conf()").await;
+    eventually(LIMIT, "the slot invalidated", || async {
+        // New WAL segments and a checkpoint: the server drops what the slot held.
+        sql("CREATE TEMP TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000); SELECT pg_switch_wal(); CHECKPOINT").await;
+        let slot = table.outbox.slot(&table.pool).await.unwrap().unwrap();
+        slot.wal_status.as_deref() == Some("lost")
+    })
+    .await;
+    drop(_reset);
+
+    // The relay's source refuses with the slot's name and the way back.
+    let log = LogStream::new(table.pool.clone(), &postgres_url()).unwrap();
+    let source = outbox::relay::IntoSource::__into_source(
+        log,
+        &outbox::relay::source::SourceConfig {
+            table: table.outbox.table().clone(),
+            ordering: outbox::relay::Ordering::PerAggregate,
+            retain: false,
+            listen: false,
+            lease_ttl: Duration::from_secs(10),
+            parked_only: false,
+        },
+    );
+    let error = outbox::relay::source::Source::claim(&source, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("was invalidated") && error.contains("pg_drop_replication_slot"),
+        "{error}"
+    );
+
+    // The recovery: a new slot, and the table's rows published by a polling relay.
+    let slot = table.outbox.slot(&table.pool).await.unwrap().unwrap().slot;
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&table.pool)
+        .await
+        .unwrap();
+    table.outbox.migrate(&table.pool).await.unwrap();
+    assert_eq!(
+        table
+            .outbox
+            .slot(&table.pool)
+            .await
+            .unwrap()
+            .unwrap()
+            .wal_status
+            .as_deref(),
+        Some("reserved")
+    );
+    let polled = Outbox::for_table(table.outbox.table().clone());
+    let (sink, mut events) = ChannelSink::new(100);
+    let (stop, relay) = spawn(
+        Relay::builder(table.pool.clone(), sink)
+            .outbox(&polled)
+            .build(),
+    );
+    let received = receive(&mut events, 10).await;
+    assert_eq!(
+        received.iter().map(n).collect::<HashSet<_>>(),
+        (0..10).collect()
+    );
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    table.cleanup().await;
+}
+
+/// Resets a server setting changed with `ALTER SYSTEM`, whatever happened to the test.
+struct ResetsSetting(&'static str);
+
+impl Drop for ResetsSetting {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c"])
+            .arg(format!("ALTER SYSTEM RESET {}", self.0))
+            .arg("-c")
+            .arg("SELECT pg_reload_conf()")
+            .status();
+    }
 }
 
 /// Runs `pg_ctlcluster <action>` on the newest cluster; whether it succeeded.

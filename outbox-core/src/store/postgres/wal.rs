@@ -131,15 +131,10 @@ pub(crate) async fn setup(conn: &mut PgConnection, outbox: &Outbox) -> Result<()
         .fetch_one(&mut *conn)
         .await
         .map_err(database)?;
-    if wal_level != "logical" {
+    if let Some(problem) = wal_level_problem(&wal_level) {
         return Err(Error::LogTailing {
             table: table.to_string(),
-            problem: format!(
-                "the server runs with wal_level = {wal_level}, and reading events from the \
-                 transaction log needs logical: run `ALTER SYSTEM SET wal_level = logical` as a \
-                 superuser and restart PostgreSQL (or record into a polled table: leave \
-                 `log_tailing` and `wal_messages` off)"
-            ),
+            problem,
         });
     }
     let names = LogNames::of(table);
@@ -204,6 +199,18 @@ pub(crate) async fn setup(conn: &mut PgConnection, outbox: &Outbox) -> Result<()
         }
     }
     Ok(())
+}
+
+/// What to change when the server's `wal_level` cannot feed a logical slot.
+fn wal_level_problem(wal_level: &str) -> Option<String> {
+    (wal_level != "logical").then(|| {
+        format!(
+            "the server runs with wal_level = {wal_level}, and reading events from the \
+             transaction log needs logical: run `ALTER SYSTEM SET wal_level = logical` as a \
+             superuser and restart PostgreSQL (or record into a polled table: leave \
+             `log_tailing` and `wal_messages` off)"
+        )
+    })
 }
 
 /// The slot of `table`, as `pg_replication_slots` shows it.
@@ -295,6 +302,18 @@ mod tests {
             None
         );
         assert!(decode(b"{\"id\":1}", 1).is_err());
+    }
+
+    #[test]
+    fn a_server_without_logical_decoding_is_told_what_to_change() {
+        assert_eq!(wal_level_problem("logical"), None);
+        let problem = wal_level_problem("replica").expect("refused");
+        assert!(problem.contains("wal_level = replica"), "{problem}");
+        assert!(
+            problem.contains("ALTER SYSTEM SET wal_level = logical"),
+            "{problem}"
+        );
+        assert!(problem.contains("restart PostgreSQL"), "{problem}");
     }
 
     #[test]
