@@ -583,6 +583,56 @@ async fn postgres_restarted_mid_stream_loses_nothing(mode: Mode) {
     Arc::into_inner(table).unwrap().cleanup().await;
 }
 
+/// The relay's replication connection needs only the `REPLICATION` attribute, not a superuser;
+/// a role without it is told so when the relay starts streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_role_streams_and_a_role_without_it_is_refused() {
+    let table = LogTable::new(Mode::Wal).await;
+    for sql in [
+        "DO $$ BEGIN CREATE ROLE outbox_replicator LOGIN REPLICATION; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        "DO $$ BEGIN CREATE ROLE outbox_nobody LOGIN; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&table.pool)
+            .await
+            .unwrap();
+    }
+    let url = |role: &str| postgres_url().replacen("postgres@", &format!("{role}@"), 1);
+
+    let log = LogStream::new(table.pool.clone(), &url("outbox_replicator")).unwrap();
+    let (sink, mut events) = ChannelSink::new(100);
+    let (stop, relay) = spawn(Relay::builder(log, sink).outbox(&table.outbox).build());
+    table.write(0, 10, 5, 5).await;
+    assert_eq!(receive(&mut events, 10).await.len(), 10);
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+
+    let log = LogStream::new(table.pool.clone(), &url("outbox_nobody")).unwrap();
+    let source = outbox::relay::IntoSource::__into_source(
+        log,
+        &outbox::relay::source::SourceConfig {
+            table: table.outbox.table().clone(),
+            ordering: outbox::relay::Ordering::PerAggregate,
+            retain: false,
+            listen: false,
+            lease_ttl: Duration::from_secs(10),
+            parked_only: false,
+        },
+    );
+    let error = outbox::relay::source::Source::claim(&source, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("cannot stream the replication slot") && error.contains("REPLICATION"),
+        "{error}"
+    );
+    drop(source);
+    table.cleanup().await;
+}
+
 /// A slot that retained more WAL than `max_slot_wal_keep_size` is invalidated: the relay stops
 /// with an error naming the slot, `outbox status` shows it, and the documented recovery (drop
 /// the slot, migrate, publish the table's rows with a polling relay) loses nothing in table

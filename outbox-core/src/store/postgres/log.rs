@@ -378,8 +378,14 @@ impl Inner {
                 if text.contains("can no longer get changes") {
                     return Err(wal::invalidated(&self.table, &self.names.slot));
                 }
+                let hint = if text.contains("42501") {
+                    "; the replication URL's role needs the REPLICATION attribute \
+                     (`ALTER ROLE <role> REPLICATION`) or to be a superuser"
+                } else {
+                    ""
+                };
                 return Err(self.log_error(format!(
-                    "cannot stream the replication slot `{}` ({}): {text}",
+                    "cannot stream the replication slot `{}` ({}): {text}{hint}",
                     self.names.slot,
                     self.replication.display_connection()
                 )));
