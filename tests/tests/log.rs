@@ -487,6 +487,40 @@ async fn a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow(m
     table.cleanup().await;
 }
 
+async fn unordered_failures_are_retried_from_the_table_without_holding_anything_back(mode: Mode) {
+    let table = LogTable::new(mode).await;
+    let failing = Poison::new(3);
+    let (stop, relay) = spawn(
+        table
+            .relay(failing.sink())
+            .ordering(outbox::relay::Ordering::Unordered)
+            .backoff(Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_millis(400),
+            ))
+            .build(),
+    );
+    table.write(0, 20, 1, 5).await; // one aggregate: nothing waits for event 3 all the same
+    eventually(LIMIT, "every event but the failing one", || async {
+        failing.delivered().len() == 19
+    })
+    .await;
+    failing.fix();
+    eventually(
+        LIMIT,
+        "the failing event, retried from the table",
+        || async { failing.delivered().contains(&3) },
+    )
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    eventually(LIMIT, "nothing left in the table", || async {
+        table.rows().await == 0
+    })
+    .await;
+    table.cleanup().await;
+}
+
 async fn postgres_restarted_mid_stream_loses_nothing(mode: Mode) {
     let table = Arc::new(LogTable::new(mode).await);
     let (sink, mut events) = ChannelSink::new(20_000);
@@ -796,6 +830,7 @@ both_modes!(
     crashed_relays_and_a_terminated_walsender_lose_nothing,
     a_standby_relay_takes_over_when_the_active_one_dies,
     a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow,
+    unordered_failures_are_retried_from_the_table_without_holding_anything_back,
     #[ignore = "restarts PostgreSQL: run alone by scripts/test.sh"]
     postgres_restarted_mid_stream_loses_nothing,
 );

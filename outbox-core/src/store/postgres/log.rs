@@ -198,7 +198,8 @@ struct State {
     retry_at: Option<Instant>,
     /// Waiting for the slot held by another relay (logged once per wait).
     standby: bool,
-    /// Aggregates with a pending parked event: their log events are parked behind it.
+    /// Aggregates with a pending parked event: the parked events are claimed while there are
+    /// any, and (in per-aggregate order) the aggregates' log events are parked behind them.
     parked: HashSet<(String, String)>,
     parked_loaded: bool,
     /// Alternates the parked events' claims with the log's.
@@ -328,9 +329,7 @@ impl Inner {
     }
 
     async fn refresh_parked(&self, state: &mut State) -> Result<(), Error> {
-        if self.ordering == Ordering::PerAggregate {
-            state.parked = self.load_parked().await?;
-        }
+        state.parked = self.load_parked().await?;
         state.parked_loaded = true;
         Ok(())
     }
@@ -913,7 +912,6 @@ impl Drop for StreamClaim {
 impl StreamClaim {
     /// Sorts the events by what the relay did with them.
     fn outcome(&self, settlement: Settlement) -> Outcome {
-        let ordered = self.inner.ordering == Ordering::PerAggregate;
         let published: HashSet<i64> = settlement.published.into_iter().collect();
         let retry: HashMap<i64, (String, Duration)> = settlement
             .retry
@@ -943,7 +941,7 @@ impl StreamClaim {
         });
         for (event, fate) in tried.chain(behind).chain(undecodable) {
             let message = &event.message;
-            if ordered && matches!(fate, Fate::Retry(..) | Fate::Behind) {
+            if matches!(fate, Fate::Retry(..) | Fate::Behind) {
                 outcome.held.insert(key(message));
             }
             match (fate, event.row) {
