@@ -3,7 +3,7 @@
 mod admin;
 mod inbox;
 #[cfg(feature = "postgres-log")]
-mod log;
+pub mod log;
 mod relay;
 mod wal;
 
