@@ -7,7 +7,7 @@
 //! (tansu) 9092, RabbitMQ 5672, Mosquitto 1883; the webhook receiver runs in this process and
 //! verifies every signature.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use outbox::relay::Sink;
 use outbox::sinks::{self, Routing};
@@ -24,7 +24,7 @@ type BoxError = Box<dyn std::error::Error>;
 pub(crate) const NAMES: &str = "nats, redis, kafka, rabbitmq, mqtt, webhook";
 
 const PREFIX: &str = "outbox_bench";
-const SECRET: &[u8] = b"outbox-bench";
+const SECRET: &str = "whsec_b3V0Ym94LWJlbmNoLXNlY3JldA==";
 
 /// Events of the hot-aggregate run: all of one aggregate.
 const HOT_EVENTS: i64 = 5_000;
@@ -222,21 +222,7 @@ async fn receive(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::http::StatusCode {
-    use sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-    };
-    let verified = verify(
-        SECRET,
-        header(TIMESTAMP_HEADER),
-        header(SIGNATURE_HEADER),
-        &body,
-        Duration::from_secs(300),
-        SystemTime::now(),
-    );
+    let verified = sinks::signature::verify(SECRET, &headers, &body);
     match (
         verified,
         serde_json::from_slice::<Vec<serde_json::Value>>(&body),

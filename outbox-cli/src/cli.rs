@@ -67,7 +67,7 @@ pub(crate) enum Command {
         /// The broker URL, overriding `sink.url`.
         #[arg(long, env = "OUTBOX_SINK_URL", hide_env_values = true)]
         sink_url: Option<String>,
-        /// The webhook sink's signing secret.
+        /// The webhook sink's signing secret, a Standard Webhooks secret (`whsec_` and base64).
         #[arg(long, env = "OUTBOX_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
         /// This relay's name in logs and metrics.

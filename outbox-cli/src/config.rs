@@ -102,7 +102,7 @@ pub(crate) struct SinkConfig {
     pub(crate) mandatory: Option<bool>,
     /// Kafka: `compression.type` (default `lz4`; `none`, `gzip`, `snappy`, `lz4`, `zstd`).
     pub(crate) compression: Option<String>,
-    /// Webhook: the signing secret (prefer `OUTBOX_WEBHOOK_SECRET`).
+    /// Webhook: the signing secret, `whsec_…` (prefer `OUTBOX_WEBHOOK_SECRET`).
     pub(crate) secret: Option<String>,
     /// `payload` (default) or `cloudevents`.
     pub(crate) envelope: Option<String>,

@@ -148,7 +148,7 @@ impl AnySink {
                             .into(),
                     )
                 })?;
-                let sink = WebhookSink::connect(url, secret.as_bytes())
+                let sink = WebhookSink::connect(url, secret)
                     .await
                     .map_err(sink_error)?;
                 AnySink::Webhook(sink.envelope(envelope))

@@ -716,6 +716,24 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         );
     }
 
+    // A webhook secret that is not a Standard Webhooks one is refused before any request.
+    std::fs::write(
+        &config,
+        format!(
+            "table = \"{table}\"\n[sink]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret = \"s3cret\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (_, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &["--config", config.to_str().unwrap(), "relay"],
+    );
+    assert!(
+        text.contains("the webhook secret is not `whsec_` followed by base64"),
+        "{text}"
+    );
+
     // The relay's database connections carry an application name; the error shows the URL as
     // the user wrote it.
     let (code, text) = fails(

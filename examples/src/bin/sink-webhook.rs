@@ -5,33 +5,17 @@
 //! cargo run -p outbox-examples --features webhook --bin sink-webhook
 //! ```
 
-use std::time::{Duration, SystemTime};
-
 use axum::http::{HeaderMap, StatusCode};
-use outbox::sinks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify};
+use outbox::sinks::signature::verify;
 use outbox::sinks::webhook::WebhookSink;
 use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
 
-const SECRET: &[u8] = b"shared between the relay and the receiver";
+/// Shared between the relay and the receiver: `whsec_` and the key in base64.
+const SECRET: &str = "whsec_c2hhcmVkIGJ5IHJlbGF5IGFuZCByZWNlaXZlcg==";
 
 /// The receiving service: refuses a request whose signature does not match its body.
 async fn receive(headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let tolerance = Duration::from_secs(300);
-    let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
-    match verify(
-        SECRET,
-        timestamp,
-        signature,
-        &body,
-        tolerance,
-        SystemTime::now(),
-    ) {
+    match verify(SECRET, &headers, &body) {
         Ok(()) => {
             println!("receiver: {} verified bytes", body.len());
             StatusCode::OK

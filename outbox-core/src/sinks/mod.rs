@@ -9,7 +9,7 @@
 //! | [`RabbitMqSink`](rabbitmq::RabbitMqSink) | `rabbitmq` | exchange + routing key | `message_id` = event id |
 //! | [`RedisSink`](redis::RedisSink) | `redis` | Redis stream key | field `id` = event id |
 //! | [`MqttSink`](mqtt::MqttSink) | `mqtt` | MQTT topic | user property `outbox-event-id` |
-//! | [`WebhookSink`](webhook::WebhookSink) | `webhook` | one URL, signed batches | element `id` |
+//! | [`WebhookSink`](webhook::WebhookSink) | `webhook` | one URL, batches signed as Standard Webhooks | element `id` |
 
 use std::collections::HashMap;
 

@@ -1,205 +1,160 @@
-//! The signature of webhook requests (feature `signature`, also part of `webhook`): what the
-//! [`WebhookSink`](super::webhook::WebhookSink) sends, and what a receiver checks.
+//! The signature of webhook requests (feature `signature`, also part of `webhook`), as the
+//! [Standard Webhooks](https://www.standardwebhooks.com) specification defines it, with its
+//! official Rust library: what the [`WebhookSink`](super::webhook::WebhookSink) sends, and what
+//! a receiver checks — with [`verify`] here, or with the official library of any language
+//! (Python, JavaScript, Go, Java, Ruby, PHP, C#…).
 //!
-//! Every request carries two headers:
+//! Every request carries three headers:
 //!
-//! * [`TIMESTAMP_HEADER`] — when the request was signed, in Unix seconds;
-//! * [`SIGNATURE_HEADER`] — `v1=` and the hex HMAC-SHA256, under the shared secret, of the
-//!   timestamp, a `.`, and the exact body bytes. Several signatures separated by spaces are
-//!   accepted (one per secret, while a secret is being rotated).
+//! * [`ID_HEADER`] (`webhook-id`) — the request's id, the same when the same batch is sent
+//!   again;
+//! * [`TIMESTAMP_HEADER`] (`webhook-timestamp`) — when it was signed, in Unix seconds;
+//! * [`SIGNATURE_HEADER`] (`webhook-signature`) — `v1,` and the base64 HMAC-SHA256, under the
+//!   secret, of `{id}.{timestamp}.{body}`; several, separated by spaces, while a secret is
+//!   being rotated.
 //!
-//! Signing the timestamp with the body lets a receiver refuse replays of old requests: [`verify`]
-//! accepts a timestamp at most `tolerance` away from its own clock.
+//! Secrets are written `whsec_` followed by the key in base64, as every Standard Webhooks
+//! library reads them.
 //!
 //! ```
-//! use std::time::{Duration, SystemTime};
-//! use outbox::sinks::signature::{sign, verify};
+//! use std::time::SystemTime;
+//! use outbox::sinks::signature::{ID_HEADER, SIGNATURE_HEADER, Secret, TIMESTAMP_HEADER, verify};
 //!
+//! let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 //! let body = br#"[{"id":"0190f2c4-7d2a-7c1e-9b0a-3f1c2d4e5f60"}]"#;
 //! let now = SystemTime::now();
-//! let (timestamp, signature) = sign(b"s3cret", now, body);
-//! // The receiver, with the header values and the raw body:
-//! verify(b"s3cret", &timestamp, &signature, body, Duration::from_secs(300), now)?;
-//! assert!(verify(b"s3cret", &timestamp, &signature, b"[]", Duration::from_secs(300), now).is_err());
-//! # Ok::<(), outbox::sinks::signature::SignatureError>(())
+//! let signature = Secret::new(secret)?.sign("msg_1", now, body);
+//! let mut headers = outbox::sinks::signature::http::HeaderMap::new();
+//! headers.insert(ID_HEADER, "msg_1".parse()?);
+//! headers.insert(TIMESTAMP_HEADER, outbox::sinks::signature::unix_seconds(now).to_string().parse()?);
+//! headers.insert(SIGNATURE_HEADER, signature.parse()?);
+//! // The receiver, with the headers and the raw body:
+//! verify(secret, &headers, body)?;
+//! assert!(verify(secret, &headers, b"[]").is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+pub use http;
 
-/// The header with the signing time, in Unix seconds.
-pub const TIMESTAMP_HEADER: &str = "outbox-webhook-timestamp";
-/// The header with the signature(s): `v1=<hex HMAC-SHA256 of "{timestamp}.{body}">`.
-pub const SIGNATURE_HEADER: &str = "outbox-webhook-signature";
+pub use standardwebhooks::{
+    HEADER_WEBHOOK_ID as ID_HEADER, HEADER_WEBHOOK_SIGNATURE as SIGNATURE_HEADER,
+    HEADER_WEBHOOK_TIMESTAMP as TIMESTAMP_HEADER,
+};
 
-/// Why a request's signature was refused.
+/// Why a secret or a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    /// The timestamp header is not a number of seconds.
-    #[error("the timestamp {0:?} is not a number of Unix seconds")]
-    BadTimestamp(String),
-    /// The timestamp is further from the receiver's clock than the tolerance: an old request
-    /// replayed, or clocks apart.
+    /// The secret is not `whsec_` followed by base64.
     #[error(
-        "the request was signed {age_secs}s away from now, more than the {tolerance_secs}s tolerated"
+        "the webhook secret is not `whsec_` followed by base64 (as Standard Webhooks write them)"
     )]
-    Expired {
-        /// How far the timestamp is from now, in seconds.
-        age_secs: u64,
-        /// The tolerance, in seconds.
-        tolerance_secs: u64,
-    },
-    /// The signature header holds no `v1=` signature.
-    #[error("the signature header holds no v1= signature")]
-    NoSignature,
-    /// No signature matches the body under this secret: the body was altered, or the secret
-    /// differs.
-    #[error("the signature does not match the body")]
-    Mismatch,
+    InvalidSecret,
+    /// The request's headers or signature do not check out (the official library's reason).
+    #[error("the request's signature does not verify: {0}")]
+    Refused(String),
 }
 
-fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length: this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
+/// A signing secret: `whsec_<base64>`.
+#[derive(Clone)]
+pub struct Secret(std::sync::Arc<standardwebhooks::Webhook>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
-fn unix_seconds(time: SystemTime) -> u64 {
+impl Secret {
+    /// Reads `whsec_<base64>` (the prefix may be left out).
+    pub fn new(secret: &str) -> Result<Self, SignatureError> {
+        if secret.trim_start_matches("whsec_").is_empty() {
+            return Err(SignatureError::InvalidSecret);
+        }
+        standardwebhooks::Webhook::new(secret)
+            .map(|webhook| Secret(std::sync::Arc::new(webhook)))
+            .map_err(|_| SignatureError::InvalidSecret)
+    }
+
+    /// The signature of `body` as the request `id` signed at `at`: `v1,<base64>`.
+    pub fn sign(&self, id: &str, at: SystemTime, body: &[u8]) -> String {
+        let timestamp = i64::try_from(unix_seconds(at)).unwrap_or(i64::MAX);
+        // Bodies are JSON, always UTF-8: the library refuses nothing else.
+        self.0
+            .sign(id, timestamp, body)
+            .unwrap_or_else(|_| String::from("v1,"))
+    }
+}
+
+/// Seconds since the Unix epoch, as the timestamp header holds them.
+pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0)
 }
 
-/// Signs `body` at time `at`: the values of [`TIMESTAMP_HEADER`] and [`SIGNATURE_HEADER`].
-pub fn sign(secret: &[u8], at: SystemTime, body: &[u8]) -> (String, String) {
-    let timestamp = unix_seconds(at).to_string();
-    let tag = mac(secret, &timestamp, body).finalize().into_bytes();
-    let signature = format!("v1={}", hex::encode(tag));
-    (timestamp, signature)
-}
-
-/// Checks a request: `timestamp` and `signature` are its header values, `body` its raw bytes,
-/// `now` the receiver's clock. Comparison is in constant time.
-pub fn verify(
-    secret: &[u8],
-    timestamp: &str,
-    signature: &str,
-    body: &[u8],
-    tolerance: Duration,
-    now: SystemTime,
-) -> Result<(), SignatureError> {
-    let signed_at: u64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| SignatureError::BadTimestamp(timestamp.to_owned()))?;
-    let age = unix_seconds(now).abs_diff(signed_at);
-    if age > tolerance.as_secs() {
-        return Err(SignatureError::Expired {
-            age_secs: age,
-            tolerance_secs: tolerance.as_secs(),
-        });
-    }
-    let candidates: Vec<Vec<u8>> = signature
-        .split([' ', ','])
-        .filter_map(|part| part.trim().strip_prefix("v1="))
-        .filter_map(|hex_tag| hex::decode(hex_tag).ok())
-        .collect();
-    if candidates.is_empty() {
-        return Err(SignatureError::NoSignature);
-    }
-    let expected = mac(secret, timestamp.trim(), body);
-    if candidates
-        .iter()
-        .any(|tag| expected.clone().verify_slice(tag).is_ok())
-    {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+/// Checks a request with the official library: its headers, its raw body, the receiver's
+/// secret. Refuses a timestamp more than 5 minutes from the receiver's clock (replays).
+pub fn verify(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
+    let secret = Secret::new(secret)?;
+    secret
+        .0
+        .verify(body, headers)
+        .map_err(|error| SignatureError::Refused(error.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TOLERANCE: Duration = Duration::from_secs(300);
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn headers(id: &str, at: SystemTime, signature: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        let value = |text: &str| http::HeaderValue::from_str(text).expect("header value");
+        headers.insert(ID_HEADER, value(id));
+        headers.insert(TIMESTAMP_HEADER, value(&unix_seconds(at).to_string()));
+        headers.insert(SIGNATURE_HEADER, value(signature));
+        headers
+    }
 
     #[test]
     fn a_signed_body_verifies_and_any_change_is_refused() {
         let now = SystemTime::now();
-        let (timestamp, signature) = sign(b"key", now, b"[1,2]");
+        let secret = Secret::new(SECRET).expect("valid");
+        let signature = secret.sign("msg_1", now, b"[1,2]");
+        assert!(signature.starts_with("v1,"));
         assert_eq!(
-            verify(b"key", &timestamp, &signature, b"[1,2]", TOLERANCE, now),
+            verify(SECRET, &headers("msg_1", now, &signature), b"[1,2]"),
             Ok(())
         );
-        assert_eq!(
-            verify(b"key", &timestamp, &signature, b"[1,3]", TOLERANCE, now),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(b"other", &timestamp, &signature, b"[1,2]", TOLERANCE, now),
-            Err(SignatureError::Mismatch)
-        );
-        let later: u64 = timestamp.parse::<u64>().unwrap_or(0) + 1;
-        assert_eq!(
-            verify(
-                b"key",
-                &later.to_string(),
-                &signature,
-                b"[1,2]",
-                TOLERANCE,
-                now
-            ),
-            Err(SignatureError::Mismatch)
-        );
+        assert!(verify(SECRET, &headers("msg_1", now, &signature), b"[1,3]").is_err());
+        assert!(verify(SECRET, &headers("msg_2", now, &signature), b"[1,2]").is_err());
+        let other = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(verify(other, &headers("msg_1", now, &signature), b"[1,2]").is_err());
+        let old = now - std::time::Duration::from_secs(3600);
+        let stale = secret.sign("msg_1", old, b"[1,2]");
+        assert!(verify(SECRET, &headers("msg_1", old, &stale), b"[1,2]").is_err());
     }
 
     #[test]
-    fn old_requests_and_malformed_headers_are_refused() {
-        let then = SystemTime::now() - Duration::from_secs(3600);
-        let (timestamp, signature) = sign(b"key", then, b"x");
-        assert!(matches!(
-            verify(
-                b"key",
-                &timestamp,
-                &signature,
-                b"x",
-                TOLERANCE,
-                SystemTime::now()
-            ),
-            Err(SignatureError::Expired { .. })
-        ));
+    fn one_matching_signature_among_several_is_enough_and_bad_secrets_are_refused() {
         let now = SystemTime::now();
-        assert!(matches!(
-            verify(b"key", "yesterday", &signature, b"x", TOLERANCE, now),
-            Err(SignatureError::BadTimestamp(_))
-        ));
-        let (timestamp, _) = sign(b"key", now, b"x");
-        assert_eq!(
-            verify(b"key", &timestamp, "sha1=abc", b"x", TOLERANCE, now),
-            Err(SignatureError::NoSignature)
+        let old = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let both = format!(
+            "{} {}",
+            Secret::new(old).expect("valid").sign("m", now, b"x"),
+            Secret::new(SECRET).expect("valid").sign("m", now, b"x")
         );
-    }
-
-    #[test]
-    fn one_matching_signature_among_several_is_enough() {
-        let now = SystemTime::now();
-        let (timestamp, old) = sign(b"old", now, b"x");
-        let (_, new) = sign(b"new", now, b"x");
-        let both = format!("{old} {new}");
-        assert_eq!(
-            verify(b"new", &timestamp, &both, b"x", TOLERANCE, now),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"old", &timestamp, &both, b"x", TOLERANCE, now),
-            Ok(())
-        );
+        assert_eq!(verify(SECRET, &headers("m", now, &both), b"x"), Ok(()));
+        assert_eq!(verify(old, &headers("m", now, &both), b"x"), Ok(()));
+        for bad in ["", "whsec_", "whsec_not base64!"] {
+            assert_eq!(
+                Secret::new(bad).map(drop),
+                Err(SignatureError::InvalidSecret),
+                "{bad:?}"
+            );
+        }
     }
 }

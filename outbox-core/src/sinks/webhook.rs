@@ -1,6 +1,7 @@
 //! HTTP webhook sink (feature `webhook`), with reqwest: events are POSTed in batches, as a JSON
-//! array, each request signed with HMAC-SHA256 and a timestamp (see [`signature`](super::signature)
-//! for the scheme and the [`verify`](super::signature::verify) function receivers call).
+//! array, each request signed as [Standard Webhooks](https://www.standardwebhooks.com) specify
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature`; see [`signature`](super::signature)),
+//! so that a receiver verifies it with the official library of its language.
 //!
 //! A request holds at most [`max_events`](WebhookSink::max_events) events and
 //! [`max_bytes`](WebhookSink::max_bytes) of body; a relay batch larger than that is sent as
@@ -34,8 +35,8 @@
 //! use outbox::relay::Relay;
 //! use outbox::sinks::webhook::WebhookSink;
 //!
-//! let secret = std::env::var("WEBHOOK_SECRET")?;
-//! let sink = WebhookSink::connect("https://hooks.example.com/outbox", secret.as_bytes())
+//! let secret = std::env::var("WEBHOOK_SECRET")?; // whsec_…
+//! let sink = WebhookSink::connect("https://hooks.example.com/outbox", &secret)
 //!     .await?
 //!     .max_events(200);
 //! Relay::builder(pool, sink).build().run(std::future::pending()).await;
@@ -48,7 +49,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 
-use super::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use super::signature::{ID_HEADER, SIGNATURE_HEADER, Secret, TIMESTAMP_HEADER, unix_seconds};
 use super::{Envelope, SetupError, fields, recorded_headers};
 use crate::relay::{Delivery, Message, Sink, SinkError};
 
@@ -63,7 +64,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct WebhookSink {
     client: reqwest::Client,
     url: reqwest::Url,
-    secret: Arc<[u8]>,
+    /// The signing secrets: the current one, then those still accepted during a rotation.
+    secrets: Arc<Vec<Secret>>,
     envelope: Envelope,
     max_events: usize,
     max_bytes: usize,
@@ -93,9 +95,10 @@ enum Outcome {
 }
 
 impl WebhookSink {
-    /// A sink POSTing to `url` (`http://` or `https://`) signed with `secret`. Checks that the
-    /// receiver answers (any HTTP status will do) so that a wrong host or port is reported now.
-    pub async fn connect(url: &str, secret: &[u8]) -> Result<Self, SetupError> {
+    /// A sink POSTing to `url` (`http://` or `https://`) signed with `secret` (`whsec_` and the
+    /// key in base64, as Standard Webhooks write them). Checks that the receiver answers (any
+    /// HTTP status will do) so that a wrong host or port is reported now.
+    pub async fn connect(url: &str, secret: &str) -> Result<Self, SetupError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
@@ -109,7 +112,7 @@ impl WebhookSink {
     pub async fn with_client(
         client: reqwest::Client,
         url: &str,
-        secret: &[u8],
+        secret: &str,
     ) -> Result<Self, SetupError> {
         let url = reqwest::Url::parse(url)
             .map_err(|error| SetupError::new(SINK, format!("invalid URL {url:?}: {error}")))?;
@@ -119,9 +122,8 @@ impl WebhookSink {
                 format!("{url} is not an http:// or https:// URL"),
             ));
         }
-        if secret.is_empty() {
-            return Err(SetupError::new(SINK, "the signing secret is empty"));
-        }
+        let secret =
+            Secret::new(secret).map_err(|error| SetupError::new(SINK, error.to_string()))?;
         client.head(url.clone()).send().await.map_err(|error| {
             let problem = format!("{} does not answer: {error}", super::redacted(url.as_str()));
             if error.is_connect() || error.is_timeout() || error.is_request() {
@@ -133,13 +135,22 @@ impl WebhookSink {
         Ok(WebhookSink {
             client,
             url,
-            secret: secret.into(),
+            secrets: Arc::new(vec![secret]),
             envelope: Envelope::Payload,
             max_events: 100,
             max_bytes: 1 << 20,
             attempts: 3,
             backoff: Duration::from_millis(200),
         })
+    }
+
+    /// Also signs with `secret`, during a rotation: each request then carries one signature per
+    /// secret, and receivers that hold either one accept it.
+    pub fn also_signed_with(mut self, secret: &str) -> Result<Self, SetupError> {
+        let secret =
+            Secret::new(secret).map_err(|error| SetupError::new(SINK, error.to_string()))?;
+        Arc::make_mut(&mut self.secrets).push(secret);
+        Ok(self)
     }
 
     /// The body's elements (default: the events with their metadata).
@@ -211,15 +222,27 @@ impl WebhookSink {
     /// One signed POST of `elements`, retried in place while the failure is worth it.
     async fn post(&self, elements: &[&str]) -> Outcome {
         let body = format!("[{}]", elements.join(","));
+        // The same batch sent again has the same id: derived from the body.
+        let id = format!(
+            "msg_{}",
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body.as_bytes()).simple()
+        );
         let mut wait = self.backoff;
         let mut last = String::new();
         for attempt in 1..=self.attempts {
-            let (timestamp, signature) = sign(&self.secret, SystemTime::now(), body.as_bytes());
+            let now = SystemTime::now();
+            let signature = self
+                .secrets
+                .iter()
+                .map(|secret| secret.sign(&id, now, body.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(" ");
             let sent = self
                 .client
                 .post(self.url.clone())
                 .header(reqwest::header::CONTENT_TYPE, self.content_type())
-                .header(TIMESTAMP_HEADER, timestamp)
+                .header(ID_HEADER, &id)
+                .header(TIMESTAMP_HEADER, unix_seconds(now).to_string())
                 .header(SIGNATURE_HEADER, signature)
                 .body(body.clone())
                 .send()

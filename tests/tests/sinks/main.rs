@@ -196,7 +196,8 @@ fn n_of(payload: &[u8]) -> i64 {
 }
 
 /// The webhook tests' signing secret.
-const SECRET: &[u8] = b"webhook test secret";
+/// A Standard Webhooks secret: `whsec_` and the key in base64.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 const MQTT_PORT: u16 = 1883;
 const KAFKA_PORT: u16 = 9092;
@@ -284,9 +285,15 @@ async fn more_unreachable_or_misconfigured_sinks_fail_at_start_up() {
         error.contains("is not an http:// or https:// URL"),
         "{error}"
     );
-    let error = sinks::webhook::WebhookSink::connect("http://127.0.0.1:1/hook", b"")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert_eq!(error, "webhook sink: the signing secret is empty");
+    for secret in ["", "whsec_", "plain words"] {
+        let error = sinks::webhook::WebhookSink::connect("http://127.0.0.1:1/hook", secret)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "webhook sink: the webhook secret is not `whsec_` followed by base64 (as Standard Webhooks write them)",
+            "{secret:?}"
+        );
+    }
 }
