@@ -1039,7 +1039,10 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
             .arg("relay")
             .env_remove("OUTBOX_DATABASE_URL")
             .env_remove("OUTBOX_LOG")
-            .env("OUTBOX_WEBHOOK_SECRET", "whsec_czNjcmV0LXMzY3JldC1zM2NyZXQ=")
+            .env(
+                "OUTBOX_WEBHOOK_SECRET",
+                "whsec_czNjcmV0LXMzY3JldC1zM2NyZXQ=",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
