@@ -644,17 +644,7 @@ async fn a_replication_role_streams_and_a_role_without_it_is_refused() {
     relay.await.unwrap();
 
     let log = LogStream::new(table.pool.clone(), &url("outbox_nobody")).unwrap();
-    let source = outbox::relay::IntoSource::__into_source(
-        log,
-        &outbox::relay::source::SourceConfig {
-            table: table.outbox.table().clone(),
-            ordering: outbox::relay::Ordering::PerAggregate,
-            retain: false,
-            listen: false,
-            lease_ttl: Duration::from_secs(10),
-            parked_only: false,
-        },
-    );
+    let source = source_of(&table, log);
     let error = outbox::relay::source::Source::claim(&source, 10)
         .await
         .unwrap_err()
@@ -700,17 +690,7 @@ async fn an_invalidated_slot_is_reported_and_recovered_from_in_table_mode() {
 
     // The relay's source refuses with the slot's name and the way back.
     let log = LogStream::new(table.pool.clone(), &postgres_url()).unwrap();
-    let source = outbox::relay::IntoSource::__into_source(
-        log,
-        &outbox::relay::source::SourceConfig {
-            table: table.outbox.table().clone(),
-            ordering: outbox::relay::Ordering::PerAggregate,
-            retain: false,
-            listen: false,
-            lease_ttl: Duration::from_secs(10),
-            parked_only: false,
-        },
-    );
+    let source = source_of(&table, log);
     let error = outbox::relay::source::Source::claim(&source, 10)
         .await
         .unwrap_err()
@@ -768,6 +748,21 @@ impl Drop for ResetsSetting {
             .arg("SELECT pg_reload_conf()")
             .status();
     }
+}
+
+/// The relay's source over `log`, to call `claim` on directly and see its error.
+fn source_of(table: &LogTable, log: LogStream) -> outbox::store::postgres::LogSource {
+    outbox::relay::IntoSource::__into_source(
+        log,
+        &outbox::relay::source::SourceConfig {
+            table: table.outbox.table().clone(),
+            ordering: outbox::relay::Ordering::PerAggregate,
+            retain: false,
+            listen: false,
+            lease_ttl: Duration::from_secs(10),
+            parked_only: false,
+        },
+    )
 }
 
 /// Runs `pg_ctlcluster <action>` on the newest cluster; whether it succeeded.

@@ -344,14 +344,10 @@ impl Inner {
         .fetch_one(&self.pool)
         .await
         .map_err(self.database_error("open the log"))?;
-        let lost: Option<Option<bool>> = sqlx::query_scalar(
-            "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(&self.names.slot)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.database_error("open the log"))?;
-        match lost {
+        let slot = wal::slot(&self.pool, &self.table)
+            .await
+            .map_err(self.database_error("open the log"))?;
+        match slot {
             None => {
                 return Err(self.log_error(format!(
                     "the replication slot `{}` does not exist: run `migrate` (or `outbox \
@@ -359,7 +355,9 @@ impl Inner {
                     self.names.slot
                 )));
             }
-            Some(Some(true)) => return Err(wal::invalidated(&self.table, &self.names.slot)),
+            Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
+                return Err(wal::invalidated(&self.table, &self.names.slot));
+            }
             Some(_) => {}
         }
         let started = async {
@@ -653,6 +651,7 @@ async fn park_messages(
     table: &str,
     parked: &[Parked],
 ) -> Result<(), sqlx::Error> {
+    // `ORDER BY p.ord`: the rows get their `seq` in the log's order.
     let sql = format!(
         "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers, \
            attempts, last_error, available_at, dead_at, parked) \
@@ -660,62 +659,24 @@ async fn park_messages(
            p.attempts, p.error, clock_timestamp() + p.delay * interval '1 second', \
            CASE WHEN p.dead THEN clock_timestamp() END, true \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-           $7::int4[], $8::text[], $9::float8[], $10::bool[]) \
-           AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead) \
+           $7::int4[], $8::text[], $9::float8[], $10::bool[]) WITH ORDINALITY \
+           AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead, ord) \
          ORDER BY p.ord",
     );
-    // `ORDER BY p.ord`: rows get their `seq` in the log's order. unnest has no ordinality
-    // column of its own name here; add it.
-    let sql = sql.replace(
-        "AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead)",
-        "WITH ORDINALITY AS p(id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, error, delay, dead, ord)",
-    );
+    fn column<'a, T>(parked: &'a [Parked], value: impl Fn(&'a Parked) -> T) -> Vec<T> {
+        parked.iter().map(value).collect()
+    }
     sqlx::query(AssertSqlSafe(sql))
-        .bind(parked.iter().map(|p| p.message.id).collect::<Vec<_>>())
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.message.aggregate_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.message.aggregate_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.message.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.message.payload.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.message.headers.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(parked.iter().map(|p| p.attempts).collect::<Vec<_>>())
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.error.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            parked
-                .iter()
-                .map(|p| p.delay.as_secs_f64())
-                .collect::<Vec<_>>(),
-        )
-        .bind(parked.iter().map(|p| p.dead).collect::<Vec<_>>())
+        .bind(column(parked, |p| p.message.id))
+        .bind(column(parked, |p| p.message.aggregate_type.as_str()))
+        .bind(column(parked, |p| p.message.aggregate_id.as_str()))
+        .bind(column(parked, |p| p.message.event_type.as_str()))
+        .bind(column(parked, |p| p.message.payload.as_str()))
+        .bind(column(parked, |p| p.message.headers.as_deref()))
+        .bind(column(parked, |p| p.attempts))
+        .bind(column(parked, |p| p.error.as_deref()))
+        .bind(column(parked, |p| p.delay.as_secs_f64()))
+        .bind(column(parked, |p| p.dead))
         .execute(conn)
         .await?;
     Ok(())
@@ -736,7 +697,7 @@ impl Source for LogSource {
             && !state.parked.is_empty()
             && let Some(claim) = inner.parked.claim(max).await?
         {
-            return Ok(Some(Self::wrap(Batch::Parked(claim, Arc::clone(inner)))));
+            return Ok(Some(LogClaim(Batch::Parked(claim, Arc::clone(inner)))));
         }
         if inner.stream(&mut state).await?.is_none() {
             return Ok(None);
@@ -772,7 +733,7 @@ impl Source for LogSource {
         });
         stream.in_flight = true;
         let messages = events.iter().map(|e| e.message.clone()).collect();
-        Ok(Some(Self::wrap(Batch::Log(StreamClaim {
+        Ok(Some(LogClaim(Batch::Log(StreamClaim {
             inner: Arc::clone(inner),
             messages,
             events,
@@ -876,12 +837,6 @@ pub struct LogClaim(Batch);
 enum Batch {
     Parked(PgClaim, Arc<Inner>),
     Log(StreamClaim),
-}
-
-impl LogSource {
-    fn wrap(batch: Batch) -> LogClaim {
-        LogClaim(batch)
-    }
 }
 
 /// Events taken from the log, held until settled.

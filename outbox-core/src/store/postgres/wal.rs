@@ -43,8 +43,13 @@ impl LogNames {
         LogNames {
             slot: name("relay"),
             publication: name("pub"),
-            prefix: format!("outbox:{table}"),
+            prefix: Self::prefix(table),
         }
+    }
+
+    /// The prefix of `table`'s WAL messages, alone: what recording needs, on the write path.
+    pub(crate) fn prefix(table: &TableName) -> String {
+        format!("outbox:{table}")
     }
 }
 
@@ -100,7 +105,7 @@ pub(crate) async fn emit(
     row: &NewRow,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
-        .bind(LogNames::of(outbox.table()).prefix)
+        .bind(LogNames::prefix(outbox.table()))
         .bind(encode(row))
         .execute(conn)
         .await?;
@@ -179,17 +184,12 @@ pub(crate) async fn setup(conn: &mut PgConnection, outbox: &Outbox) -> Result<()
             .await
             .map_err(database)?;
     }
-    let slot: Option<bool> = sqlx::query_scalar(
-        "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(&names.slot)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(database)?
-    .map(|lost: Option<bool>| lost.unwrap_or(false));
+    let slot = slot(&mut *conn, table).await.map_err(database)?;
     match slot {
-        Some(false) => {}
-        Some(true) => return Err(invalidated(table, &names.slot)),
+        Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
+            return Err(invalidated(table, &names.slot));
+        }
+        Some(_) => {}
         None => {
             let created = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
                 .bind(&names.slot)
@@ -214,8 +214,8 @@ fn wal_level_problem(wal_level: &str) -> Option<String> {
 }
 
 /// The slot of `table`, as `pg_replication_slots` shows it.
-pub(crate) async fn slot(
-    pool: &sqlx::PgPool,
+pub(crate) async fn slot<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     table: &TableName,
 ) -> Result<Option<SlotStatus>, sqlx::Error> {
     let slot = LogNames::of(table).slot;
@@ -226,7 +226,7 @@ pub(crate) async fn slot(
          FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(&slot)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     let bytes = |b: Option<i64>| b.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
     Ok(row.map(|(active, retained, lag, wal_status)| SlotStatus {
