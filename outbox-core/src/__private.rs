@@ -19,6 +19,26 @@ pub fn body<R, F: Future<Output = R>>(future: F) -> F {
 }
 
 /// Asserts at compile time that `C` is a transaction; errors carry the trait's explanation.
+/// Runs an `#[inbox_handler]`'s body: in the span of the message's processing (feature
+/// `opentelemetry`), as is otherwise.
+pub async fn handler_scope<F, T, E>(
+    message: &(dyn crate::inbox::InboxMessage + Sync),
+    id: &str,
+    consumer: &str,
+    body: F,
+) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    #[cfg(feature = "opentelemetry")]
+    return crate::telemetry::processing(message, id, consumer, body).await;
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        let _ = (message, id, consumer);
+        body.await
+    }
+}
+
 #[inline(always)]
 pub fn assert_transaction<C: OutboxConnection + ?Sized>() {}
 
@@ -127,8 +147,10 @@ impl<T: Display + ?Sized> PresentId for &IdProbe<'_, T> {
 
 /// The id of an `#[inbox_handler]`'s message, checked to be an `InboxMessage` at its span.
 #[inline(always)]
-pub fn message_id<M: crate::inbox::InboxMessage + ?Sized>(message: &M) -> Result<String, Error> {
-    message.message_id()
+pub fn message_id<M: crate::inbox::InboxMessage + Sync>(
+    message: &M,
+) -> Result<(String, &(dyn crate::inbox::InboxMessage + Sync)), Error> {
+    Ok((message.message_id()?, message))
 }
 
 /// Records an `#[inbox_handler]`'s message id through its transaction parameter.

@@ -72,6 +72,9 @@ pub mod relay;
 pub mod sinks;
 pub mod store;
 mod table;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod telemetry;
 
 pub use connection::OutboxConnection;
 pub use error::Error;

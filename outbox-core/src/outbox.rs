@@ -31,6 +31,7 @@ pub struct Outbox {
     max_payload_bytes: usize,
     notify_on_commit: bool,
     header_source: Option<HeaderSource>,
+    trace_context: bool,
     delivery: Delivery,
 }
 
@@ -76,6 +77,7 @@ impl Outbox {
             max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
             notify_on_commit: false,
             header_source: None,
+            trace_context: false,
             delivery: Delivery::Polled,
         }
     }
@@ -113,6 +115,26 @@ impl Outbox {
     /// ```
     pub const fn header_source(mut self, source: fn() -> Vec<(String, String)>) -> Self {
         self.header_source = Some(HeaderSource(source));
+        self
+    }
+
+    /// Records the current OpenTelemetry context with every event (feature `opentelemetry`),
+    /// from the attribute and the manual API alike: the headers the globally installed
+    /// propagator writes (`traceparent` and `tracestate` with W3C trace context, `baggage` with
+    /// the baggage propagator). The relay's span for the event continues that context, and the
+    /// consumer's continues the relay's: one trace from the request to the consumer (see
+    /// [`telemetry`](crate::telemetry)). Headers from a [`header_source`](Outbox::header_source)
+    /// and from the [`Event`](crate::Event) win over it.
+    ///
+    /// ```
+    /// use outbox::Outbox;
+    ///
+    /// pub const OUTBOX: Outbox = Outbox::new().record_trace_context();
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub const fn record_trace_context(mut self) -> Self {
+        self.trace_context = true;
         self
     }
 
@@ -239,11 +261,19 @@ impl Outbox {
         })
     }
 
-    /// The headers to record as a JSON object: the source's, then the event's over them.
+    /// The headers to record as a JSON object: the trace context, the source's over it, then
+    /// the event's over them.
     fn headers(&self, own: &[(String, String)]) -> Option<String> {
         let mut headers = serde_json::Map::new();
+        #[cfg(feature = "opentelemetry")]
+        let traced = self
+            .trace_context
+            .then(crate::telemetry::current_headers)
+            .unwrap_or_default();
+        #[cfg(not(feature = "opentelemetry"))]
+        let traced: Vec<(String, String)> = Vec::new();
         let from_source = self.header_source.map(|source| (source.0)());
-        for (name, value) in from_source.iter().flatten().chain(own) {
+        for (name, value) in traced.iter().chain(from_source.iter().flatten()).chain(own) {
             headers.insert(name.clone(), serde_json::Value::String(value.clone()));
         }
         (!headers.is_empty()).then(|| serde_json::Value::Object(headers).to_string())

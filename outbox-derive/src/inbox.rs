@@ -274,10 +274,11 @@ fn expand(
         #vis #new_sig {
             #(#inner)*
             #assert_tx
-            let __inbox_id = match #message_id {
+            let (__inbox_id, __inbox_message) = match #message_id {
                 ::core::result::Result::Ok(id) => id,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(#convert(error)),
             };
+            ::outbox::__private::handler_scope(__inbox_message, &__inbox_id, #consumer, async {
             match #recorded {
                 ::core::result::Result::Ok(::outbox::inbox::Recorded::New) => {}
                 ::core::result::Result::Ok(::outbox::inbox::Recorded::Duplicate) => {
@@ -292,6 +293,7 @@ fn expand(
                 }
                 ::core::result::Result::Err(error) => ::core::result::Result::Err(error),
             }
+            }).await
         }
     }
 }

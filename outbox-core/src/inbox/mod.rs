@@ -115,11 +115,29 @@ pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 
 pub trait InboxMessage {
     /// The id; an error when the message carries none.
     fn message_id(&self) -> Result<String, Error>;
+
+    /// The value of the header `name` the message carries (default: none): the inbox helpers
+    /// read the trace context from it (feature `opentelemetry`).
+    fn header(&self, name: &str) -> Option<String> {
+        let _ = name;
+        None
+    }
+
+    /// Where the message was consumed from (default: not said), for the consumer's span.
+    fn destination(&self) -> Option<crate::relay::Destination> {
+        None
+    }
 }
 
 impl InboxMessage for crate::relay::Message {
     fn message_id(&self) -> Result<String, Error> {
         Ok(self.id.to_string())
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        let headers: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(self.headers.as_deref()?).ok()?;
+        headers.get(name)?.as_str().map(str::to_owned)
     }
 }
 
@@ -144,6 +162,14 @@ impl InboxMessage for String {
 impl<M: InboxMessage + ?Sized> InboxMessage for &M {
     fn message_id(&self) -> Result<String, Error> {
         (**self).message_id()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        (**self).header(name)
+    }
+
+    fn destination(&self) -> Option<crate::relay::Destination> {
+        (**self).destination()
     }
 }
 
@@ -281,11 +307,11 @@ impl Inbox {
 /// failing is logged, not returned: after a commit, a redelivery is dropped by the inbox.
 #[cfg(any(feature = "nats", feature = "rabbitmq"))]
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn process_then_acknowledge<DB, T, E, F, A, N>(
+pub(crate) async fn process_then_acknowledge<DB, M, T, E, F, A, N>(
     inbox: &Inbox,
     pool: &sqlx::Pool<DB>,
     consumer: &str,
-    message_id: &str,
+    message: &M,
     handler: F,
     broker: &'static str,
     ack: impl FnOnce() -> A,
@@ -293,20 +319,27 @@ pub(crate) async fn process_then_acknowledge<DB, T, E, F, A, N>(
 ) -> Result<Processed<T>, E>
 where
     DB: Dialect,
+    M: InboxMessage + ?Sized,
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     A: Future<Output = Result<(), String>>,
     N: Future<Output = Result<(), String>>,
 {
-    let outcome = inbox.process(pool, consumer, message_id, handler).await;
-    let (acknowledgement, what) = match &outcome {
-        Ok(_) => (ack().await, "ack after processing"),
-        Err(_) => (nack().await, "negative ack"),
+    let id = message.message_id()?;
+    let work = async {
+        let outcome = inbox.process(pool, consumer, &id, handler).await;
+        let (acknowledgement, what) = match &outcome {
+            Ok(_) => (ack().await, "ack after processing"),
+            Err(_) => (nack().await, "negative ack"),
+        };
+        if let Err(error) = acknowledgement {
+            tracing::warn!(%error, message_id = %id, broker, "{what} failed");
+        }
+        outcome
     };
-    if let Err(error) = acknowledgement {
-        tracing::warn!(%error, message_id, broker, "{what} failed");
-    }
-    outcome
+    #[cfg(feature = "opentelemetry")]
+    let work = crate::telemetry::processing(message, &id, consumer, work);
+    work.await
 }
 
 /// Rows deleted per purge statement.

@@ -52,6 +52,18 @@ impl InboxMessage for Message {
                 expected: "an `outbox-event-id` or `Nats-Msg-Id` header",
             })
     }
+
+    fn header(&self, name: &str) -> Option<String> {
+        let value = self.headers.as_ref()?.get(name)?;
+        Some(value.as_str().to_owned())
+    }
+
+    fn destination(&self) -> Option<crate::relay::Destination> {
+        Some(crate::relay::Destination::new(
+            "nats",
+            self.subject.as_str(),
+        ))
+    }
 }
 
 /// Processes `message` exactly once for `consumer` (see [`Inbox::process`]), then acknowledges
@@ -70,12 +82,11 @@ where
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {
-    let id = message.message_id()?;
     process_then_acknowledge(
         inbox,
         pool,
         consumer,
-        &id,
+        message,
         handler,
         "NATS",
         || async { message.double_ack().await.map_err(|e| e.to_string()) },

@@ -57,6 +57,20 @@ impl InboxMessage for Delivery {
             }),
         }
     }
+
+    fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers().as_ref()?;
+        match headers.inner().get(name)? {
+            AMQPValue::LongString(value) => Some(value.to_string()),
+            AMQPValue::ShortString(value) => Some(value.to_string()),
+            _ => None,
+        }
+    }
+
+    fn destination(&self) -> Option<crate::relay::Destination> {
+        let destination = crate::relay::Destination::new("rabbitmq", self.exchange.as_str());
+        Some(destination.with_routing_key(self.routing_key.as_str()))
+    }
 }
 
 /// Processes `delivery` exactly once for `consumer` (see [`Inbox::process`]), then acknowledges
@@ -75,7 +89,6 @@ where
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {
-    let id = delivery.message_id()?;
     let requeue = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
@@ -84,7 +97,7 @@ where
         inbox,
         pool,
         consumer,
-        &id,
+        delivery,
         handler,
         "RabbitMQ",
         || async {

@@ -59,7 +59,7 @@ use tracing::Instrument;
 
 pub use crate::message::{DeadLetter, DeadLetterFilter};
 pub use backoff::Backoff;
-pub use sink::{ChannelSink, Delivery, HandlerSink, Message, Sink, SinkError};
+pub use sink::{ChannelSink, Delivery, Destination, HandlerSink, Message, Sink, SinkError};
 use source::{Claim, Settlement, Source, SourceConfig};
 
 use crate::{Error, Outbox, TableName};
@@ -390,7 +390,16 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 }
                 wave.push(message);
             }
-            let mut results = self.sink.publish(&wave).await.into_iter();
+            #[cfg(feature = "opentelemetry")]
+            let spans = crate::telemetry::SendSpans::start(
+                &self.sink,
+                self.config.table.as_str(),
+                &mut wave,
+            );
+            let results = self.sink.publish(&wave).await;
+            #[cfg(feature = "opentelemetry")]
+            spans.finish(&results);
+            let mut results = results.into_iter();
             for message in wave {
                 let result = results.next().unwrap_or_else(|| {
                     Err(SinkError::transient(

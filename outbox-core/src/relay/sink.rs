@@ -42,6 +42,38 @@ impl SinkError {
 /// The outcome of delivering one message.
 pub type Delivery = Result<(), SinkError>;
 
+/// Where a sink delivers a message, as the relay's traces (OpenTelemetry's messaging
+/// attributes) and the event catalog name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Destination {
+    /// The messaging system, as OpenTelemetry's `messaging.system` names it: `kafka`,
+    /// `rabbitmq`, `nats`, `redis`, `mqtt`, or `webhook` for HTTP.
+    pub system: &'static str,
+    /// The topic, subject, stream or exchange the message goes to (a webhook's URL, without its
+    /// credentials).
+    pub name: String,
+    /// RabbitMQ: the routing key the message is published with.
+    pub routing_key: Option<String>,
+}
+
+impl Destination {
+    /// `name` on `system`, without a routing key.
+    pub fn new(system: &'static str, name: impl Into<String>) -> Self {
+        Destination {
+            system,
+            name: name.into(),
+            routing_key: None,
+        }
+    }
+
+    /// With the routing key the message is published with (RabbitMQ).
+    pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = Some(routing_key.into());
+        self
+    }
+}
+
 /// A destination for outbox events: a broker, a webhook, an in-process handler.
 ///
 /// With the default [`Ordering::PerAggregate`](super::Ordering::PerAggregate), the relay calls
@@ -66,6 +98,13 @@ pub trait Sink: Send + Sync + 'static {
     /// untouched and follow the failed one when it is retried.
     fn keeps_order(&self) -> bool {
         false
+    }
+
+    /// Where `message` goes (default: not said). The relay names it in the span it starts for
+    /// each message, and the event catalog in its channels.
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        let _ = message;
+        None
     }
 }
 

@@ -34,7 +34,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 pub use rdkafka;
 
@@ -238,6 +238,10 @@ fn failure(error: &KafkaError) -> SinkError {
 }
 
 impl Sink for KafkaSink {
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        Some(Destination::new("kafka", self.routing.destination(message)))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         if let Err(error) = self.ensure_topics(batch).await {
             return batch.iter().map(|_| Err(error.clone())).collect();

@@ -33,7 +33,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 pub use rumqttc;
 
@@ -309,6 +309,10 @@ fn delivery(reason: PubAckReason) -> Delivery {
 }
 
 impl Sink for MqttSink {
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        Some(Destination::new("mqtt", self.routing.destination(message)))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         let mut guard = self.link.lock().await;
         let mut link = match guard.take() {

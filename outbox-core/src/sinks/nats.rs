@@ -19,7 +19,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::{HeaderMap, HeaderName};
 
 use super::{Envelope, Routing, SetupError};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 const SINK: &str = "NATS JetStream";
 
@@ -126,6 +126,10 @@ fn failure(subject: &str, error: &jetstream::context::PublishError) -> SinkError
 }
 
 impl Sink for NatsSink {
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        Some(Destination::new("nats", self.routing.destination(message)))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         // Send everything, then collect the acks: one round trip per batch, not per event.
         let mut pending = Vec::with_capacity(batch.len());

@@ -40,7 +40,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 pub use lapin;
 
@@ -240,6 +240,13 @@ impl RabbitMqSink {
 }
 
 impl Sink for RabbitMqSink {
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        Some(
+            Destination::new("rabbitmq", self.exchange.destination(message))
+                .with_routing_key(self.routing_key.destination(message)),
+        )
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         let mut state = self.state.lock().await;
         let healthy = |(connection, channel): &(Connection, Channel)| {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Envelope, Routing, SetupError, fields};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 const SINK: &str = "Redis Streams";
 
@@ -100,6 +100,10 @@ impl RedisSink {
 }
 
 impl Sink for RedisSink {
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        Some(Destination::new("redis", self.routing.destination(message)))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         let mut pipe = redis::pipe();
         for message in batch {

@@ -50,8 +50,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 
 use super::signature::{ID_HEADER, SIGNATURE_HEADER, Secret, TIMESTAMP_HEADER, unix_seconds};
-use super::{Envelope, SetupError, fields, recorded_headers};
-use crate::relay::{Delivery, Message, Sink, SinkError};
+use super::{Envelope, SetupError, fields, recorded_headers, redacted};
+use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
 
 pub use reqwest;
 
@@ -375,6 +375,10 @@ fn worth_retrying_now(status: StatusCode) -> bool {
 }
 
 impl Sink for WebhookSink {
+    fn destination(&self, _message: &Message) -> Option<Destination> {
+        Some(Destination::new("webhook", redacted(self.url.as_str())))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
         let batch = Batch {
             messages: batch,
