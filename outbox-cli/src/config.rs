@@ -24,6 +24,25 @@ pub(crate) struct Config {
     pub(crate) sink: Option<SinkConfig>,
     #[serde(default)]
     pub(crate) http: HttpConfig,
+    #[serde(default)]
+    pub(crate) telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: the relay's spans and metrics over OTLP, besides `/metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetryConfig {
+    /// The collector's OTLP/HTTP address, e.g. `"http://127.0.0.1:4318"` (default:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: no export).
+    pub(crate) otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json` (default: `OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub(crate) protocol: Option<String>,
+    /// The `service.name` resource attribute (default: `OTEL_SERVICE_NAME`, then
+    /// `outbox-relay`).
+    pub(crate) service_name: Option<String>,
+    /// How often metrics are exported, e.g. `"10s"` (the default).
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) export_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,5 +145,33 @@ impl Config {
                 None => CliError::Config(format!("{}: {message}", path.display())),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's "complete configuration file", as a user copies it.
+    fn readme_config() -> String {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let start = readme
+            .find("A complete configuration file:\n\n```toml\n")
+            .expect("the README shows a complete configuration file");
+        let body = &readme[start..];
+        let body = &body[body.find("```toml\n").unwrap_or(0) + "```toml\n".len()..];
+        body[..body.find("```").unwrap_or(body.len())].to_owned()
+    }
+
+    #[test]
+    fn the_readme_configuration_file_is_read_whole() {
+        let config: Config = toml::from_str(&readme_config()).unwrap();
+        assert!(config.sink.is_some());
+        let telemetry = config.telemetry;
+        assert_eq!(
+            telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel-collector.internal:4318")
+        );
+        assert_eq!(telemetry.export_interval, Some(Duration::from_secs(10)));
     }
 }

@@ -21,6 +21,7 @@ mod http;
 mod settings;
 mod shutdown;
 mod sink;
+mod telemetry;
 
 use clap::Parser;
 

@@ -1,6 +1,6 @@
 //! The sink a configuration names, built and checked at start-up.
 
-use outbox::relay::{Delivery, Message, Sink};
+use outbox::relay::{Delivery, Destination, Message, Sink};
 use outbox::sinks::kafka::rdkafka;
 use outbox::sinks::{
     Envelope, Routing, kafka::KafkaSink, mqtt::MqttSink, nats::NatsSink, rabbitmq::RabbitMqSink,
@@ -176,26 +176,30 @@ fn sink_error(error: outbox::sinks::SetupError) -> CliError {
     }
 }
 
+/// `$body` with `$sink` bound to the sink inside whichever variant `$any` is.
+macro_rules! each {
+    ($any:expr, $sink:ident => $body:expr) => {
+        match $any {
+            AnySink::Nats($sink) => $body,
+            AnySink::Kafka($sink) => $body,
+            AnySink::RabbitMq($sink) => $body,
+            AnySink::Redis($sink) => $body,
+            AnySink::Mqtt($sink) => $body,
+            AnySink::Webhook($sink) => $body,
+        }
+    };
+}
+
 impl Sink for AnySink {
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {
-        match self {
-            AnySink::Nats(sink) => sink.publish(batch).await,
-            AnySink::Kafka(sink) => sink.publish(batch).await,
-            AnySink::RabbitMq(sink) => sink.publish(batch).await,
-            AnySink::Redis(sink) => sink.publish(batch).await,
-            AnySink::Mqtt(sink) => sink.publish(batch).await,
-            AnySink::Webhook(sink) => sink.publish(batch).await,
-        }
+        each!(self, sink => sink.publish(batch).await)
     }
 
     fn keeps_order(&self) -> bool {
-        match self {
-            AnySink::Nats(sink) => sink.keeps_order(),
-            AnySink::Kafka(sink) => sink.keeps_order(),
-            AnySink::RabbitMq(sink) => sink.keeps_order(),
-            AnySink::Redis(sink) => sink.keeps_order(),
-            AnySink::Mqtt(sink) => sink.keeps_order(),
-            AnySink::Webhook(sink) => sink.keeps_order(),
-        }
+        each!(self, sink => sink.keeps_order())
+    }
+
+    fn destination(&self, message: &Message) -> Option<Destination> {
+        each!(self, sink => sink.destination(message))
     }
 }

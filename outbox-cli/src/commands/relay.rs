@@ -17,6 +17,7 @@ use crate::http::{SinkProblem, serve};
 use crate::settings::Settings;
 use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
+use crate::telemetry::Otlp;
 
 /// The flags of `outbox relay`.
 pub(crate) struct Options {
@@ -55,10 +56,9 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         .listen
         .or_else(|| config.http.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:9464".into());
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .add_global_label("instance", instance.clone())
-        .install_recorder()
-        .map_err(|error| CliError::Other(format!("cannot install metrics: {error}")))?;
+    let otlp = Otlp::resolve(&config.telemetry, |name| std::env::var(name).ok())?;
+    let telemetry = crate::telemetry::install(otlp.as_ref(), &instance)?;
+    let metrics = telemetry.prometheus.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
@@ -90,6 +90,13 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         sink_config.kind,
         redacted(&sink_config.url),
     );
+    if let Some(otlp) = &otlp {
+        eprintln!(
+            "outbox relay {instance}: spans and metrics over OTLP to {} as `{}`",
+            redacted(&otlp.endpoint),
+            otlp.service_name,
+        );
+    }
     // One builder for every source and database: the settings apply alike.
     macro_rules! run_relay {
         ($source:expr) => {{
@@ -130,6 +137,7 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
         (db, false) => with_pool!(db, pool => run_relay!(pool.clone())),
     }
     server.abort();
+    telemetry.shutdown().await;
     eprintln!("outbox relay {instance}: stopped");
     Ok(())
 }
