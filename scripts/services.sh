@@ -174,6 +174,22 @@ kafka() {
   log "Kafka (tansu) ready on 127.0.0.1:9092"
 }
 
+# The official AsyncAPI parser, which the tests run on the generated event catalogs: Node.js
+# from Debian's packages if missing, the parser from the npm registry (tests/asyncapi).
+asyncapi_parser() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+  local dir
+  dir="$(dirname "$0")/../tests/asyncapi"
+  if [ ! -d "$dir/node_modules/@asyncapi/parser" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    log "installing @asyncapi/parser (npm ci)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    touch "$dir/node_modules"
+  fi
+  log "AsyncAPI parser ready ($(node --version))"
+}
+
 postgres
 mariadb
 redis
@@ -181,3 +197,4 @@ nats
 rabbitmq
 mosquitto
 kafka
+asyncapi_parser

@@ -6,7 +6,16 @@ use outbox::OutboxEvent;
 use serde::{Deserialize, Serialize};
 
 /// A customer account. Opening one emits `AccountOpenedEvent`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, OutboxEvent)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    sqlx::FromRow,
+    OutboxEvent,
+    schemars::JsonSchema,
+)]
 #[outbox(aggregate_type = "account", event_type = "AccountOpenedEvent")]
 pub struct Account {
     /// Assigned by the database.
@@ -22,8 +31,12 @@ pub struct Account {
 
 /// A money movement on one account. Creating one emits `TransactionCreatedEvent`; its aggregate
 /// is the transaction, and the payload carries the account it moved money on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
-#[outbox(aggregate_type = "transaction", event_type = "TransactionCreatedEvent")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent, schemars::JsonSchema)]
+#[outbox(
+    aggregate_type = "transaction",
+    event_type = "TransactionCreatedEvent",
+    version = 2
+)]
 pub struct TransactionEntity {
     /// Assigned by the database.
     #[outbox(aggregate_id)]

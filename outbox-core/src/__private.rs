@@ -72,6 +72,18 @@ pub fn aggregate_type_of<T: OutboxEvent + ?Sized>(_: &T) -> &'static str {
 }
 
 /// See [`aggregate_type_of`].
+/// `event` with the version of the derive that gave its event type.
+#[inline(always)]
+pub fn with_version_of<'a, T: OutboxEvent + ?Sized>(
+    event: crate::Event<'a>,
+    _: &T,
+) -> crate::Event<'a> {
+    match T::VERSION {
+        Some(version) => event.version(version),
+        None => event,
+    }
+}
+
 #[inline(always)]
 pub fn event_type_of<T: OutboxEvent + ?Sized>(_: &T) -> &'static str {
     T::EVENT_TYPE
@@ -161,4 +173,40 @@ pub fn inbox_record<'a, C: OutboxConnection + ?Sized>(
     message_id: &'a str,
 ) -> impl Future<Output = Result<crate::inbox::Recorded, Error>> + Send + 'a {
     inbox.record(conn, consumer, message_id)
+}
+
+/// Finds, at the derive's expansion, whether the entity has a JSON Schema: [`HasSchema`] applies
+/// when it implements `schemars::JsonSchema` (feature `schemars`), [`NoSchema`] otherwise (by
+/// auto-ref, a weaker match).
+#[derive(Debug)]
+pub struct SchemaProbe<T>(std::marker::PhantomData<T>);
+
+impl<T> SchemaProbe<T> {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        SchemaProbe(std::marker::PhantomData)
+    }
+}
+
+pub use crate::catalog::PayloadSchema;
+
+/// The entity has no schema.
+pub trait NoSchema {
+    fn __outbox_schema(&self) -> Option<PayloadSchema> {
+        None
+    }
+}
+
+impl<T> NoSchema for &SchemaProbe<T> {}
+
+/// The entity derives `schemars::JsonSchema`.
+pub trait HasSchema {
+    fn __outbox_schema(&self) -> Option<PayloadSchema>;
+}
+
+#[cfg(feature = "schemars")]
+impl<T: schemars::JsonSchema> HasSchema for SchemaProbe<T> {
+    fn __outbox_schema(&self) -> Option<PayloadSchema> {
+        Some(PayloadSchema::of::<T>())
+    }
 }

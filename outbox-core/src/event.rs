@@ -43,6 +43,10 @@ pub trait OutboxEvent: Serialize {
     const AGGREGATE_TYPE: &'static str;
     /// What happened, e.g. `TransactionCreatedEvent`.
     const EVENT_TYPE: &'static str;
+    /// The event type's schema version, `#[outbox(version = N)]` (default: none). Recorded as
+    /// the header [`outbox-event-version`](crate::sinks::EVENT_VERSION), so that consumers
+    /// tell versions apart without parsing the payload, and shown in the event catalog.
+    const VERSION: Option<u32> = None;
     /// The id of the aggregate instance, or `None` when the entity has no id yet.
     fn aggregate_id(&self) -> Option<String>;
 }
@@ -68,6 +72,10 @@ pub trait Recordable {
     fn headers(&self) -> &[(String, String)] {
         &[]
     }
+    /// The event type's schema version, if it has one.
+    fn version(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl<T: OutboxEvent + ?Sized> Recordable for T {
@@ -82,6 +90,9 @@ impl<T: OutboxEvent + ?Sized> Recordable for T {
     }
     fn to_json(&self) -> Result<Cow<'_, str>, serde_json::Error> {
         serde_json::to_string(self).map(Cow::Owned)
+    }
+    fn version(&self) -> Option<u32> {
+        T::VERSION
     }
 }
 
@@ -109,6 +120,7 @@ pub struct Event<'a> {
     aggregate_id: Option<String>,
     payload: String,
     headers: Vec<(String, String)>,
+    version: Option<u32>,
 }
 
 impl<'a> Event<'a> {
@@ -146,6 +158,7 @@ impl<'a> Event<'a> {
             aggregate_id,
             payload,
             headers: Vec::new(),
+            version: None,
         })
     }
 
@@ -162,6 +175,13 @@ impl<'a> Event<'a> {
     /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// With the event type's schema version, recorded as the header
+    /// [`outbox-event-version`](crate::sinks::EVENT_VERSION).
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = Some(version);
         self
     }
 }
@@ -181,5 +201,8 @@ impl Recordable for Event<'_> {
     }
     fn headers(&self) -> &[(String, String)] {
         &self.headers
+    }
+    fn version(&self) -> Option<u32> {
+        self.version
     }
 }

@@ -257,13 +257,13 @@ impl Outbox {
             aggregate_id: aggregate_id.into_owned(),
             event_type: event_type.to_owned(),
             payload: payload.into_owned(),
-            headers: self.headers(event.headers()),
+            headers: self.headers(event.headers(), event.version()),
         })
     }
 
-    /// The headers to record as a JSON object: the trace context, the source's over it, then
-    /// the event's over them.
-    fn headers(&self, own: &[(String, String)]) -> Option<String> {
+    /// The headers to record as a JSON object: the trace context, the source's over it, the
+    /// event's over them, and the event type's version.
+    fn headers(&self, own: &[(String, String)], version: Option<u32>) -> Option<String> {
         let mut headers = serde_json::Map::new();
         #[cfg(feature = "opentelemetry")]
         let traced = self
@@ -275,6 +275,12 @@ impl Outbox {
         let from_source = self.header_source.map(|source| (source.0)());
         for (name, value) in traced.iter().chain(from_source.iter().flatten()).chain(own) {
             headers.insert(name.clone(), serde_json::Value::String(value.clone()));
+        }
+        if let Some(version) = version {
+            headers.insert(
+                crate::sinks::EVENT_VERSION.to_owned(),
+                serde_json::Value::String(version.to_string()),
+            );
         }
         (!headers.is_empty()).then(|| serde_json::Value::Object(headers).to_string())
     }

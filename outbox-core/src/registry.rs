@@ -8,7 +8,21 @@ pub struct EventDescriptor {
     event_type: &'static str,
     module_path: &'static str,
     origin: Origin,
+    version: Option<u32>,
+    schema: Option<SchemaFn>,
 }
+
+/// The function giving an entity's payload schema.
+#[derive(Debug, Clone, Copy)]
+struct SchemaFn(fn() -> Option<crate::catalog::PayloadSchema>);
+
+impl PartialEq for SchemaFn {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl Eq for SchemaFn {}
 
 /// Where a descriptor comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +53,35 @@ impl EventDescriptor {
             event_type,
             module_path,
             origin,
+            version: None,
+            schema: None,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_version(mut self, version: Option<u32>) -> Self {
+        self.version = version;
+        self
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_schema(
+        mut self,
+        schema: fn() -> Option<crate::catalog::PayloadSchema>,
+    ) -> Self {
+        self.schema = Some(SchemaFn(schema));
+        self
+    }
+
+    /// The event type's schema version (`#[outbox(version = N)]`), if it has one.
+    pub fn version(&self) -> Option<u32> {
+        self.version
+    }
+
+    /// The JSON Schema of the payload, when the entity derives `schemars::JsonSchema` and the
+    /// feature `schemars` is on.
+    pub fn payload_schema(&self) -> Option<crate::catalog::PayloadSchema> {
+        self.schema.and_then(|schema| (schema.0)())
     }
 
     /// Aggregate type of the events.

@@ -4,6 +4,7 @@
 //! ```text
 //! scripts/services.sh                      # PostgreSQL on 127.0.0.1:5432
 //! cargo run -p outbox-examples --bin bank  # DATABASE_URL overrides the default
+//! cargo run -p outbox-examples --bin bank -- --catalog   # prints the AsyncAPI catalog instead
 //! ```
 //!
 //! Writers of one account serialize on its row (`SELECT ... FOR UPDATE`), so each account's
@@ -101,8 +102,25 @@ impl Bank {
     }
 }
 
+/// The AsyncAPI document of every event the bank emits, as a relay routing them to NATS
+/// subjects `bank.<aggregate type>.<event type>` publishes them.
+fn catalog() -> Result<serde_json::Value, outbox::sinks::SetupError> {
+    let routing = outbox::sinks::Routing::template("bank.{aggregate_type}.{event_type}")?;
+    Ok(outbox::catalog::Catalog::new("Bank events", "1.0.0")
+        .description("The events the bank records in its outbox, relayed to NATS JetStream.")
+        .server("production", "nats.bank.internal:4222", "nats")
+        .document(|message| {
+            let subject = routing.destination(message);
+            Some(outbox::relay::Destination::new("nats", subject))
+        }))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().any(|arg| arg == "--catalog") {
+        println!("{}", serde_json::to_string_pretty(&catalog()?)?);
+        return Ok(());
+    }
     let url = std::env::var("DATABASE_URL")
         .or_else(|_| std::env::var("OUTBOX_TEST_POSTGRES_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());

@@ -68,6 +68,15 @@ pub const EVENT_TYPE: &str = "outbox-event-type";
 pub const AGGREGATE_TYPE: &str = "outbox-aggregate-type";
 /// Header carrying the aggregate id.
 pub const AGGREGATE_ID: &str = "outbox-aggregate-id";
+/// Header carrying the event type's schema version (`#[outbox(version = N)]`), when it has one:
+/// recorded with the event, so every sink carries it with the other recorded headers.
+pub const EVENT_VERSION: &str = "outbox-event-version";
+
+/// The CloudEvents `dataschema` of a versioned event type:
+/// `urn:outbox:schema:<aggregate type>:<event type>:v<version>`, as the event catalog names it.
+pub fn dataschema(aggregate_type: &str, event_type: &str, version: &str) -> String {
+    format!("urn:outbox:schema:{aggregate_type}:{event_type}:v{version}")
+}
 
 /// A sink could not be set up: the broker is unreachable, refuses the credentials, or the
 /// configuration is wrong. Returned at start-up, before the relay runs.
@@ -274,7 +283,8 @@ pub enum Envelope {
     Payload,
     /// A CloudEvents 1.0 event in structured JSON mode: `specversion`, `id` (event id), `source`
     /// (this string), `type` (event type), `subject` (aggregate id), `datacontenttype`, `data`
-    /// (the payload), plus the extension `aggregatetype` and the recorded trace context.
+    /// (the payload), plus the extension `aggregatetype`, the recorded trace context, and, for
+    /// a versioned event type, `dataschema` ([`dataschema`]).
     CloudEvents {
         /// The CloudEvents `source` attribute, e.g. `/bank`.
         source: String,
@@ -302,6 +312,10 @@ impl Envelope {
                 for (name, value) in recorded_headers(message) {
                     if matches!(name.as_str(), "traceparent" | "tracestate") {
                         event[name] = serde_json::Value::String(value);
+                    } else if name == EVENT_VERSION {
+                        let schema =
+                            dataschema(&message.aggregate_type, &message.event_type, &value);
+                        event["dataschema"] = serde_json::Value::String(schema);
                     }
                 }
                 event.to_string()
@@ -404,6 +418,28 @@ mod tests {
         assert_eq!(event["source"], "/bank");
         assert_eq!(event["data"]["owner"], "Ada");
         assert_eq!(event["traceparent"], "00-abc-def-01");
+        assert!(
+            event.get("dataschema").is_none(),
+            "an unversioned event has no dataschema"
+        );
+    }
+
+    #[test]
+    fn cloudevents_envelope_names_the_schema_of_a_versioned_event() {
+        let versioned = message().with_headers(format!(r#"{{"{EVENT_VERSION}":"2"}}"#));
+        let body = Envelope::CloudEvents {
+            source: "/bank".into(),
+        }
+        .body(&versioned);
+        let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            event["dataschema"],
+            "urn:outbox:schema:account:AccountOpened:v2"
+        );
+        assert_eq!(
+            event["type"], "AccountOpened",
+            "the type stays the event type"
+        );
     }
 
     #[test]

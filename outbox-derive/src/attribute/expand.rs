@@ -122,6 +122,16 @@ fn event_expr(
     let build = quote_spanned! {entity_ty.span()=>
         ::outbox::Event::with_id_string(#aggregate_type, #event_type, #aggregate_id, &#entity)
     };
+    // The derive's version goes with the derive's event type, not with one the arguments name.
+    let build = if args.aggregate_type.is_none() && args.event_type.is_none() {
+        quote_spanned! {entity_ty.span()=>
+            ::core::result::Result::map(#build, |event| {
+                ::outbox::__private::with_version_of(event, &#entity)
+            })
+        }
+    } else {
+        build
+    };
     quote! {
         match #build {
             ::core::result::Result::Ok(event) => event,
@@ -151,6 +161,26 @@ fn registration(function: &ItemFn, args: &Args, entity_ty: &Type) -> Option<Toke
         }
         None => return None,
     };
+    let derived_type = args.aggregate_type.is_none() && args.event_type.is_none();
+    let version = if derived_type {
+        quote_spanned!(entity_ty.span()=> <#entity_ty as ::outbox::OutboxEvent>::VERSION)
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    let schema = if nameable() {
+        quote! {
+            .__with_schema({
+                fn __outbox_schema() -> ::core::option::Option<::outbox::__private::PayloadSchema> {
+                    #[allow(unused_imports)]
+                    use ::outbox::__private::{HasSchema as _, NoSchema as _};
+                    (&::outbox::__private::SchemaProbe::<#entity_ty>::new()).__outbox_schema()
+                }
+                __outbox_schema
+            })
+        }
+    } else {
+        quote!()
+    };
     Some(quote! {
         ::outbox::__private::inventory::submit! {
             ::outbox::EventDescriptor::__new(
@@ -159,6 +189,8 @@ fn registration(function: &ItemFn, args: &Args, entity_ty: &Type) -> Option<Toke
                 ::core::module_path!(),
                 ::outbox::Origin::Function { name: #name },
             )
+            .__with_version(#version)
+            #schema
         }
     })
 }

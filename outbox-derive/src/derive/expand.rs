@@ -13,6 +13,7 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
     let Event {
         aggregate_type,
         event_type,
+        version,
         id_field,
     } = event;
     let field = id_field.ident.as_ref();
@@ -32,10 +33,30 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
             }
         }
     };
+    let version = match version {
+        Some(lit) => quote!(::core::option::Option::Some(#lit)),
+        None => quote!(::core::option::Option::None),
+    };
+    // A generic type has no one schema: only a plain type's is probed for the catalog.
+    let schema = if input.generics.params.is_empty() {
+        quote! {
+            .__with_schema({
+                fn __outbox_schema() -> ::core::option::Option<::outbox::__private::PayloadSchema> {
+                    #[allow(unused_imports)]
+                    use ::outbox::__private::{HasSchema as _, NoSchema as _};
+                    (&::outbox::__private::SchemaProbe::<#ident>::new()).__outbox_schema()
+                }
+                __outbox_schema
+            })
+        }
+    } else {
+        quote!()
+    };
     quote! {
         impl #impl_generics ::outbox::OutboxEvent for #ident #ty_generics #where_clause {
             const AGGREGATE_TYPE: &'static str = #aggregate_type;
             const EVENT_TYPE: &'static str = #event_type;
+            const VERSION: ::core::option::Option<u32> = #version;
             fn aggregate_id(&self) -> ::core::option::Option<::std::string::String> {
                 #aggregate_id
             }
@@ -48,6 +69,8 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
                 ::core::module_path!(),
                 ::outbox::Origin::Type { name: #name },
             )
+            .__with_version(#version)
+            #schema
         }
     }
 }

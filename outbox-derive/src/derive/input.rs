@@ -1,12 +1,12 @@
-//! The derive's input: `#[outbox(aggregate_type = "...", event_type = "...")]` on a struct with
-//! named fields, `#[outbox(aggregate_id)]` on exactly one of them.
+//! The derive's input: `#[outbox(aggregate_type = "...", event_type = "...", version = N)]` on a
+//! struct with named fields, `#[outbox(aggregate_id)]` on exactly one of them.
 
 use syn::punctuated::Punctuated;
-use syn::{Data, DeriveInput, Fields, LitStr, Meta, Token};
+use syn::{Data, DeriveInput, Fields, LitInt, LitStr, Meta, Token};
 
 use crate::errors::{Errors, check_metadata, example, unknown_key};
 
-const TYPE_KEYS: &[&str] = &["aggregate_type", "event_type"];
+const TYPE_KEYS: &[&str] = &["aggregate_type", "event_type", "version"];
 const FIELD_KEYS: &[&str] = &["aggregate_id"];
 
 /// A validated event type.
@@ -14,6 +14,8 @@ pub(crate) struct Event<'a> {
     pub(crate) aggregate_type: LitStr,
     /// Defaults to the type's name.
     pub(crate) event_type: LitStr,
+    /// The schema version of the event type, when given.
+    pub(crate) version: Option<LitInt>,
     pub(crate) id_field: &'a syn::Field,
 }
 
@@ -51,7 +53,11 @@ impl<'a> Event<'a> {
             }
         };
 
-        let (aggregate_type, event_type) = type_attributes(input, &mut errors);
+        let TypeAttributes {
+            aggregate_type,
+            event_type,
+            version,
+        } = type_attributes(input, &mut errors);
         let id_field = fields.and_then(|fields| id_field(input, fields, &mut errors));
 
         let aggregate_type = aggregate_type.or_else(|| {
@@ -71,6 +77,7 @@ impl<'a> Event<'a> {
             (Some(aggregate_type), Some(id_field)) => errors.finish(Event {
                 aggregate_type,
                 event_type,
+                version,
                 id_field,
             }),
             _ => {
@@ -85,8 +92,48 @@ fn outbox_attributes(attrs: &[syn::Attribute]) -> impl Iterator<Item = &syn::Att
     attrs.iter().filter(|a| a.path().is_ident("outbox"))
 }
 
-fn type_attributes(input: &DeriveInput, errors: &mut Errors) -> (Option<LitStr>, Option<LitStr>) {
-    let (mut aggregate_type, mut event_type) = (None::<LitStr>, None::<LitStr>);
+/// The keys of the struct's `#[outbox(...)]`, each given at most once.
+#[derive(Default)]
+struct TypeAttributes {
+    aggregate_type: Option<LitStr>,
+    event_type: Option<LitStr>,
+    version: Option<LitInt>,
+}
+
+/// `version = N`: a positive integer that fits a `u32`.
+fn version(meta: &Meta, errors: &mut Errors) -> Option<LitInt> {
+    let wrong = "`version` takes a positive whole number: write `version = 2`";
+    let Meta::NameValue(syn::MetaNameValue {
+        value:
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(lit),
+                ..
+            }),
+        ..
+    }) = meta
+    else {
+        errors.spanned(meta, wrong);
+        return None;
+    };
+    match lit.base10_parse::<u32>() {
+        Ok(0) | Err(_) => {
+            errors.spanned(lit, wrong);
+            None
+        }
+        Ok(_) if !lit.suffix().is_empty() => {
+            errors.spanned(
+                lit,
+                "`version` takes a plain number, without a suffix: `version = 2`",
+            );
+            None
+        }
+        Ok(_) => Some(lit.clone()),
+    }
+}
+
+fn type_attributes(input: &DeriveInput, errors: &mut Errors) -> TypeAttributes {
+    let mut found = TypeAttributes::default();
+    let mut version_given = false;
     for attr in outbox_attributes(&input.attrs) {
         let metas = match attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
             Ok(metas) => metas,
@@ -113,6 +160,15 @@ fn type_attributes(input: &DeriveInput, errors: &mut Errors) -> (Option<LitStr>,
                 errors.spanned(meta.path(), unknown_key("`outbox` key", &key, TYPE_KEYS));
                 continue;
             }
+            if key == "version" {
+                if version_given {
+                    errors.spanned(meta.path(), "`version` is given twice: keep one");
+                } else {
+                    version_given = true;
+                    found.version = version(&meta, errors);
+                }
+                continue;
+            }
             let lit = match &meta {
                 Meta::NameValue(syn::MetaNameValue {
                     value:
@@ -135,9 +191,9 @@ fn type_attributes(input: &DeriveInput, errors: &mut Errors) -> (Option<LitStr>,
             };
             check_metadata(errors, &key, &lit);
             let slot = if key == "aggregate_type" {
-                &mut aggregate_type
+                &mut found.aggregate_type
             } else {
-                &mut event_type
+                &mut found.event_type
             };
             if slot.is_some() {
                 errors.spanned(meta.path(), format!("`{key}` is given twice: keep one"));
@@ -146,7 +202,7 @@ fn type_attributes(input: &DeriveInput, errors: &mut Errors) -> (Option<LitStr>,
             }
         }
     }
-    (aggregate_type, event_type)
+    found
 }
 
 fn id_field<'a>(
