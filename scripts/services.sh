@@ -174,20 +174,31 @@ kafka() {
   log "Kafka (tansu) ready on 127.0.0.1:9092"
 }
 
-# The official AsyncAPI parser, which the tests run on the generated event catalogs: Node.js
-# from Debian's packages if missing, the parser from the npm registry (tests/asyncapi).
-asyncapi_parser() {
+# The official libraries of other ecosystems the tests check outbox against (tests/interop):
+# the AsyncAPI parser and Standard Webhooks for Node.js (npm, with Node.js from Debian's
+# packages if missing), Standard Webhooks for Python (pip, into tests/interop/python).
+interop() {
+  local dir
+  dir="$(cd "$(dirname "$0")/../tests/interop" && pwd)"
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt_install nodejs npm
   fi
-  local dir
-  dir="$(dirname "$0")/../tests/asyncapi"
-  if [ ! -d "$dir/node_modules/@asyncapi/parser" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
-    log "installing @asyncapi/parser (npm ci)"
+  if [ ! -d "$dir/node_modules/@asyncapi/parser" ] || [ ! -d "$dir/node_modules/standardwebhooks" ] \
+    || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    log "installing @asyncapi/parser and standardwebhooks (npm ci)"
     npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
     touch "$dir/node_modules"
   fi
-  log "AsyncAPI parser ready ($(node --version))"
+  if ! command -v python3 >/dev/null; then
+    apt_install python3 python3-pip
+  fi
+  if [ ! -d "$dir/python/standardwebhooks" ] || [ "$dir/requirements.txt" -nt "$dir/python" ]; then
+    log "installing standardwebhooks for Python (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      --target "$dir/python" --upgrade -r "$dir/requirements.txt"
+    touch "$dir/python"
+  fi
+  log "interop libraries ready (Node.js $(node --version), $(python3 --version))"
 }
 
 postgres
@@ -197,4 +208,4 @@ nats
 rabbitmq
 mosquitto
 kafka
-asyncapi_parser
+interop

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn validator() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/asyncapi/validate.mjs")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/validate_asyncapi.mjs")
 }
 
 /// Runs the official parser on `document`: its exit code, what it read (stdout), and its

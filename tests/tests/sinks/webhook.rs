@@ -398,3 +398,123 @@ async fn webhook_retries_a_receiver_that_answers_503() {
     );
     table.drop_table().await;
 }
+
+/// Serves `/hook` on a free port, answering 200 and keeping each request's headers and body as
+/// the sink sent them.
+async fn capture() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let requests: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let kept = requests.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let headers: serde_json::Map<String, serde_json::Value> = headers
+                        .iter()
+                        .map(|(name, value)| {
+                            (name.to_string(), value.to_str().unwrap().to_owned().into())
+                        })
+                        .collect();
+                    let body = String::from_utf8(body.to_vec()).unwrap();
+                    kept.lock()
+                        .unwrap()
+                        .push(serde_json::json!({ "headers": headers, "body": body }));
+                    axum::http::StatusCode::OK
+                }
+            },
+        )
+        .head(|| async { "" }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}/hook"), requests)
+}
+
+/// Runs one of the official verifiers of another language on `requests`: for each, the number
+/// of events it verified, or `None` when it refused the request.
+fn verified_by(program: &str, script: &str, requests: &[serde_json::Value]) -> Vec<Option<u64>> {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    let case = std::env::temp_dir().join(format!("webhooks-{script}-{}.json", std::process::id()));
+    let document = serde_json::json!({ "secret": SECRET, "requests": requests });
+    std::fs::write(&case, document.to_string()).unwrap();
+    let output = std::process::Command::new(program)
+        .arg(interop.join(script))
+        .arg(&case)
+        .env("PYTHONPATH", interop.join("python"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {START_HINT}"));
+    std::fs::remove_file(&case).unwrap();
+    assert!(
+        output.status.success(),
+        "{script} failed ({START_HINT} installs the official libraries):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Requests of the sink, verified by the official Standard Webhooks libraries for Python and
+/// Node.js (the README's receivers): accepted with their events, including a rotating sink's
+/// (two signatures); refused when tampered with or signed with another secret only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_node_receivers_verify_the_sink_with_their_official_libraries() {
+    const OTHER: &str = "whsec_bmV3IHNlY3JldCBvZiB0aGUgc2luaw==";
+    let (url, captured) = capture().await;
+    let message = |n: i64| {
+        Message::new(
+            uuid::Uuid::now_v7(),
+            n,
+            "account",
+            format!("acc-{n}"),
+            "Deposited",
+            format!(r#"{{"n":{n},"note":"café ☕"}}"#),
+        )
+    };
+    let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
+        .await
+        .unwrap()
+        .max_events(3);
+    let results = sink.publish(&(0..4).map(message).collect::<Vec<_>>()).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let rotating = sinks::webhook::WebhookSink::connect(&url, OTHER)
+        .await
+        .unwrap()
+        .also_signed_with(SECRET)
+        .unwrap();
+    assert!(rotating.publish(&[message(4)]).await[0].is_ok());
+    let foreign = sinks::webhook::WebhookSink::connect(&url, OTHER)
+        .await
+        .unwrap();
+    assert!(foreign.publish(&[message(5)]).await[0].is_ok());
+
+    let mut requests = captured.lock().unwrap().clone();
+    assert_eq!(
+        requests.len(),
+        4,
+        "3 + 1 events, the rotating and the foreign sink's"
+    );
+    let mut tampered = requests[0].clone();
+    let body = tampered["body"]
+        .as_str()
+        .unwrap()
+        .replace("\"n\":0", "\"n\":9");
+    tampered["body"] = body.into();
+    requests.push(tampered);
+    let signatures = requests[2]["headers"]["webhook-signature"]
+        .as_str()
+        .unwrap();
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+
+    let expected = [Some(3), Some(1), Some(1), None, None];
+    assert_eq!(
+        verified_by("python3", "verify_webhooks.py", &requests),
+        expected,
+        "Python"
+    );
+    assert_eq!(
+        verified_by("node", "verify_webhooks.mjs", &requests),
+        expected,
+        "Node.js"
+    );
+}

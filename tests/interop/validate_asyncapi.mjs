@@ -2,13 +2,13 @@
 // read: the channels with their addresses and messages, as JSON on stdout. Exits 1 with the
 // parser's diagnostics on stderr when the document has an error.
 //
-//   node tests/asyncapi/validate.mjs catalog.json
+//   node tests/interop/validate_asyncapi.mjs catalog.json
 import { readFileSync } from "node:fs";
 import { Parser } from "@asyncapi/parser";
 
 const path = process.argv[2];
 if (!path) {
-  console.error("usage: node validate.mjs <asyncapi document>");
+  console.error("usage: node validate_asyncapi.mjs <asyncapi document>");
   process.exit(2);
 }
 const parser = new Parser();
