@@ -1,9 +1,10 @@
 //! One OpenTelemetry trace from a request to the consumer: a request span →
-//! `#[outbox_event]` → the relay's `send` span → NATS → the inbox helper's `process` span → the
-//! `#[inbox_handler]`, checked with the OpenTelemetry SDK's in-memory exporter.
+//! `#[outbox_event]` → the relay's `send` span → NATS or RabbitMQ → the inbox helper's `process`
+//! span → the `#[inbox_handler]`, checked with the OpenTelemetry SDK's in-memory exporter. The
+//! tests share one tracer provider (the global one) and each reads the spans of its own trace.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
@@ -11,19 +12,21 @@ use futures::StreamExt;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::context::FutureExt;
 use opentelemetry::propagation::TextMapCompositePropagator;
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use outbox::inbox::{Inbox, Processed};
-use outbox::relay::Relay;
-use outbox::sinks::{Routing, nats::NatsSink};
+use outbox::inbox::{Inbox, InboxMessage, Processed};
+use outbox::relay::{Relay, Sink};
+use outbox::sinks::{Routing, nats::NatsSink, rabbitmq::RabbitMqSink};
 use outbox::{Outbox, OutboxEvent, TableName, inbox_handler, outbox_event};
-use outbox_tests::{Pg, TestDb, run_id};
-use sqlx::{Postgres, Transaction};
+use outbox_tests::{Pg, TestDb, amqp_queue, amqp_url, eventually, run_id};
+use sqlx::{PgPool, Postgres, Transaction};
 
-const OUTBOX: Outbox =
-    Outbox::for_table(TableName::from_static("outbox_trace_test")).record_trace_context();
+const NATS_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_trace_nats")).record_trace_context();
+const AMQP_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_trace_amqp")).record_trace_context();
 const INBOX: Inbox = Inbox::for_table(TableName::from_static("inbox_trace_test"));
 
 #[derive(Debug, thiserror::Error)]
@@ -39,20 +42,25 @@ struct Account {
     id: String,
 }
 
-#[outbox_event(outbox = OUTBOX)]
+#[outbox_event(outbox = NATS_OUTBOX)]
 async fn open_account(_tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<Account, AppError> {
     Ok(Account { id: id.to_owned() })
 }
 
-/// What the handler saw of the current context: its span and the baggage.
+#[outbox_event(outbox = AMQP_OUTBOX)]
+async fn open_account_on_rabbitmq(
+    _tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> Result<Account, AppError> {
+    Ok(Account { id: id.to_owned() })
+}
+
+/// What the handlers saw of the current context: its span and the baggage.
 static SEEN: Mutex<Vec<(opentelemetry::trace::SpanContext, Option<String>)>> =
     Mutex::new(Vec::new());
 
-#[inbox_handler(consumer = "trace-test", inbox = INBOX)]
-async fn on_account_opened(
-    _tx: &mut Transaction<'_, Postgres>,
-    message: &async_nats::jetstream::Message,
-) -> Result<(), AppError> {
+/// The handlers' body: notes the current context, and starts a span of its own.
+fn observe() {
     let current = Context::current();
     let tenant = current
         .baggage()
@@ -61,20 +69,70 @@ async fn on_account_opened(
     SEEN.lock()
         .unwrap()
         .push((current.span().span_context().clone(), tenant));
-    // Work of the handler's own: a child of the consumer's span.
-    let tracer = global::tracer("test-consumer");
-    tracer.in_span("apply AccountOpened", |_| ());
+    global::tracer("test-consumer").in_span("apply AccountOpened", |_| ());
+}
+
+#[inbox_handler(consumer = "trace-test", inbox = INBOX)]
+async fn on_account_opened(
+    _tx: &mut Transaction<'_, Postgres>,
+    message: &async_nats::jetstream::Message,
+) -> Result<(), AppError> {
     let _ = message;
+    observe();
     Ok(())
 }
 
-/// The helper's handler: the `#[inbox_handler]` function, with the message moved in.
-fn through_handler(
-    message: async_nats::jetstream::Message,
-) -> impl for<'c> FnOnce(
-    &'c mut Transaction<'static, Postgres>,
-) -> outbox::inbox::Handler<'c, Processed<()>, AppError> {
-    move |tx| Box::pin(async move { on_account_opened(tx, &message).await })
+#[inbox_handler(consumer = "trace-test", inbox = INBOX)]
+async fn on_delivery(
+    _tx: &mut Transaction<'_, Postgres>,
+    message: &lapin::message::Delivery,
+) -> Result<(), AppError> {
+    let _ = message;
+    observe();
+    Ok(())
+}
+
+/// The global tracer provider and propagators, installed once for the tests of this binary.
+fn exporter() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
+    static INSTALLED: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        global::set_tracer_provider(provider.clone());
+        global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]));
+        (provider, exporter)
+    })
+}
+
+/// Runs `record` as a request would: in a server span carrying the baggage `tenant=acme`, then
+/// ends the span. Returns the trace's id.
+async fn in_a_request<F: Future<Output = ()>>(record: F) -> TraceId {
+    let (provider, _) = exporter();
+    let service = provider.tracer("test-service");
+    let request = service
+        .span_builder("POST /accounts")
+        .with_kind(SpanKind::Server)
+        .start(&service);
+    let request =
+        Context::current_with_span(request).with_baggage(vec![KeyValue::new("tenant", "acme")]);
+    record.with_context(request.clone()).await;
+    request.span().end();
+    request.span().span_context().trace_id()
+}
+
+/// Relays `outbox` to `sink` until stopped.
+fn relay<S: Sink>(pool: &PgPool, outbox: &Outbox, sink: S) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        Relay::builder(pool.clone(), sink)
+            .outbox(outbox)
+            .build()
+            .run(std::future::pending()),
+    )
 }
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
@@ -84,8 +142,8 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
-fn one<'a>(spans: &'a [SpanData], what: &str, test: impl Fn(&SpanData) -> bool) -> &'a SpanData {
-    let found: Vec<&SpanData> = spans.iter().filter(|span| test(span)).collect();
+fn one<'a>(spans: &[&'a SpanData], what: &str, test: impl Fn(&SpanData) -> bool) -> &'a SpanData {
+    let found: Vec<&SpanData> = spans.iter().copied().filter(|span| test(span)).collect();
     match found.as_slice() {
         [span] => span,
         other => panic!(
@@ -99,23 +157,128 @@ fn one<'a>(spans: &'a [SpanData], what: &str, test: impl Fn(&SpanData) -> bool) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox_handler() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    global::set_tracer_provider(provider.clone());
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+/// The relations of one trace: request → send → two process spans (the helper's and the
+/// handler's own) → the handler's span, with the messaging attributes, the baggage seen.
+fn assert_one_trace(trace_id: TraceId, destination: &str, system: &str, message_id: &str) {
+    let (provider, exporter) = exporter();
+    provider.force_flush().unwrap();
+    let finished = exporter.get_finished_spans().unwrap();
+    let spans: Vec<&SpanData> = finished
+        .iter()
+        .filter(|span| span.span_context.trace_id() == trace_id)
+        .collect();
+    let request = one(&spans, "request", |s| s.name == "POST /accounts");
+    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
+    assert_eq!(send.name, format!("send {destination}"));
+    assert_eq!(
+        send.parent_span_id,
+        request.span_context.span_id(),
+        "the relay continues the request's trace"
+    );
+    assert_eq!(attribute(send, "messaging.system").as_deref(), Some(system));
+    assert_eq!(
+        attribute(send, "messaging.destination.name").as_deref(),
+        Some(destination)
+    );
+    assert_eq!(
+        attribute(send, "messaging.message.id").as_deref(),
+        Some(message_id)
+    );
+    assert_eq!(
+        attribute(send, "messaging.operation.type").as_deref(),
+        Some("send")
+    );
 
+    let processes: Vec<&SpanData> = spans
+        .iter()
+        .copied()
+        .filter(|s| s.span_kind == SpanKind::Consumer)
+        .collect();
+    assert_eq!(
+        processes.len(),
+        2,
+        "one consumer span per processing: the handler inside the helper starts none of its own"
+    );
+    for process in &processes {
+        assert_eq!(process.name, format!("process {destination}"));
+        assert_eq!(
+            process.parent_span_id,
+            send.span_context.span_id(),
+            "the consumer's span is a child of the relay's, carried in the broker's headers"
+        );
+        assert_eq!(
+            attribute(process, "messaging.system").as_deref(),
+            Some(system)
+        );
+    }
+    let mut groups: Vec<Option<String>> = processes
+        .iter()
+        .map(|p| attribute(p, "messaging.consumer.group.name"))
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            Some("trace-helper".to_owned()),
+            Some("trace-test".to_owned())
+        ]
+    );
+    let applied = one(&spans, "handler's own", |s| s.name == "apply AccountOpened");
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.span_context.span_id() == applied.parent_span_id),
+        "the handler runs with the consumer's span current"
+    );
+    let seen: Vec<_> = SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(span, _)| span.trace_id() == trace_id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the duplicate does not run the handler's body"
+    );
+    assert_eq!(
+        seen[0].1.as_deref(),
+        Some("acme"),
+        "baggage travels with the event"
+    );
+}
+
+/// The helper's handler for NATS: the `#[inbox_handler]` function, with the message moved in.
+fn through_handler(
+    message: async_nats::jetstream::Message,
+) -> impl for<'c> FnOnce(
+    &'c mut Transaction<'static, Postgres>,
+) -> outbox::inbox::Handler<'c, Processed<()>, AppError> {
+    move |tx| Box::pin(async move { on_account_opened(tx, &message).await })
+}
+
+/// The helper's handler for RabbitMQ (a delivery cannot be cloned: shared).
+fn through_delivery_handler(
+    delivery: Arc<lapin::message::Delivery>,
+) -> impl for<'c> FnOnce(
+    &'c mut Transaction<'static, Postgres>,
+) -> outbox::inbox::Handler<'c, Processed<()>, AppError> {
+    move |tx| Box::pin(async move { on_delivery(tx, &delivery).await })
+}
+
+async fn setup(outbox: &Outbox) -> PgPool {
     let db = Pg::connect().await;
     let pool = db.pool().clone();
-    OUTBOX.migrate(&pool).await.unwrap();
+    outbox.migrate(&pool).await.unwrap();
     INBOX.migrate(&pool).await.unwrap();
-    db.execute(format!("DELETE FROM {}", OUTBOX.table())).await;
+    db.execute(format!("DELETE FROM {}", outbox.table())).await;
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox_handler() {
+    let pool = setup(&NATS_OUTBOX).await;
     let prefix = format!("trace_{}", run_id());
     let url =
         std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -133,30 +296,15 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox
         .await
         .unwrap();
 
-    // The request: a server span with baggage, current while the service records its event.
-    let service = provider.tracer("test-service");
-    let request = service
-        .span_builder("POST /accounts")
-        .with_kind(SpanKind::Server)
-        .start(&service);
-    let request =
-        Context::current_with_span(request).with_baggage(vec![KeyValue::new("tenant", "acme")]);
     let account = format!("acc-{}", run_id());
-    async {
+    let trace_id = in_a_request(async {
         let mut tx = pool.begin().await.unwrap();
         open_account(&mut tx, &account).await.unwrap();
         tx.commit().await.unwrap();
-    }
-    .with_context(request.clone())
+    })
     .await;
-    request.span().end();
 
-    let relay = tokio::spawn(
-        Relay::builder(pool.clone(), sink.clone())
-            .outbox(&OUTBOX)
-            .build()
-            .run(std::future::pending()),
-    );
+    let relay = relay(&pool, &NATS_OUTBOX, sink.clone());
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("trace-test".into()),
@@ -187,87 +335,80 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox
     assert!(again.is_duplicate());
     tx.rollback().await.unwrap();
     relay.abort();
-    provider.force_flush().unwrap();
 
-    let spans = exporter.get_finished_spans().unwrap();
-    let request = one(&spans, "request", |s| s.name == "POST /accounts");
-    let trace_id = request.span_context.trace_id();
-    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
-    assert_eq!(send.name, format!("send {prefix}.account"));
-    assert_eq!(
-        send.span_context.trace_id(),
-        trace_id,
-        "the relay continues the request's trace"
-    );
-    assert_eq!(send.parent_span_id, request.span_context.span_id());
-    assert_eq!(attribute(send, "messaging.system").as_deref(), Some("nats"));
-    assert_eq!(
-        attribute(send, "messaging.destination.name"),
-        Some(format!("{prefix}.account"))
-    );
-    assert_eq!(
-        attribute(send, "messaging.message.id"),
-        outbox::inbox::InboxMessage::message_id(&message).ok()
-    );
-    assert_eq!(
-        attribute(send, "messaging.operation.type").as_deref(),
-        Some("send")
-    );
-
-    let processes: Vec<&SpanData> = spans
-        .iter()
-        .filter(|s| s.span_kind == SpanKind::Consumer)
-        .collect();
-    assert_eq!(
-        processes.len(),
-        2,
-        "one consumer span per processing: the handler inside the helper starts none of its own"
-    );
-    for process in &processes {
-        assert_eq!(process.name, format!("process {prefix}.account"));
-        assert_eq!(process.span_context.trace_id(), trace_id);
-        assert_eq!(
-            process.parent_span_id,
-            send.span_context.span_id(),
-            "the consumer's span is a child of the relay's, carried in the NATS headers"
-        );
-    }
-    let mut groups: Vec<Option<String>> = processes
-        .iter()
-        .map(|p| attribute(p, "messaging.consumer.group.name"))
-        .collect();
-    groups.sort();
-    assert_eq!(
-        groups,
-        [
-            Some("trace-helper".to_owned()),
-            Some("trace-test".to_owned())
-        ]
-    );
-    let applied = one(&spans, "handler's own", |s| s.name == "apply AccountOpened");
-    assert!(
-        processes
-            .iter()
-            .any(|p| p.span_context.span_id() == applied.parent_span_id),
-        "the handler runs with the consumer's span current"
-    );
-    let seen = SEEN.lock().unwrap().clone();
-    assert_eq!(
-        seen.len(),
-        1,
-        "the duplicate does not run the handler's body"
-    );
-    assert_eq!(seen[0].0.trace_id(), trace_id);
-    assert_eq!(
-        seen[0].1.as_deref(),
-        Some("acme"),
-        "baggage travels with the event"
-    );
-
-    provider.shutdown().unwrap();
+    let id = message.message_id().unwrap();
+    assert_one_trace(trace_id, &format!("{prefix}.account"), "nats", &id);
     sink.jetstream()
         .delete_stream(prefix.to_uppercase())
         .await
         .unwrap();
-    db.execute(format!("DELETE FROM {}", INBOX.table())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_through_the_relay_and_rabbitmq_to_the_inbox_handler() {
+    use lapin::options::BasicGetOptions;
+
+    let pool = setup(&AMQP_OUTBOX).await;
+    let exchange = format!("trace_{}", run_id());
+    let (_connection, channel, queue) = amqp_queue(&exchange).await;
+    let sink = RabbitMqSink::connect(&amqp_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; start RabbitMQ with scripts/services.sh"))
+        .exchange(Routing::template(&exchange).unwrap());
+
+    let account = format!("acc-{}", run_id());
+    let trace_id = in_a_request(async {
+        let mut tx = pool.begin().await.unwrap();
+        open_account_on_rabbitmq(&mut tx, &account).await.unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+
+    let relay = relay(&pool, &AMQP_OUTBOX, sink);
+    let got: Arc<Mutex<Option<lapin::message::Delivery>>> = Arc::default();
+    eventually(
+        Duration::from_secs(10),
+        "the relay publishes the event to RabbitMQ",
+        || {
+            let (channel, queue, got) = (channel.clone(), queue.clone(), got.clone());
+            async move {
+                let message = channel
+                    .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                    .await
+                    .unwrap();
+                if let Some(message) = message {
+                    *got.lock().unwrap() = Some(message.delivery);
+                }
+                got.lock().unwrap().is_some()
+            }
+        },
+    )
+    .await;
+    let delivery = Arc::new(got.lock().unwrap().take().unwrap());
+    let processed = outbox::inbox::rabbitmq::process(
+        &INBOX,
+        &pool,
+        "trace-helper",
+        &delivery,
+        through_delivery_handler(delivery.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(processed, Processed::Done(Processed::Done(())));
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        on_delivery(&mut tx, &delivery)
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    tx.rollback().await.unwrap();
+    relay.abort();
+
+    let id = delivery.message_id().unwrap();
+    assert_one_trace(trace_id, &exchange, "rabbitmq", &id);
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
 }
