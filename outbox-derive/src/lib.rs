@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 mod attribute;
-mod derive;
+pub(crate) mod derive;
 mod errors;
 mod inbox;
 mod signature;

@@ -521,6 +521,34 @@ impl Drop for Proxy {
     }
 }
 
+/// A NATS sink routing to `<prefix>.<aggregate type>`, and a JetStream stream `<PREFIX>`
+/// capturing those subjects (delete it with `sink.jetstream().delete_stream(...)`).
+pub async fn nats_stream(
+    prefix: &str,
+) -> (
+    outbox::sinks::nats::NatsSink,
+    async_nats::jetstream::stream::Stream,
+) {
+    let url =
+        std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let sink = outbox::sinks::nats::NatsSink::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; start NATS with scripts/services.sh"))
+        .routing(
+            outbox::sinks::Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap(),
+        );
+    let stream = sink
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: prefix.to_uppercase(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (sink, stream)
+}
+
 /// The RabbitMQ test server: `OUTBOX_TEST_AMQP_URL`, default the local one.
 pub fn amqp_url() -> String {
     std::env::var("OUTBOX_TEST_AMQP_URL")

@@ -727,26 +727,11 @@ async fn a_nats_message_redelivered_after_a_crash_before_its_ack_is_dropped() {
     use async_nats::jetstream::consumer::pull;
     use futures::StreamExt;
     use outbox::relay::Relay;
-    use outbox::sinks::{Routing, nats::NatsSink};
     use outbox_tests::RelayTable;
 
     let producer = RelayTable::<Pg>::new().await;
     let prefix = producer.name.clone();
-    let url =
-        std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let sink = NatsSink::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}; start NATS with scripts/services.sh"))
-        .routing(Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap());
-    let stream = sink
-        .jetstream()
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: prefix.to_uppercase(),
-            subjects: vec![format!("{prefix}.>")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (sink, stream) = outbox_tests::nats_stream(&prefix).await;
     let mut tx = producer.pool.begin().await.unwrap();
     let event = outbox::Event::new("account", "Opened", Some(7), &serde_json::json!({})).unwrap();
     let event_id = producer.outbox.record(&mut *tx, &event).await.unwrap();

@@ -18,7 +18,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use outbox::inbox::{Inbox, InboxMessage, Processed};
 use outbox::relay::{Relay, Sink};
-use outbox::sinks::{Routing, nats::NatsSink, rabbitmq::RabbitMqSink};
+use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
 use outbox::{Outbox, OutboxEvent, TableName, inbox_handler, outbox_event};
 use outbox_tests::{Pg, TestDb, amqp_queue, amqp_url, eventually, run_id};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -280,21 +280,7 @@ async fn setup(outbox: &Outbox) -> PgPool {
 async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox_handler() {
     let pool = setup(&NATS_OUTBOX).await;
     let prefix = format!("trace_{}", run_id());
-    let url =
-        std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let sink = NatsSink::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}; start NATS with scripts/services.sh"))
-        .routing(Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap());
-    let stream = sink
-        .jetstream()
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: prefix.to_uppercase(),
-            subjects: vec![format!("{prefix}.>")],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (sink, stream) = outbox_tests::nats_stream(&prefix).await;
 
     let account = format!("acc-{}", run_id());
     let trace_id = in_a_request(async {

@@ -168,16 +168,7 @@ fn registration(function: &ItemFn, args: &Args, entity_ty: &Type) -> Option<Toke
         quote!(::core::option::Option::None)
     };
     let schema = if nameable() {
-        quote! {
-            .__with_schema({
-                fn __outbox_schema() -> ::core::option::Option<::outbox::__private::PayloadSchema> {
-                    #[allow(unused_imports)]
-                    use ::outbox::__private::{HasSchema as _, NoSchema as _};
-                    (&::outbox::__private::SchemaProbe::<#entity_ty>::new()).__outbox_schema()
-                }
-                __outbox_schema
-            })
-        }
+        crate::derive::expand::with_schema(entity_ty)
     } else {
         quote!()
     };

@@ -39,16 +39,7 @@ pub(crate) fn expand(input: &DeriveInput, event: &Event<'_>) -> TokenStream {
     };
     // A generic type has no one schema: only a plain type's is probed for the catalog.
     let schema = if input.generics.params.is_empty() {
-        quote! {
-            .__with_schema({
-                fn __outbox_schema() -> ::core::option::Option<::outbox::__private::PayloadSchema> {
-                    #[allow(unused_imports)]
-                    use ::outbox::__private::{HasSchema as _, NoSchema as _};
-                    (&::outbox::__private::SchemaProbe::<#ident>::new()).__outbox_schema()
-                }
-                __outbox_schema
-            })
-        }
+        with_schema(ident)
     } else {
         quote!()
     };
@@ -118,5 +109,20 @@ fn option_inner(ty: &syn::Type) -> Option<&syn::Type> {
     match args.args.iter().collect::<Vec<_>>().as_slice() {
         [syn::GenericArgument::Type(inner)] => Some(inner),
         _ => None,
+    }
+}
+
+/// The registry entry's `.__with_schema(...)`: the payload schema of `ty` when it derives
+/// `schemars::JsonSchema` (found by auto-ref at expansion, `None` otherwise).
+pub(crate) fn with_schema(ty: impl quote::ToTokens) -> TokenStream {
+    quote! {
+        .__with_schema({
+            fn __outbox_schema() -> ::core::option::Option<::outbox::__private::PayloadSchema> {
+                #[allow(unused_imports)]
+                use ::outbox::__private::{HasSchema as _, NoSchema as _};
+                (&::outbox::__private::SchemaProbe::<#ty>::new()).__outbox_schema()
+            }
+            __outbox_schema
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! `#[derive(OutboxEvent)]`: parse and validate the `#[outbox(...)]` attributes, then expand.
 
-mod expand;
+pub(crate) mod expand;
 mod input;
 
 use proc_macro2::TokenStream;
