@@ -18,6 +18,7 @@ mod log;
 mod mariadb;
 mod relay;
 mod sink;
+mod traced;
 
 use std::time::{Duration, Instant};
 
@@ -326,12 +327,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match scenario.as_str() {
         "write" => write(&pool).await,
         "relay" => relay::run(&pool).await,
+        "traced" => traced::run(&pool).await,
         "sink" => match std::env::args().nth(2) {
             Some(name) => sink::run(&pool, &name).await,
             None => Err(format!("which sink? `sink <name>`, name one of: {}", sink::NAMES).into()),
         },
         other => Err(format!(
-            "unknown scenario {other:?}; available: write, relay, relay-mariadb, sink <name>"
+            "unknown scenario {other:?}; available: write, relay, relay-mariadb, sink <name>, traced"
         )
         .into()),
     }

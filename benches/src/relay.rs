@@ -100,6 +100,10 @@ impl<K: Sink> Sink for Observed<K> {
     fn keeps_order(&self) -> bool {
         self.inner.keeps_order()
     }
+
+    fn destination(&self, message: &Message) -> Option<outbox::relay::Destination> {
+        self.inner.destination(message)
+    }
 }
 
 /// The in-process sink: delivery costs nothing, what is measured is the relay and the database.
@@ -132,6 +136,28 @@ pub(crate) async fn throughput_over<K: Sink>(
     aggregates: i64,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     preload_over(pool, events, aggregates).await?;
+    drain(pool, sinks, events).await
+}
+
+/// Events of the preloaded table with `headers` recorded (a JSON object's text).
+pub(crate) async fn preload_with_headers(pool: &PgPool, headers: &str) -> Result<(), sqlx::Error> {
+    preload(pool).await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {TABLE} SET headers = $1::jsonb"
+    )))
+    .bind(headers)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Events per second through `sinks`, one relay each, until `events` are delivered from the
+/// table as it is.
+pub(crate) async fn drain<K: Sink>(
+    pool: &PgPool,
+    sinks: Vec<K>,
+    events: i64,
+) -> Result<f64, Box<dyn std::error::Error>> {
     let delivered = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let relays: Vec<_> = sinks

@@ -120,18 +120,28 @@ impl SendSpans {
     /// span's context into the message's headers, which the sink carries to the broker.
     pub(crate) fn start<S: Sink>(sink: &S, table: &str, wave: &mut [Message]) -> Self {
         let tracer = global::tracer(SCOPE);
+        let fields: Vec<String> = global::get_text_map_propagator(|propagator| {
+            propagator.fields().map(str::to_owned).collect()
+        });
         let contexts = wave
             .iter_mut()
             .map(|message| {
+                // Headers that name none of the propagator's fields carry no context: not parsed.
+                let carried = message
+                    .headers
+                    .as_deref()
+                    .filter(|text| fields.iter().any(|field| text.contains(field.as_str())));
                 let mut headers = JsonHeaders(
-                    message
-                        .headers
-                        .as_deref()
+                    carried
                         .and_then(|text| serde_json::from_str(text).ok())
                         .unwrap_or_default(),
                 );
-                let parent =
-                    global::get_text_map_propagator(|propagator| propagator.extract(&headers));
+                let parent = match carried {
+                    Some(_) => {
+                        global::get_text_map_propagator(|propagator| propagator.extract(&headers))
+                    }
+                    None => Context::new(),
+                };
                 let destination = sink.destination(message);
                 let mut attributes = vec![
                     KeyValue::new("messaging.operation.name", "send"),
@@ -150,7 +160,15 @@ impl SendSpans {
                     .with_attributes(attributes)
                     .start_with_context(&tracer, &parent);
                 let context = parent.with_span(span);
-                if context.span().span_context().is_valid() {
+                let own = context.span().span_context().clone();
+                // A no-op tracer's span is its parent's: the headers already say it.
+                if own.is_valid() && own != *parent.span().span_context() {
+                    if carried.is_none() {
+                        // Parsed only now, to keep the other headers.
+                        if let Some(text) = message.headers.as_deref() {
+                            headers.0 = serde_json::from_str(text).unwrap_or_default();
+                        }
+                    }
                     global::get_text_map_propagator(|propagator| {
                         propagator.inject_context(&context, &mut headers);
                     });
