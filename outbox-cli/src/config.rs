@@ -49,6 +49,8 @@ pub(crate) struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RelayConfig {
     pub(crate) batch_size: Option<usize>,
+    /// Most bytes of payloads and headers claimed at once (default 16 MiB; always one event).
+    pub(crate) max_batch_bytes: Option<usize>,
     pub(crate) max_attempts: Option<u32>,
     /// How long an idle relay sleeps between polls, e.g. `"25ms"`.
     #[serde(default, with = "humantime_serde")]
@@ -167,11 +169,12 @@ mod tests {
     fn the_readme_configuration_file_is_read_whole() {
         let config: Config = toml::from_str(&readme_config()).unwrap();
         assert!(config.sink.is_some());
-        let telemetry = config.telemetry;
+        let telemetry = &config.telemetry;
         assert_eq!(
             telemetry.otlp_endpoint.as_deref(),
             Some("http://otel-collector.internal:4318")
         );
         assert_eq!(telemetry.export_interval, Some(Duration::from_secs(10)));
+        assert_eq!(config.relay.max_batch_bytes, Some(16 * 1024 * 1024));
     }
 }

@@ -761,6 +761,7 @@ fn source_of(table: &LogTable, log: LogStream) -> outbox::store::postgres::LogSo
             listen: false,
             lease_ttl: Duration::from_secs(10),
             parked_only: false,
+            max_batch_bytes: outbox::relay::DEFAULT_MAX_BATCH_BYTES,
         },
     )
 }

@@ -943,6 +943,71 @@ async fn relays_on_mariadb_settle_without_deadlocks_or_duplicates() {
     several_relays_settle_without_deadlocks_or_duplicates::<My>().await;
 }
 
+/// A sink that keeps order and notes each batch it is handed.
+struct Recording(Arc<Mutex<Vec<Vec<Message>>>>);
+
+impl Sink for Recording {
+    async fn publish(&self, batch: &[Message]) -> Vec<outbox::relay::Delivery> {
+        self.0.lock().unwrap().push(batch.to_vec());
+        batch.iter().map(|_| Ok(())).collect()
+    }
+
+    fn keeps_order(&self) -> bool {
+        true
+    }
+}
+
+/// With a byte budget, each claim holds events up to it (or one event), and every event is
+/// still published, in per-aggregate order.
+async fn byte_budget_splits_batches_and_keeps_order<D: TestDb>() {
+    let table = RelayTable::<D>::new().await;
+    table.preload(60, 6).await;
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let sink = Recording(batches.clone());
+    let budget = 40;
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .batch_size(500)
+            .max_batch_bytes(budget)
+            .build(),
+    );
+    let seen = batches.clone();
+    eventually(LIMIT, "every event published", || {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().iter().map(Vec::len).sum::<usize>() == 60 }
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let batches = batches.lock().unwrap().clone();
+    for batch in &batches {
+        let bytes: usize = batch.iter().map(|m| m.payload.len()).sum();
+        assert!(
+            batch.len() == 1 || bytes <= budget,
+            "a batch of {} events and {bytes} bytes passed the budget of {budget}",
+            batch.len()
+        );
+    }
+    assert!(
+        batches.len() >= 12,
+        "60 events of ~9 bytes in {} batches",
+        batches.len()
+    );
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for message in batches.iter().flatten() {
+        let n = n(message);
+        if let Some(previous) = last.insert(message.aggregate_id.clone(), n) {
+            assert!(
+                previous < n,
+                "{} went {previous} then {n}",
+                message.aggregate_id
+            );
+        }
+    }
+    assert_eq!(table.remaining().await, 0);
+    table.drop_table().await;
+}
+
 /// One test per generic test above and dialect.
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {
@@ -959,7 +1024,8 @@ macro_rules! relay_tests {
                 relay_process_killed_with_sigkill_loses_nothing,
                 unordered_relay_lets_later_events_pass_a_failing_one,
                 dead_letters_are_filtered_and_counted_by_the_database,
-                status_tail_and_purge_read_what_the_database_holds
+                status_tail_and_purge_read_what_the_database_holds,
+                byte_budget_splits_batches_and_keeps_order
             );
         }
     };

@@ -51,6 +51,11 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
     if batch == 0 {
         return Err(CliError::Config("the batch size must be at least 1".into()));
     }
+    if relay_config.max_batch_bytes == Some(0) {
+        return Err(CliError::Config(
+            "relay.max_batch_bytes must be at least 1 (a batch always takes one event)".into(),
+        ));
+    }
     let instance = options.instance;
     let listen = options
         .listen
@@ -104,6 +109,9 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
                 .outbox(outbox)
                 .batch_size(batch)
                 .ordering(ordering);
+            if let Some(bytes) = relay_config.max_batch_bytes {
+                builder = builder.max_batch_bytes(bytes);
+            }
             if let Some(attempts) = relay_config.max_attempts {
                 builder = builder.max_attempts(attempts);
             }

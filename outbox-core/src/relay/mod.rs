@@ -59,6 +59,9 @@ use tracing::Instrument;
 
 pub use crate::message::{DeadLetter, DeadLetterFilter};
 pub use backoff::Backoff;
+
+/// The default byte budget of a batch ([`RelayBuilder::max_batch_bytes`]): 16 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 pub use sink::{ChannelSink, Delivery, Destination, HandlerSink, Message, Sink, SinkError};
 use source::{Claim, Settlement, Source, SourceConfig};
 
@@ -82,6 +85,7 @@ struct Config {
     table: TableName,
     listen: bool,
     batch_size: usize,
+    max_batch_bytes: usize,
     max_attempts: u32,
     backoff: Backoff,
     poll_interval: Duration,
@@ -141,6 +145,15 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
         self
     }
 
+    /// Most bytes of events claimed at once, counting payloads and headers (default 16 MiB): a
+    /// claim stops at the first event that would pass it, so that a relay's memory stays
+    /// bounded whatever the payloads, but always takes one event, however large. Events the
+    /// budget leaves out are claimed by the next batch, in order.
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_bytes = bytes.max(1);
+        self
+    }
+
     /// Deliveries tried before an event becomes a dead letter (default 10). A
     /// [permanent](SinkError::permanent) failure dead-letters at once.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -194,6 +207,7 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
             listen: self.config.listen,
             lease_ttl: self.config.lease_ttl,
             parked_only: false,
+            max_batch_bytes: self.config.max_batch_bytes,
         });
         Relay {
             source,
@@ -275,6 +289,7 @@ impl Relay<(), ()> {
                 table: TableName::DEFAULT,
                 listen: Outbox::DEFAULT.notifies_on_commit(),
                 batch_size: 500,
+                max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
                 max_attempts: 10,
                 backoff: Backoff::default(),
                 poll_interval: Duration::from_millis(25),

@@ -91,4 +91,6 @@ pub struct SourceConfig {
     pub lease_ttl: Duration,
     /// PostgreSQL log tailing: claim only the events the log source parked in the table.
     pub parked_only: bool,
+    /// The byte budget of a claim: its events' payloads and headers (always one event).
+    pub max_batch_bytes: usize,
 }

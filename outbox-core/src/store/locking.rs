@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Transaction};
 
-use super::table::LowWater;
+use super::table::{ByteBudget, LowWater};
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
@@ -37,20 +37,22 @@ pub trait RowLocking: Dialect {
     /// followers (bound by [`claim_followers`](RowLocking::claim_followers)).
     fn claim_statements(config: &SourceConfig) -> (String, String);
 
-    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order.
+    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order, within `budget`.
     fn claim_heads<'a>(
         conn: &'a mut Self::Connection,
         sql: &'a str,
         from_seq: i64,
         limit: i64,
+        budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
 
-    /// Up to `limit` later pending events of the aggregates of `heads`, locked.
+    /// Up to `limit` later pending events of the aggregates of `heads`, locked, within `budget`.
     fn claim_followers<'a>(
         conn: &'a mut Self::Connection,
         sql: &'a str,
         heads: &'a [Message],
         limit: i64,
+        budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
 
     /// The settlement's statements: published rows deleted (or marked, with `retain`),
@@ -108,6 +110,7 @@ pub struct TableSource<DB: RowLocking> {
     wakeup: DB::Wakeup,
     claim_heads: Arc<str>,
     claim_followers: Arc<str>,
+    max_batch_bytes: usize,
 }
 
 impl<DB: RowLocking> TableSource<DB> {
@@ -123,6 +126,7 @@ impl<DB: RowLocking> TableSource<DB> {
             wakeup: DB::Wakeup::default(),
             claim_heads: claim_heads.into(),
             claim_followers: claim_followers.into(),
+            max_batch_bytes: config.max_batch_bytes,
         }
     }
 
@@ -136,14 +140,18 @@ impl<DB: RowLocking> TableSource<DB> {
         max: usize,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut budget = ByteBudget::new(self.max_batch_bytes);
+        let from = self.low_water.get();
         let mut messages =
-            DB::claim_heads(conn, &self.claim_heads, self.low_water.get(), limit).await?;
+            DB::claim_heads(conn, &self.claim_heads, from, limit, &mut budget).await?;
         let room = max.saturating_sub(messages.len());
-        if self.ordering == Ordering::PerAggregate && room > 0 && !messages.is_empty() {
+        let per_aggregate = self.ordering == Ordering::PerAggregate;
+        if per_aggregate && room > 0 && !messages.is_empty() && !budget.is_full() {
             // Later events of aggregates whose head this claim holds: nobody else can claim them.
             let room = i64::try_from(room).unwrap_or(i64::MAX);
             let followers =
-                DB::claim_followers(conn, &self.claim_followers, &messages, room).await?;
+                DB::claim_followers(conn, &self.claim_followers, &messages, room, &mut budget)
+                    .await?;
             messages.extend(followers);
             messages.sort_by_key(|m| m.seq);
         }

@@ -74,6 +74,66 @@ pub(crate) fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>, sqlx::Erro
     rows.into_iter().map(Message::try_from).collect()
 }
 
+/// The bytes of events a claim may still take: its events' payloads and headers stay under
+/// it, except that a claim always takes its first event, however large.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct ByteBudget {
+    left: usize,
+    taken: usize,
+    full: bool,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        ByteBudget {
+            left: bytes,
+            taken: 0,
+            full: false,
+        }
+    }
+
+    /// An event did not fit: the claim takes nothing more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Takes `row` if it fits (or is the claim's first), else marks the budget full.
+    fn admit(&mut self, row: &MessageRow) -> bool {
+        let size = row.payload.len() + row.headers.as_ref().map_or(0, String::len);
+        if self.full || (self.taken > 0 && size > self.left) {
+            self.full = true;
+            return false;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.taken += 1;
+        true
+    }
+}
+
+/// The messages of `rows`, read one at a time until one passes `budget`: the rest of the result
+/// is not kept in memory (the driver discards it). Rows the query locked but the budget left
+/// out stay pending, and are claimed again once the claim's transaction ends.
+pub(crate) async fn messages_within<S>(
+    rows: S,
+    budget: &mut ByteBudget,
+) -> Result<Vec<Message>, sqlx::Error>
+where
+    S: futures_util::Stream<Item = Result<MessageRow, sqlx::Error>>,
+{
+    use futures_util::StreamExt;
+    let mut rows = std::pin::pin!(rows);
+    let mut messages = Vec::new();
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        if !budget.admit(&row) {
+            break;
+        }
+        messages.push(Message::try_from(row)?);
+    }
+    Ok(messages)
+}
+
 /// A [`DeadLetter`]'s columns: the message's, its last error (`last_error`), and how many
 /// seconds ago it died as the database computed it (`dead_secs`).
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use crate::message::Message;
 use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
 use crate::store::table::{
-    self, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
+    self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
 };
 
 /// The outbox table of a MySQL/MariaDB database, as a relay
@@ -71,13 +71,13 @@ impl RowLocking for MySql {
         sql: &str,
         from_seq: i64,
         limit: i64,
+        budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(from_seq)
             .bind(limit)
-            .fetch_all(conn)
-            .await?;
-        table::messages(rows)
+            .fetch(conn);
+        table::messages_within(rows, budget).await
     }
 
     async fn claim_followers(
@@ -85,6 +85,7 @@ impl RowLocking for MySql {
         sql: &str,
         heads: &[Message],
         limit: i64,
+        budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let heads: Vec<(&str, &str, i64)> = heads
             .iter()
@@ -95,9 +96,8 @@ impl RowLocking for MySql {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(heads)
             .bind(limit)
-            .fetch_all(conn)
-            .await?;
-        table::messages(rows)
+            .fetch(conn);
+        table::messages_within(rows, budget).await
     }
 
     /// The settlement's statements, in the claim's transaction: published rows deleted (or marked, with `retain`),

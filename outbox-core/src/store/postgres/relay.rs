@@ -12,7 +12,7 @@ use crate::message::Message;
 use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{RowLocking, TableClaim, TableSource};
 use crate::store::table::{
-    self, MessageRow, claimable, delete_in_batches, head_condition, pending,
+    self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending,
 };
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
@@ -88,13 +88,13 @@ impl RowLocking for Postgres {
         sql: &str,
         from_seq: i64,
         limit: i64,
+        budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(from_seq)
             .bind(limit)
-            .fetch_all(conn)
-            .await?;
-        table::messages(rows)
+            .fetch(conn);
+        table::messages_within(rows, budget).await
     }
 
     async fn claim_followers(
@@ -102,6 +102,7 @@ impl RowLocking for Postgres {
         sql: &str,
         heads: &[Message],
         limit: i64,
+        budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let (types, (ids, seqs)): (Vec<_>, (Vec<_>, Vec<_>)) = heads
             .iter()
@@ -112,9 +113,8 @@ impl RowLocking for Postgres {
             .bind(ids)
             .bind(seqs)
             .bind(limit)
-            .fetch_all(conn)
-            .await?;
-        table::messages(rows)
+            .fetch(conn);
+        table::messages_within(rows, budget).await
     }
 
     async fn settle(

@@ -83,6 +83,7 @@ pub struct SqliteSource {
     claim: String,
     acquire: String,
     renew: String,
+    max_batch_bytes: usize,
 }
 
 impl SqliteSource {
@@ -123,6 +124,7 @@ impl SqliteSource {
             claim,
             acquire,
             renew,
+            max_batch_bytes: config.max_batch_bytes,
         }
     }
 
@@ -184,13 +186,14 @@ impl Source for SqliteSource {
         }
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(self.claim.as_str()))
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch(&self.pool);
+        let mut budget = table::ByteBudget::new(self.max_batch_bytes);
+        let messages = table::messages_within(rows, &mut budget)
             .await
             .map_err(self.database_error("claim"))?;
-        if rows.is_empty() {
+        if messages.is_empty() {
             return Ok(None);
         }
-        let messages = table::messages(rows).map_err(self.database_error("claim"))?;
         Ok(Some(SqliteClaim {
             pool: self.pool.clone(),
             messages,
