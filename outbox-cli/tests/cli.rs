@@ -586,8 +586,27 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         text,
         format!(
             "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
-             `max_attempts`, `poll_interval`, `retention`, `ordering`, `source`, `replication_url`\n",
+             `max_batch_bytes`, `max_attempts`, `poll_interval`, `retention`, `ordering`, \
+             `source`, `replication_url`\n",
             config.display()
+        )
+    );
+
+    std::fs::write(
+        &config,
+        "table = \"outbox\"\n[relay]\nmax_batch_bytes = 0\n[sink]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        fails(
+            &[("OUTBOX_DATABASE_URL", &url)],
+            &["--config", config.to_str().unwrap(), "relay"],
+        ),
+        (
+            2,
+            "outbox: error: relay.max_batch_bytes must be at least 1 (a batch always takes one \
+             event)\n"
+                .to_owned()
         )
     );
 
