@@ -56,7 +56,7 @@ pub(crate) enum Command {
     /// RabbitMQ: events are published `mandatory`, so an event that no queue is bound to
     /// receive is returned by the broker, retried, then dead-lettered with the broker's reason
     /// (`312 NO_ROUTE`) — never dropped unseen. For a fire-and-forget exchange, set
-    /// `mandatory = false` in the [sink] section.
+    /// `mandatory = false` in the `[sink]` section.
     Relay {
         /// Events per batch.
         #[arg(long, env = "OUTBOX_BATCH_SIZE")]
