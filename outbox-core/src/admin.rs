@@ -154,8 +154,10 @@ impl Outbox {
             .map_err(|source| self.database_error::<DB>("read", source))
     }
 
-    /// The events recorded after `seq`, in order, at most `limit`, whatever their state
-    /// (pending, published and kept, dead).
+    /// The events recorded after `seq`, in order, at most `limit` and at most 16 MiB of payloads
+    /// and headers ([`DEFAULT_MAX_BATCH_BYTES`](crate::relay::DEFAULT_MAX_BATCH_BYTES); always
+    /// one event), whatever their state (pending, published and kept, dead). Call again after
+    /// the last `seq` returned for the rest.
     pub async fn events_after<DB: Dialect>(
         &self,
         pool: &sqlx::Pool<DB>,

@@ -1008,6 +1008,43 @@ async fn byte_budget_splits_batches_and_keeps_order<D: TestDb>() {
     table.drop_table().await;
 }
 
+/// `events_after` (what `outbox tail` follows) returns at most 16 MiB of events a call, then
+/// the rest from where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_large_events_reads_them_a_budget_at_a_time() {
+    let table = RelayTable::<Pg>::new().await;
+    table
+        .db
+        .execute(format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
+             SELECT gen_random_uuid(), 'test', 'agg', 'Big', to_jsonb(repeat(md5(i::text), 32768)) \
+             FROM generate_series(1, 40) AS i",
+            table.name
+        ))
+        .await;
+    let (mut last, mut calls, mut read) = (0, 0, 0);
+    loop {
+        let events = table
+            .outbox
+            .events_after(&table.pool, last, 1_000)
+            .await
+            .unwrap();
+        let Some(end) = events.last() else { break };
+        let bytes: usize = events.iter().map(|m| m.payload.len()).sum();
+        assert!(
+            bytes <= outbox::relay::DEFAULT_MAX_BATCH_BYTES,
+            "{} events, {bytes} bytes in one call",
+            events.len()
+        );
+        last = end.seq;
+        read += events.len();
+        calls += 1;
+    }
+    assert_eq!(read, 40);
+    assert!(calls >= 3, "40 MiB in {calls} calls");
+    table.drop_table().await;
+}
+
 /// One test per generic test above and dialect.
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {

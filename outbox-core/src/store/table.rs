@@ -69,11 +69,6 @@ where
     }
 }
 
-/// Decodes the rows of a query of [`MessageRow`]s.
-pub(crate) fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>, sqlx::Error> {
-    rows.into_iter().map(Message::try_from).collect()
-}
-
 /// The bytes of events a claim may still take: its events' payloads and headers stay under
 /// it, except that a claim always takes its first event, however large.
 #[derive(Debug)]

@@ -162,7 +162,7 @@ pub(super) async fn events_after(
     let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    table::messages(rows)
+        .fetch(pool);
+    let mut budget = table::ByteBudget::new(crate::relay::DEFAULT_MAX_BATCH_BYTES);
+    table::messages_within(rows, &mut budget).await
 }
