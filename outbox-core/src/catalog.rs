@@ -175,10 +175,8 @@ impl Catalog {
                     payload.schema.clone()
                 }
                 None => json!({
-                    "description": format!(
-                        "The JSON the entity serializes to. Derive `schemars::JsonSchema` for \
-                         it (feature `schemars`) to describe it here."
-                    )
+                    "description": "The JSON the entity serializes to. Derive \
+                        `schemars::JsonSchema` for it (feature `schemars`) to describe it here."
                 }),
             };
             messages.insert(message_id, message(&entry, payload));

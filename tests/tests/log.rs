@@ -644,16 +644,11 @@ async fn a_replication_role_streams_and_a_role_without_it_is_refused() {
     relay.await.unwrap();
 
     let log = LogStream::new(table.pool.clone(), &url("outbox_nobody")).unwrap();
-    let source = source_of(&table, log);
-    let error = outbox::relay::source::Source::claim(&source, 10)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = claim_error(&table, log).await;
     assert!(
         error.contains("cannot stream the replication slot") && error.contains("REPLICATION"),
         "{error}"
     );
-    drop(source);
     table.cleanup().await;
 }
 
@@ -690,11 +685,7 @@ async fn an_invalidated_slot_is_reported_and_recovered_from_in_table_mode() {
 
     // The relay's source refuses with the slot's name and the way back.
     let log = LogStream::new(table.pool.clone(), &postgres_url()).unwrap();
-    let source = source_of(&table, log);
-    let error = outbox::relay::source::Source::claim(&source, 10)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = claim_error(&table, log).await;
     assert!(
         error.contains("was invalidated") && error.contains("pg_drop_replication_slot"),
         "{error}"
@@ -750,9 +741,9 @@ impl Drop for ResetsSetting {
     }
 }
 
-/// The relay's source over `log`, to call `claim` on directly and see its error.
-fn source_of(table: &LogTable, log: LogStream) -> outbox::store::postgres::LogSource {
-    outbox::relay::IntoSource::__into_source(
+/// The error of a claim of the relay's source over `log`, called directly.
+async fn claim_error(table: &LogTable, log: LogStream) -> String {
+    let source = outbox::relay::IntoSource::__into_source(
         log,
         &outbox::relay::source::SourceConfig {
             table: table.outbox.table().clone(),
@@ -763,7 +754,12 @@ fn source_of(table: &LogTable, log: LogStream) -> outbox::store::postgres::LogSo
             parked_only: false,
             max_batch_bytes: outbox::relay::DEFAULT_MAX_BATCH_BYTES,
         },
-    )
+    );
+    outbox::relay::source::Source::claim(&source, 10)
+        .await
+        .err()
+        .expect("the claim fails")
+        .to_string()
 }
 
 /// Runs `pg_ctlcluster <action>` on the newest cluster; whether it succeeded.

@@ -27,6 +27,8 @@ const NATS_OUTBOX: Outbox =
     Outbox::for_table(TableName::from_static("outbox_trace_nats")).record_trace_context();
 const AMQP_OUTBOX: Outbox =
     Outbox::for_table(TableName::from_static("outbox_trace_amqp")).record_trace_context();
+const FAILING_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_trace_failing")).record_trace_context();
 const INBOX: Inbox = Inbox::for_table(TableName::from_static("inbox_trace_test"));
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,14 @@ async fn open_account(_tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<A
 
 #[outbox_event(outbox = AMQP_OUTBOX)]
 async fn open_account_on_rabbitmq(
+    _tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> Result<Account, AppError> {
+    Ok(Account { id: id.to_owned() })
+}
+
+#[outbox_event(outbox = FAILING_OUTBOX)]
+async fn open_account_refused(
     _tx: &mut Transaction<'_, Postgres>,
     id: &str,
 ) -> Result<Account, AppError> {
@@ -397,4 +407,45 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_rabbitmq_to_the_i
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
+}
+
+/// A delivery the sink refuses for good ends its `send` span with an error status, the sink's
+/// reason, and `error.type = permanent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delivery_ends_its_send_span_with_the_error() {
+    let pool = setup(&FAILING_OUTBOX).await;
+    let account = format!("acc-{}", run_id());
+    let trace_id = in_a_request(async {
+        let mut tx = pool.begin().await.unwrap();
+        open_account_refused(&mut tx, &account).await.unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+    let sink = outbox::relay::HandlerSink::new(|_| {
+        std::future::ready(Err(outbox::relay::SinkError::permanent("schema refused")))
+    });
+    let relay = relay(&pool, &FAILING_OUTBOX, sink);
+    // The span ends once the sink has answered: wait until it is exported.
+    eventually(Duration::from_secs(10), "the send span to end", || async {
+        let (provider, exporter) = exporter();
+        provider.force_flush().unwrap();
+        exporter.get_finished_spans().unwrap().iter().any(|span| {
+            span.span_context.trace_id() == trace_id && span.span_kind == SpanKind::Producer
+        })
+    })
+    .await;
+    relay.abort();
+    let (provider, exporter) = exporter();
+    provider.force_flush().unwrap();
+    let finished = exporter.get_finished_spans().unwrap();
+    let spans: Vec<&SpanData> = finished
+        .iter()
+        .filter(|span| span.span_context.trace_id() == trace_id)
+        .collect();
+    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
+    assert_eq!(
+        send.status,
+        opentelemetry::trace::Status::error("schema refused")
+    );
+    assert_eq!(attribute(send, "error.type").as_deref(), Some("permanent"));
 }
