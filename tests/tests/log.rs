@@ -757,8 +757,7 @@ async fn claim_error(table: &LogTable, log: LogStream) -> String {
     );
     outbox::relay::source::Source::claim(&source, 10)
         .await
-        .err()
-        .expect("the claim fails")
+        .unwrap_err()
         .to_string()
 }
 
