@@ -92,6 +92,41 @@ pub(crate) enum Command {
         #[arg(long)]
         from_start: bool,
     },
+    /// Compares what the outbox table committed with what a broker holds, by event id.
+    ///
+    /// Reports events lost (published according to the table, not on the broker), phantoms
+    /// (on the broker, never committed), duplicates and per-aggregate order violations. Exits
+    /// 3 on loss, phantoms or disorder, 0 otherwise. The table keeps published events only
+    /// with `relay.retention` set: audit within that period. Nothing is consumed: a RabbitMQ
+    /// queue's messages go back to it unacknowledged.
+    Audit(Audit),
+}
+
+/// `outbox audit`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Audit {
+    /// The NATS stream, Kafka topic, Redis stream key or RabbitMQ queue to read.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) read: String,
+    /// `nats`, `kafka`, `redis` or `rabbitmq` (default: `sink.kind`).
+    #[arg(long)]
+    pub(crate) broker: Option<String>,
+    /// The broker URL (default: `sink.url`).
+    #[arg(long, env = "OUTBOX_SINK_URL", hide_env_values = true)]
+    pub(crate) sink_url: Option<String>,
+    /// NATS: only the messages of this subject (wildcards allowed).
+    #[arg(long)]
+    pub(crate) subject: Option<String>,
+    /// The first event the audit covers: an event id, or an RFC 3339 instant
+    /// (`2026-12-01T10:00:00Z`).
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// The last event the audit covers: an event id, or an RFC 3339 instant.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

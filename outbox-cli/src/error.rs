@@ -15,16 +15,21 @@ pub(crate) enum CliError {
     /// The sink's broker or receiver did not answer: `outbox relay` waits for it.
     #[error("{0}")]
     SinkUnreachable(String),
+    /// `outbox audit` found events lost, phantoms or disorder.
+    #[error("{0}")]
+    AuditFailed(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
 }
 
 impl CliError {
-    /// The exit status: 2 when the configuration must change, 1 otherwise.
+    /// The exit status: 2 when the configuration must change, 3 for a failed audit, 1
+    /// otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) => 2,
+            CliError::AuditFailed(_) => 3,
             _ => 1,
         }
     }

@@ -6,6 +6,7 @@
 //! outbox --database-url postgres://… status --json
 //! outbox --database-url postgres://… dead-letters list
 //! outbox --database-url postgres://… dead-letters replay --all --yes
+//! outbox --config relay.toml audit --read BANK --json
 //! ```
 //!
 //! Settings come from the configuration file, then `OUTBOX_*` environment variables, then
@@ -106,6 +107,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::DeadLetters(command) => commands::dead_letters::run(&db, outbox, command).await,
         Command::Tail { json, from_start } => {
             commands::tail::run(&db, outbox, json, from_start).await
+        }
+        Command::Audit(audit) => {
+            commands::audit::run(&db, outbox, settings.config.sink.as_ref(), &audit).await
         }
     }
 }

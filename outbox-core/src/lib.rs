@@ -61,6 +61,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
+pub mod audit;
 pub mod catalog;
 mod connection;
 mod error;

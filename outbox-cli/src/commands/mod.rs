@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub(crate) mod audit;
 pub(crate) mod dead_letters;
 pub(crate) mod migrate;
 pub(crate) mod relay;

@@ -105,6 +105,15 @@ macro_rules! forward_to_modules {
         ) -> Result<Vec<$crate::relay::Message>, sqlx::Error> {
             admin::events_after(pool, table, after, limit).await
         }
+
+        async fn __committed(
+            pool: &$pool,
+            table: &TableName,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<$crate::audit::Committed>, sqlx::Error> {
+            admin::committed(pool, table, after, limit).await
+        }
     };
 }
 
@@ -280,6 +289,16 @@ pub trait Dialect:
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
+
+    /// What an audit needs of the events recorded after `after` (a `seq`): id, order,
+    /// aggregate and state, in order, at most `limit`.
+    #[doc(hidden)]
+    fn __committed<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<crate::audit::Committed>, sqlx::Error>> + Send + 'a;
 }
 
 impl<DB: Dialect> IntoSource for sqlx::Pool<DB> {

@@ -69,6 +69,44 @@ where
     }
 }
 
+/// The columns of an audit's [`Committed`](crate::audit::Committed) as every database's query
+/// returns them: `seq`, `id` as text, `aggregate_type`, `aggregate_id`, and `state` (0 pending,
+/// 1 published, 2 dead; [`STATE`] computes it).
+pub(crate) fn committed<R>(rows: &[R]) -> Result<Vec<crate::audit::Committed>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'i> &'i str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    use crate::audit::{Committed, CommittedState};
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let id = id.parse().map_err(|error| sqlx::Error::ColumnDecode {
+                index: "id".to_owned(),
+                source: Box::new(error),
+            })?;
+            let state = match row.try_get::<i64, _>("state")? {
+                0 => CommittedState::Pending,
+                1 => CommittedState::Published,
+                _ => CommittedState::Dead,
+            };
+            Ok(Committed::new(
+                id,
+                row.try_get("seq")?,
+                row.try_get::<String, _>("aggregate_type")?,
+                row.try_get::<String, _>("aggregate_id")?,
+                state,
+            ))
+        })
+        .collect()
+}
+
+/// An event's state as a number, for [`committed`]: the same SQL on every database.
+pub(crate) const STATE: &str =
+    "CASE WHEN o.dead_at IS NOT NULL THEN 2 WHEN o.published_at IS NOT NULL THEN 1 ELSE 0 END";
+
 /// The bytes of events a claim may still take: its events' payloads and headers stay under
 /// it, except that a claim always takes its first event, however large.
 #[derive(Debug)]

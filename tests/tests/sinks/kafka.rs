@@ -3,7 +3,7 @@
 
 use super::*;
 
-async fn kafka_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(super) async fn kafka_topic(bootstrap: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()

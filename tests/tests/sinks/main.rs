@@ -15,6 +15,7 @@ use outbox::sinks::{self, Routing};
 use outbox_tests::{Pg, Proxy, RelayTable, amqp_queue, amqp_url, eventually};
 use tokio::sync::oneshot;
 
+mod audit;
 mod kafka;
 mod mqtt;
 mod nats;

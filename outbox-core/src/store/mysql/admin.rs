@@ -166,3 +166,24 @@ pub(super) async fn events_after(
     let mut budget = table::ByteBudget::new(crate::relay::DEFAULT_MAX_BATCH_BYTES);
     table::messages_within(rows, &mut budget).await
 }
+
+/// What an audit needs of the events recorded after `after`, in `seq` order, at most `limit`.
+pub(super) async fn committed(
+    pool: &MySqlPool,
+    table: &TableName,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<crate::audit::Committed>, sqlx::Error> {
+    let sql = format!(
+        "SELECT CAST(o.seq AS SIGNED) AS seq, o.id AS id, o.aggregate_type, o.aggregate_id, CAST({STATE} AS SIGNED) AS state \
+         FROM {} o WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+        table.quoted('`'),
+        STATE = table::STATE,
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    table::committed(&rows)
+}

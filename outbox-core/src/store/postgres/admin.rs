@@ -183,3 +183,24 @@ pub(super) async fn events_after(
     let mut budget = table::ByteBudget::new(crate::relay::DEFAULT_MAX_BATCH_BYTES);
     table::messages_within(rows, &mut budget).await
 }
+
+/// What an audit needs of the events recorded after `after`, in `seq` order, at most `limit`.
+pub(super) async fn committed(
+    pool: &PgPool,
+    table: &TableName,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<crate::audit::Committed>, sqlx::Error> {
+    let sql = format!(
+        "SELECT o.seq AS seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, ({STATE})::bigint AS state \
+         FROM {} o WHERE o.seq > $1 ORDER BY o.seq LIMIT $2",
+        table.quoted('"'),
+        STATE = table::STATE,
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    table::committed(&rows)
+}
