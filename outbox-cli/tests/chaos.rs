@@ -5,8 +5,10 @@
 //! through a proxy. Then the relays drain and `outbox audit` compares the table with the
 //! stream: nothing lost, no phantom, every aggregate in order, duplicates within the bound.
 //!
-//! It restarts shared servers, so it is ignored by the main run and runs alone in
-//! `scripts/test.sh`'s serial step. `OUTBOX_CHAOS_SECONDS` sets how long faults are injected
+//! It restarts shared servers, so it is ignored and runs alone:
+//! `cargo nextest run -p outbox-cli --all-features --run-ignored only -E 'test(chaos)'`. It is
+//! not in `scripts/test.sh` yet: one run in the full suite found the relays not draining after
+//! the faults (see the README's "How we test it"). `OUTBOX_CHAOS_SECONDS` sets how long faults are injected
 //! (default 60). Whatever happens, it leaves PostgreSQL and NATS running.
 #![allow(clippy::unwrap_used)]
 
@@ -224,7 +226,7 @@ async fn pending(pool: &sqlx::PgPool, table: &str) -> Option<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts PostgreSQL and NATS: run alone, by scripts/test.sh's serial step"]
+#[ignore = "restarts PostgreSQL and NATS: run alone (see the module docs)"]
 async fn chaos_run_loses_nothing_invents_nothing_and_keeps_order() {
     let seconds: u64 = std::env::var("OUTBOX_CHAOS_SECONDS")
         .ok()
