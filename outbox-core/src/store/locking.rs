@@ -3,13 +3,6 @@
 //! each aggregate, its oldest pending event and some that follow; settling runs the database's
 //! statements in that transaction and commits. The databases differ only in their statements,
 //! which [`RowLocking`] gives.
-//!
-//! A claim finds the oldest claimable event, takes the free heads among the events that follow
-//! it (a window of the table in `seq` order), then the later events of those heads, then — if
-//! the batch is still not full and the database can — heads further on. The window keeps a
-//! claim's cost bounded when a few aggregates hold most of the pending events, or when other
-//! relays hold the heads at the start of the table; the last step keeps an aggregate whose head
-//! lies beyond the window from waiting behind them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,15 +33,9 @@ pub trait RowLocking: Dialect {
     /// State kept for [`wait`](RowLocking::wait), e.g. a listening connection.
     type Wakeup: Default + std::fmt::Debug + Send + Sync;
 
-    /// The claim's queries on the table `config` names.
-    fn claim_statements(config: &SourceConfig) -> ClaimStatements;
-
-    /// The `seq` of the oldest claimable event from `from_seq` on, locked or not.
-    fn first_claimable<'a>(
-        conn: &'a mut Self::Connection,
-        sql: &'a str,
-        from_seq: i64,
-    ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send + 'a;
+    /// The claim's two queries on `table`: the heads (bound: from `seq`, limit) and their
+    /// followers (bound by [`claim_followers`](RowLocking::claim_followers)).
+    fn claim_statements(config: &SourceConfig) -> (String, String);
 
     /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order, within `budget`.
     fn claim_heads<'a>(
@@ -67,20 +54,6 @@ pub trait RowLocking: Dialect {
         limit: i64,
         budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
-
-    /// Up to `limit` heads anywhere in the table other than the `taken` events, locked, within
-    /// `budget`: run with [`ClaimStatements::beyond`] when the scan and the followers did not
-    /// fill the batch.
-    fn claim_beyond<'a>(
-        conn: &'a mut Self::Connection,
-        sql: &'a str,
-        taken: &'a [i64],
-        limit: i64,
-        budget: &'a mut ByteBudget,
-    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a {
-        let _ = (conn, sql, taken, limit, budget);
-        std::future::ready(Ok(Vec::new()))
-    }
 
     /// The settlement's statements: published rows deleted (or marked, with `retain`),
     /// failures counted and delayed, dead letters set apart. Idempotent.
@@ -122,23 +95,6 @@ pub trait RowLocking: Dialect {
     }
 }
 
-/// The statements of a claim, built once per source.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct ClaimStatements {
-    /// The oldest claimable event from a `seq` on (bound: the `seq`).
-    pub first: String,
-    /// The heads, in `seq` order from the oldest claimable event (bound by
-    /// [`RowLocking::claim_heads`]).
-    pub heads: String,
-    /// The later events of claimed heads (bound by [`RowLocking::claim_followers`]).
-    pub followers: String,
-    /// Heads anywhere in the table, for when the heads near the start of the scan are few and
-    /// all taken, e.g. by other relays (bound by [`RowLocking::claim_beyond`]); `None` where
-    /// the scan alone finds every head.
-    pub beyond: Option<String>,
-}
-
 /// The outbox table of a database with row locks, as a relay [`Source`]: what
 /// `Relay::builder(pool, sink).build()` reads from on PostgreSQL
 /// ([`PgSource`](super::postgres::PgSource)) and MySQL/MariaDB
@@ -152,12 +108,14 @@ pub struct TableSource<DB: RowLocking> {
     listen: bool,
     low_water: LowWater,
     wakeup: DB::Wakeup,
-    statements: Arc<ClaimStatements>,
+    claim_heads: Arc<str>,
+    claim_followers: Arc<str>,
     max_batch_bytes: usize,
 }
 
 impl<DB: RowLocking> TableSource<DB> {
     pub(crate) fn new(pool: sqlx::Pool<DB>, config: &SourceConfig) -> Self {
+        let (claim_heads, claim_followers) = DB::claim_statements(config);
         TableSource {
             pool,
             table: config.table.clone(),
@@ -166,7 +124,8 @@ impl<DB: RowLocking> TableSource<DB> {
             listen: config.listen,
             low_water: LowWater::default(),
             wakeup: DB::Wakeup::default(),
-            statements: Arc::new(DB::claim_statements(config)),
+            claim_heads: claim_heads.into(),
+            claim_followers: claim_followers.into(),
             max_batch_bytes: config.max_batch_bytes,
         }
     }
@@ -180,45 +139,22 @@ impl<DB: RowLocking> TableSource<DB> {
         conn: &mut DB::Connection,
         max: usize,
     ) -> Result<Vec<Message>, sqlx::Error> {
-        let statements = &*self.statements;
-        let Some(from) = DB::first_claimable(conn, &statements.first, self.low_water.get()).await?
-        else {
-            return Ok(Vec::new());
-        };
-        self.low_water.raise(from);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut budget = ByteBudget::new(self.max_batch_bytes);
+        let from = self.low_water.get();
         let mut messages =
-            DB::claim_heads(conn, &statements.heads, from, limit, &mut budget).await?;
-        if self.ordering != Ordering::PerAggregate {
-            return Ok(messages);
-        }
-        let room = |messages: &Vec<Message>| {
-            i64::try_from(max.saturating_sub(messages.len())).unwrap_or(i64::MAX)
-        };
-        if room(&messages) > 0 && !messages.is_empty() && !budget.is_full() {
+            DB::claim_heads(conn, &self.claim_heads, from, limit, &mut budget).await?;
+        let room = max.saturating_sub(messages.len());
+        let per_aggregate = self.ordering == Ordering::PerAggregate;
+        if per_aggregate && room > 0 && !messages.is_empty() && !budget.is_full() {
             // Later events of aggregates whose head this claim holds: nobody else can claim them.
-            let followers = DB::claim_followers(
-                conn,
-                &statements.followers,
-                &messages,
-                room(&messages),
-                &mut budget,
-            )
-            .await?;
+            let room = i64::try_from(room).unwrap_or(i64::MAX);
+            let followers =
+                DB::claim_followers(conn, &self.claim_followers, &messages, room, &mut budget)
+                    .await?;
             messages.extend(followers);
+            messages.sort_by_key(|m| m.seq);
         }
-        if let Some(beyond) = &statements.beyond
-            && room(&messages) > 0
-            && !budget.is_full()
-        {
-            // The scan's window held too few free heads (a few busy aggregates, or heads other
-            // relays hold): the heads of the aggregates further on.
-            let taken: Vec<i64> = messages.iter().map(|m| m.seq).collect();
-            let more = DB::claim_beyond(conn, beyond, &taken, room(&messages), &mut budget).await?;
-            messages.extend(more);
-        }
-        messages.sort_by_key(|m| m.seq);
         Ok(messages)
     }
 }
@@ -247,10 +183,13 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             tx.rollback().await.map_err(self.database_error("claim"))?;
             return Ok(None);
         }
+        let seqs = messages.iter().map(|m| m.seq).collect();
         Ok(Some(TableClaim {
             pool: self.pool.clone(),
             tx,
             messages,
+            seqs,
+            low_water: self.low_water.clone(),
             table: self.table.clone(),
             retain: self.retain,
         }))
@@ -289,6 +228,9 @@ pub struct TableClaim<DB: RowLocking> {
     pool: sqlx::Pool<DB>,
     tx: Transaction<'static, DB>,
     messages: Vec<Message>,
+    /// The claimed `seq`s, in order.
+    seqs: Vec<i64>,
+    low_water: LowWater,
     table: TableName,
     retain: bool,
 }
@@ -302,10 +244,13 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
         let TableClaim {
             pool,
             mut tx,
+            seqs,
+            low_water,
             table,
             retain,
             ..
         } = self;
+        let next = LowWater::after(&seqs, &settlement);
         let mut outcome = match DB::settle(&mut tx, &table, retain, &settlement).await {
             Ok(()) => tx.commit().await,
             Err(error) => Err(error),
@@ -333,6 +278,7 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
             .await;
         }
         outcome.map_err(|source| Error::database("settle", &table, DB::NAME, source))?;
+        low_water.advance(next);
         Ok(())
     }
 }

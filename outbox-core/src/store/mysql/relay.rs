@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 use crate::TableName;
 use crate::message::Message;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
+use crate::store::locking::{RowLocking, TableClaim, TableSource};
 use crate::store::table::{
     self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
 };
@@ -42,15 +42,11 @@ impl RowLocking for MySql {
     /// No `NOTIFY`: the relay polls, back to back while there is work.
     type Wakeup = ();
 
-    fn claim_statements(config: &SourceConfig) -> ClaimStatements {
+    fn claim_statements(config: &SourceConfig) -> (String, String) {
         let table = &config.table;
         let t = table.quoted('`');
         let head = head_condition(&t, config.ordering, config.parked_only);
         let pending = claimable("o", config.parked_only);
-        let first = format!(
-            "SELECT CAST(o.seq AS SIGNED) FROM {t} o FORCE INDEX (PRIMARY) WHERE o.seq >= ? AND {pending} \
-             ORDER BY o.seq LIMIT 1"
-        );
         let heads = format!(
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
@@ -67,23 +63,7 @@ impl RowLocking for MySql {
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
              WHERE {pending} ORDER BY o.seq LIMIT ? FOR UPDATE"
         );
-        ClaimStatements {
-            first,
-            heads,
-            followers,
-            beyond: None,
-        }
-    }
-
-    async fn first_claimable(
-        conn: &mut MySqlConnection,
-        sql: &str,
-        from_seq: i64,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(from_seq)
-            .fetch_optional(conn)
-            .await
+        (heads, followers)
     }
 
     async fn claim_heads(

@@ -9,9 +9,8 @@ use tokio::sync::Mutex;
 
 use crate::TableName;
 use crate::message::Message;
-use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
+use crate::store::locking::{RowLocking, TableClaim, TableSource};
 use crate::store::table::{
     self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending,
 };
@@ -34,15 +33,9 @@ pub(crate) fn relay_ddl(table: &TableName, notify: bool) -> String {
     let quoted = table.quoted('"');
     let (schema, name) = table.parts();
     let prefix = schema.map(|s| format!("\"{s}\".")).unwrap_or_default();
-    // The claim's index holds only pending events: in retention mode the published ones stay
-    // in the table, and a claim asking whether an event is the oldest pending one of its
-    // aggregate would otherwise step over every published event of that aggregate. (It replaces
-    // the index of every event that earlier versions created.) The dead-letter queries' index
-    // holds only dead letters: recording never touches it.
+    // The dead-letter queries' index holds only dead letters: recording never touches it.
     let index = format!(
-        "CREATE INDEX IF NOT EXISTS \"{name}_pending_idx\" ON {quoted} (aggregate_type, aggregate_id, seq) \
-           WHERE dead_at IS NULL AND published_at IS NULL;
-         DROP INDEX IF EXISTS {prefix}\"{name}_aggregate_idx\";
+        "CREATE INDEX IF NOT EXISTS \"{name}_aggregate_idx\" ON {quoted} (aggregate_type, aggregate_id, seq);
          CREATE INDEX IF NOT EXISTS \"{name}_dead_idx\" ON {quoted} (seq) WHERE dead_at IS NOT NULL;"
     );
     if !notify {
@@ -59,12 +52,6 @@ pub(crate) fn relay_ddl(table: &TableName, notify: bool) -> String {
     )
 }
 
-/// How many claimable events, from the oldest, a claim looks through for the heads of their
-/// aggregates: enough for several relays' batches side by side.
-fn scan_window(limit: i64) -> i64 {
-    limit.saturating_mul(4).max(1_000)
-}
-
 /// The columns of a [`MessageRow`], from a table aliased `o`.
 pub(super) const COLUMNS: &str = "o.seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload::text AS payload, \
                        o.headers::text AS headers, o.attempts";
@@ -78,90 +65,22 @@ impl RowLocking for Postgres {
     /// The connection listening for the table's notifications, once opened.
     type Wakeup = Mutex<Option<PgListener>>;
 
-    fn claim_statements(config: &SourceConfig) -> ClaimStatements {
+    fn claim_statements(config: &SourceConfig) -> (String, String) {
         let table = &config.table;
         let t = table.quoted('"');
-        let claimable_o = claimable("o", config.parked_only);
-        let claimable_e = claimable("e", config.parked_only);
-        let first = format!(
-            "SELECT o.seq FROM {t} o WHERE o.seq >= $1 AND {claimable_o} ORDER BY o.seq LIMIT 1"
-        );
-        if config.ordering == Ordering::Unordered {
-            let heads = format!(
-                "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {claimable_o} AND o.available_at <= clock_timestamp() \
-                 ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
-            );
-            return ClaimStatements {
-                first,
-                heads,
-                followers: String::new(),
-                beyond: None,
-            };
-        }
         let head = head_condition(&t, config.ordering, config.parked_only);
-        // The candidates are the first event of each aggregate among the next `$3` claimable
-        // ones: one probe of the index per aggregate, not per event, however many events a busy
-        // aggregate has in the window.
+        let pending = claimable("o", config.parked_only);
         let heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq IN ( \
-               SELECT min(w.seq) FROM ( \
-                 SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w \
-                 WHERE w.seq >= $1 AND {claimable_w} ORDER BY w.seq LIMIT $3) w \
-               GROUP BY w.aggregate_type, w.aggregate_id) \
-             AND {claimable_o} AND o.available_at <= clock_timestamp() {head} \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-            claimable_w = claimable("w", config.parked_only),
+            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {pending} AND o.available_at <= clock_timestamp() {head} \
+             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
-        // Each head's next events read in order from the index of pending events, at most as
-        // many as the batch has room for: never every pending event of a busy aggregate.
         let followers = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq IN ( \
-               SELECT f.seq FROM unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
-               CROSS JOIN LATERAL ( \
-                 SELECT e.seq FROM {t} e WHERE e.aggregate_type = h.aggregate_type \
-                   AND e.aggregate_id = h.aggregate_id AND e.seq > h.seq AND {claimable_e} \
-                 ORDER BY e.seq LIMIT $4) f \
-               ORDER BY f.seq LIMIT $4) \
-             AND {claimable_o} ORDER BY o.seq FOR UPDATE OF o"
+            "SELECT {COLUMNS} FROM {t} o \
+             JOIN unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
+               ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
+             WHERE {pending} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
         );
-        // Every aggregate's head, one index probe per aggregate (a skip scan written as a
-        // recursive query), then the oldest free ones.
-        let next_head = |after: &str| {
-            format!(
-                "SELECT e.aggregate_type, e.aggregate_id, e.seq FROM {t} e WHERE {claimable_e} {after} \
-                 ORDER BY e.aggregate_type, e.aggregate_id, e.seq LIMIT 1"
-            )
-        };
-        let beyond = format!(
-            "WITH RECURSIVE h AS ( \
-               ({first_head}) \
-               UNION ALL \
-               SELECT n.aggregate_type, n.aggregate_id, n.seq FROM h CROSS JOIN LATERAL ({next}) n) \
-             SELECT {COLUMNS} FROM {t} o JOIN h ON o.seq = h.seq \
-             WHERE {claimable_o} AND o.available_at <= clock_timestamp() AND o.seq <> ALL($1::int8[]) \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
-            first_head = next_head(""),
-            next = next_head(
-                "AND (e.aggregate_type, e.aggregate_id) > (h.aggregate_type, h.aggregate_id)"
-            ),
-        );
-        ClaimStatements {
-            first,
-            heads,
-            followers,
-            beyond: Some(beyond),
-        }
-    }
-
-    async fn first_claimable(
-        conn: &mut PgConnection,
-        sql: &str,
-        from_seq: i64,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(from_seq)
-            .fetch_optional(conn)
-            .await
+        (heads, followers)
     }
 
     async fn claim_heads(
@@ -174,7 +93,6 @@ impl RowLocking for Postgres {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(from_seq)
             .bind(limit)
-            .bind(scan_window(limit))
             .fetch(conn);
         table::messages_within(rows, budget).await
     }
@@ -194,20 +112,6 @@ impl RowLocking for Postgres {
             .bind(types)
             .bind(ids)
             .bind(seqs)
-            .bind(limit)
-            .fetch(conn);
-        table::messages_within(rows, budget).await
-    }
-
-    async fn claim_beyond(
-        conn: &mut PgConnection,
-        sql: &str,
-        taken: &[i64],
-        limit: i64,
-        budget: &mut ByteBudget,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
-            .bind(taken)
             .bind(limit)
             .fetch(conn);
         table::messages_within(rows, budget).await
