@@ -15,6 +15,10 @@ const TABLE: &str = "outbox_bench_relay";
 pub(crate) const EVENTS: i64 = 200_000;
 const AGGREGATES: i64 = 20_000;
 const BATCH: usize = 1_000;
+/// The hot-aggregate scenario: this many aggregates hold `HOT_PERCENT`% of the events, the rest
+/// are spread over `AGGREGATES`.
+const HOT_AGGREGATES: i64 = 16;
+const HOT_PERCENT: i64 = 90;
 
 fn outbox(notify: bool) -> Outbox {
     Outbox::for_table(TableName::from_static(TABLE)).notify_on_commit(notify)
@@ -26,12 +30,26 @@ pub(crate) async fn preload(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 /// `events` events spread over `aggregates` aggregates, in a freshly emptied table.
 async fn preload_over(pool: &PgPool, events: i64, aggregates: i64) -> Result<(), sqlx::Error> {
+    preload_as(pool, events, &format!("'acc-' || (i % {aggregates})")).await
+}
+
+/// `EVENTS` events, `HOT_PERCENT`% of them in `HOT_AGGREGATES` aggregates.
+async fn preload_hot(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let aggregate = format!(
+        "CASE WHEN i % 100 < {HOT_PERCENT} THEN 'hot-' || (i % {HOT_AGGREGATES}) \
+         ELSE 'acc-' || (i % {AGGREGATES}) END"
+    );
+    preload_as(pool, EVENTS, &aggregate).await
+}
+
+/// `events` events, the `i`th of aggregate `aggregate` (SQL in `i`), in a freshly emptied table.
+async fn preload_as(pool: &PgPool, events: i64, aggregate: &str) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLE}")))
         .execute(pool)
         .await?;
     let sql = format!(
         "INSERT INTO {TABLE} (id, aggregate_type, aggregate_id, event_type, payload) \
-         SELECT gen_random_uuid(), 'account', 'acc-' || (i % {aggregates}), 'Numbered', jsonb_build_object('n', i) \
+         SELECT gen_random_uuid(), 'account', {aggregate}, 'Numbered', jsonb_build_object('n', i) \
          FROM generate_series(1, {events}) AS i"
     );
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await?;
@@ -346,13 +364,39 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
         "## relay: {EVENTS} preloaded events ({AGGREGATES} aggregates) into an in-process sink\n"
     );
     let base = baseline(pool).await?;
-    let one = throughput(pool, vec![in_process()]).await?;
-    let four = throughput(pool, (0..4).map(|_| in_process()).collect()).await?;
-    println!("| what | events/s | ratio to the database alone |");
-    println!("| --- | ---: | ---: |");
-    println!("| database alone: claim {BATCH} with SKIP LOCKED + delete | {base:.0} | 1.000 |");
-    println!("| relay, 1 instance | {one:.0} | {:.3} |", one / base);
-    println!("| relay, 4 instances | {four:.0} | {:.3} |", four / base);
+    let relays = |n: usize| (0..n).map(|_| in_process()).collect::<Vec<_>>();
+    let one = throughput(pool, relays(1)).await?;
+    let two = throughput(pool, relays(2)).await?;
+    let four = throughput(pool, relays(4)).await?;
+    preload_hot(pool).await?;
+    let hot = drain(pool, relays(1), EVENTS).await?;
+    preload_hot(pool).await?;
+    let hot_four = drain(pool, relays(4), EVENTS).await?;
+    println!("| what | events/s | ratio to the database alone | ratio to 1 relay |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| database alone: claim {BATCH} with SKIP LOCKED + delete | {base:.0} | 1.000 | {:.3} |",
+        base / one
+    );
+    for (n, rate) in [(1, one), (2, two), (4, four)] {
+        println!(
+            "| relay, {n} instance{} | {rate:.0} | {:.3} | {:.3} |",
+            if n == 1 { "" } else { "s" },
+            rate / base,
+            rate / one
+        );
+    }
+    let hot_events = format!("{HOT_PERCENT}% of the events in {HOT_AGGREGATES} aggregates");
+    println!(
+        "| relay, 1 instance, {hot_events} | {hot:.0} | {:.3} | {:.3} |",
+        hot / base,
+        hot / one
+    );
+    println!(
+        "| relay, 4 instances, {hot_events} | {hot_four:.0} | {:.3} | {:.3} |",
+        hot_four / base,
+        hot_four / one
+    );
 
     let seconds = latency_seconds();
     let (p50, p99) = latency(pool, in_process(), false, 1_000, seconds).await?;
@@ -388,7 +432,8 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
         log.drain_wal / one
     );
     println!(
-        "\nsummary: events_per_s_1={one:.0} events_per_s_4={four:.0} p50_ms={p50:.1} p99_ms={p99:.1} \
+        "\nsummary: events_per_s_1={one:.0} events_per_s_2={two:.0} events_per_s_4={four:.0} \
+         hot_events_per_s_1={hot:.0} hot_events_per_s_4={hot_four:.0} p50_ms={p50:.1} p99_ms={p99:.1} \
          log_events_per_s={:.0} log_wal_events_per_s={:.0} log_p50_ms={t50:.1} log_p99_ms={t99:.1} \
          log_wal_p50_ms={w50:.1} log_wal_p99_ms={w99:.1}",
         log.drain_table, log.drain_wal

@@ -116,7 +116,10 @@ impl Relays {
             .args(["relay", "--instance-id", &format!("chaos-{index}")])
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("OUTBOX_DATABASE_URL")
-            .env("OUTBOX_LOG", "outbox=error")
+            .env(
+                "OUTBOX_LOG",
+                std::env::var("OUTBOX_CHAOS_LOG").unwrap_or_else(|_| "outbox=error".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -399,8 +402,17 @@ routing = "{table}.{{aggregate_type}}"
     // Drain: every committed event published.
     let faults_ended = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut reported = Instant::now();
     loop {
-        match pending(&pool, &table).await {
+        let left = pending(&pool, &table).await;
+        if reported.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "chaos: {left:?} pending {:.0}s after the last fault",
+                faults_ended.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
+        match left {
             Some(0) => break,
             left => assert!(
                 Instant::now() < deadline,

@@ -3,9 +3,17 @@
 //! each aggregate, its oldest pending event and some that follow; settling runs the database's
 //! statements in that transaction and commits. The databases differ only in their statements,
 //! which [`RowLocking`] gives.
+//!
+//! A claim finds the oldest claimable event, takes the free heads among the events that follow
+//! it (a window of the table in `seq` order), then the later events of those heads, then — if
+//! the batch is still not full and the database can — heads further on. The window keeps a
+//! claim's cost bounded when a few aggregates hold most of the pending events, or when other
+//! relays hold the heads at the start of the table; the last step keeps an aggregate whose head
+//! lies beyond the window from waiting behind them.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Transaction};
@@ -33,14 +41,22 @@ pub trait RowLocking: Dialect {
     /// State kept for [`wait`](RowLocking::wait), e.g. a listening connection.
     type Wakeup: Default + std::fmt::Debug + Send + Sync;
 
-    /// The claim's two queries on `table`: the heads (bound: from `seq`, limit) and their
-    /// followers (bound by [`claim_followers`](RowLocking::claim_followers)).
-    fn claim_statements(config: &SourceConfig) -> (String, String);
+    /// The claim's queries on the table `config` names.
+    fn claim_statements(config: &SourceConfig) -> ClaimStatements;
 
-    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order, within `budget`.
-    fn claim_heads<'a>(
+    /// The `seq` of the oldest claimable event from `from_seq` on, locked or not.
+    fn first_claimable<'a>(
         conn: &'a mut Self::Connection,
         sql: &'a str,
+        from_seq: i64,
+    ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send + 'a;
+
+    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order, within `budget`;
+    /// `dense` asks for [`ClaimStatements::dense_heads`] where the database has it.
+    fn claim_heads<'a>(
+        conn: &'a mut Self::Connection,
+        statements: &'a ClaimStatements,
+        dense: bool,
         from_seq: i64,
         limit: i64,
         budget: &'a mut ByteBudget,
@@ -49,11 +65,25 @@ pub trait RowLocking: Dialect {
     /// Up to `limit` later pending events of the aggregates of `heads`, locked, within `budget`.
     fn claim_followers<'a>(
         conn: &'a mut Self::Connection,
-        sql: &'a str,
+        statements: &'a ClaimStatements,
         heads: &'a [Message],
         limit: i64,
         budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
+
+    /// Up to `limit` heads anywhere in the table other than the `taken` events, locked, within
+    /// `budget`: run with [`ClaimStatements::beyond`] when the scan and the followers did not
+    /// fill the batch.
+    fn claim_beyond<'a>(
+        conn: &'a mut Self::Connection,
+        statements: &'a ClaimStatements,
+        taken: &'a [i64],
+        limit: i64,
+        budget: &'a mut ByteBudget,
+    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a {
+        let _ = (conn, statements, taken, limit, budget);
+        std::future::ready(Ok(Vec::new()))
+    }
 
     /// The settlement's statements: published rows deleted (or marked, with `retain`),
     /// failures counted and delayed, dead letters set apart. Idempotent.
@@ -95,6 +125,31 @@ pub trait RowLocking: Dialect {
     }
 }
 
+/// The statements of a claim, built once per source.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ClaimStatements {
+    /// The oldest claimable event from a `seq` on (bound: the `seq`).
+    pub first: String,
+    /// The heads, in `seq` order from the oldest claimable event (bound by
+    /// [`RowLocking::claim_heads`]).
+    pub heads: String,
+    /// The heads by a plain scan in `seq` order that probes every event it passes: cheaper than
+    /// `heads` while most events are heads of their aggregates, far dearer when a few busy
+    /// aggregates hold most of them. `None` where `heads` is the only scan.
+    pub dense_heads: Option<String>,
+    /// The later events of claimed heads (bound by [`RowLocking::claim_followers`]).
+    pub followers: String,
+    /// Heads anywhere in the table, for when the heads near the start of the scan are few and
+    /// all taken, e.g. by other relays (bound by [`RowLocking::claim_beyond`]); `None` where
+    /// the scan alone finds every head.
+    pub beyond: Option<String>,
+    /// The columns of events the statements above locked, by `seq` (bound: the `seq`s, in
+    /// order), for a database whose lock statements return only each event's `seq` and size;
+    /// `None` where they return the whole event.
+    pub read: Option<String>,
+}
+
 /// The outbox table of a database with row locks, as a relay [`Source`]: what
 /// `Relay::builder(pool, sink).build()` reads from on PostgreSQL
 /// ([`PgSource`](super::postgres::PgSource)) and MySQL/MariaDB
@@ -107,15 +162,16 @@ pub struct TableSource<DB: RowLocking> {
     retain: bool,
     listen: bool,
     low_water: LowWater,
+    /// The last claims found fewer heads than they asked for: claim with the window scan until
+    /// one fills its batch with heads again.
+    sparse: AtomicBool,
     wakeup: DB::Wakeup,
-    claim_heads: Arc<str>,
-    claim_followers: Arc<str>,
+    statements: Arc<ClaimStatements>,
     max_batch_bytes: usize,
 }
 
 impl<DB: RowLocking> TableSource<DB> {
     pub(crate) fn new(pool: sqlx::Pool<DB>, config: &SourceConfig) -> Self {
-        let (claim_heads, claim_followers) = DB::claim_statements(config);
         TableSource {
             pool,
             table: config.table.clone(),
@@ -123,9 +179,9 @@ impl<DB: RowLocking> TableSource<DB> {
             retain: config.retain,
             listen: config.listen,
             low_water: LowWater::default(),
+            sparse: AtomicBool::new(false),
             wakeup: DB::Wakeup::default(),
-            claim_heads: claim_heads.into(),
-            claim_followers: claim_followers.into(),
+            statements: Arc::new(DB::claim_statements(config)),
             max_batch_bytes: config.max_batch_bytes,
         }
     }
@@ -139,22 +195,45 @@ impl<DB: RowLocking> TableSource<DB> {
         conn: &mut DB::Connection,
         max: usize,
     ) -> Result<Vec<Message>, sqlx::Error> {
+        let statements = &*self.statements;
+        let Some(from) = DB::first_claimable(conn, &statements.first, self.low_water.get()).await?
+        else {
+            return Ok(Vec::new());
+        };
+        self.low_water.raise(from);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut budget = ByteBudget::new(self.max_batch_bytes);
-        let from = self.low_water.get();
+        let dense = statements.dense_heads.is_some() && !self.sparse.load(AtomicOrdering::Relaxed);
         let mut messages =
-            DB::claim_heads(conn, &self.claim_heads, from, limit, &mut budget).await?;
-        let room = max.saturating_sub(messages.len());
-        let per_aggregate = self.ordering == Ordering::PerAggregate;
-        if per_aggregate && room > 0 && !messages.is_empty() && !budget.is_full() {
+            DB::claim_heads(conn, statements, dense, from, limit, &mut budget).await?;
+        if !budget.is_full() {
+            // Heads are scarce when the batch could not fill with them: the window scan probes
+            // one event per aggregate, the plain scan one per event.
+            self.sparse
+                .store(messages.len() < max, AtomicOrdering::Relaxed);
+        }
+        if self.ordering != Ordering::PerAggregate {
+            return Ok(messages);
+        }
+        let room = |messages: &Vec<Message>| {
+            i64::try_from(max.saturating_sub(messages.len())).unwrap_or(i64::MAX)
+        };
+        if room(&messages) > 0 && !messages.is_empty() && !budget.is_full() {
             // Later events of aggregates whose head this claim holds: nobody else can claim them.
-            let room = i64::try_from(room).unwrap_or(i64::MAX);
             let followers =
-                DB::claim_followers(conn, &self.claim_followers, &messages, room, &mut budget)
+                DB::claim_followers(conn, statements, &messages, room(&messages), &mut budget)
                     .await?;
             messages.extend(followers);
-            messages.sort_by_key(|m| m.seq);
         }
+        if statements.beyond.is_some() && room(&messages) > 0 && !budget.is_full() {
+            // The scan's window held too few free heads (a few busy aggregates, or heads other
+            // relays hold): the heads of the aggregates further on.
+            let taken: Vec<i64> = messages.iter().map(|m| m.seq).collect();
+            let more =
+                DB::claim_beyond(conn, statements, &taken, room(&messages), &mut budget).await?;
+            messages.extend(more);
+        }
+        messages.sort_by_key(|m| m.seq);
         Ok(messages)
     }
 }
@@ -183,13 +262,10 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             tx.rollback().await.map_err(self.database_error("claim"))?;
             return Ok(None);
         }
-        let seqs = messages.iter().map(|m| m.seq).collect();
         Ok(Some(TableClaim {
             pool: self.pool.clone(),
             tx,
             messages,
-            seqs,
-            low_water: self.low_water.clone(),
             table: self.table.clone(),
             retain: self.retain,
         }))
@@ -228,9 +304,6 @@ pub struct TableClaim<DB: RowLocking> {
     pool: sqlx::Pool<DB>,
     tx: Transaction<'static, DB>,
     messages: Vec<Message>,
-    /// The claimed `seq`s, in order.
-    seqs: Vec<i64>,
-    low_water: LowWater,
     table: TableName,
     retain: bool,
 }
@@ -244,13 +317,10 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
         let TableClaim {
             pool,
             mut tx,
-            seqs,
-            low_water,
             table,
             retain,
             ..
         } = self;
-        let next = LowWater::after(&seqs, &settlement);
         let mut outcome = match DB::settle(&mut tx, &table, retain, &settlement).await {
             Ok(()) => tx.commit().await,
             Err(error) => Err(error),
@@ -278,7 +348,6 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
             .await;
         }
         outcome.map_err(|source| Error::database("settle", &table, DB::NAME, source))?;
-        low_water.advance(next);
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 use crate::TableName;
 use crate::message::Message;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{RowLocking, TableClaim, TableSource};
+use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
 use crate::store::table::{
     self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
 };
@@ -42,11 +42,15 @@ impl RowLocking for MySql {
     /// No `NOTIFY`: the relay polls, back to back while there is work.
     type Wakeup = ();
 
-    fn claim_statements(config: &SourceConfig) -> (String, String) {
+    fn claim_statements(config: &SourceConfig) -> ClaimStatements {
         let table = &config.table;
         let t = table.quoted('`');
         let head = head_condition(&t, config.ordering, config.parked_only);
         let pending = claimable("o", config.parked_only);
+        let first = format!(
+            "SELECT CAST(o.seq AS SIGNED) FROM {t} o FORCE INDEX (PRIMARY) WHERE o.seq >= ? AND {pending} \
+             ORDER BY o.seq LIMIT 1"
+        );
         let heads = format!(
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
@@ -63,17 +67,36 @@ impl RowLocking for MySql {
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
              WHERE {pending} ORDER BY o.seq LIMIT ? FOR UPDATE"
         );
-        (heads, followers)
+        ClaimStatements {
+            first,
+            heads,
+            dense_heads: None,
+            followers,
+            beyond: None,
+            read: None,
+        }
+    }
+
+    async fn first_claimable(
+        conn: &mut MySqlConnection,
+        sql: &str,
+        from_seq: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(from_seq)
+            .fetch_optional(conn)
+            .await
     }
 
     async fn claim_heads(
         conn: &mut MySqlConnection,
-        sql: &str,
+        statements: &ClaimStatements,
+        _dense: bool,
         from_seq: i64,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.heads.as_str()))
             .bind(from_seq)
             .bind(limit)
             .fetch(conn);
@@ -82,7 +105,7 @@ impl RowLocking for MySql {
 
     async fn claim_followers(
         conn: &mut MySqlConnection,
-        sql: &str,
+        statements: &ClaimStatements,
         heads: &[Message],
         limit: i64,
         budget: &mut ByteBudget,
@@ -93,7 +116,7 @@ impl RowLocking for MySql {
             .collect();
         let heads =
             serde_json::to_string(&heads).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.followers.as_str()))
             .bind(heads)
             .bind(limit)
             .fetch(conn);

@@ -3,16 +3,18 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
+use futures_util::StreamExt;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::Mutex;
 
 use crate::TableName;
 use crate::message::Message;
+use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{RowLocking, TableClaim, TableSource};
+use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
 use crate::store::table::{
-    self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending,
+    ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending,
 };
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
@@ -52,54 +54,229 @@ pub(crate) fn relay_ddl(table: &TableName, notify: bool) -> String {
     )
 }
 
+/// How many claimable events, from the oldest, a claim looks through for the heads of their
+/// aggregates: enough for several relays' batches side by side.
+fn scan_window(limit: i64) -> i64 {
+    limit.saturating_mul(4).max(1_000)
+}
+
 /// The columns of a [`MessageRow`], from a table aliased `o`.
 pub(super) const COLUMNS: &str = "o.seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, o.event_type, o.payload::text AS payload, \
                        o.headers::text AS headers, o.attempts";
+
+/// The stored size of an event's payload and headers (compressed or not), read without
+/// fetching the values.
+const STORED: &str = "(pg_column_size(o.payload) + coalesce(pg_column_size(o.headers), 0))::int8";
+
+/// Whether the database compressed an event's payload or headers.
+const COMPRESSED: &str = "(pg_column_compression(o.payload) IS NOT NULL OR pg_column_compression(o.headers) IS NOT NULL)";
+
+/// The largest event, in stored bytes, that a claim's locking statements return whole; a larger
+/// or compressed one is read afterwards, only if the byte budget takes it. (Returning them all
+/// would read, convert and sort every candidate's payload however few the budget takes.)
+const INLINE_BYTES: i64 = 2048;
+
+/// How many times its stored size a compressed event is taken to be when deciding how many
+/// events one read fetches. Events the budget leaves out are still fetched (and dropped), so
+/// the guess bounds the waste; the budget itself is always kept exactly.
+const COMPRESSION_GUESS: usize = 16;
+
+/// What a claim's locking statements return of each event, from a table aliased `o`: its
+/// columns, with the payload and headers only when it is `inline` (small and stored plainly),
+/// and its stored size.
+fn locked_columns() -> String {
+    let inline = format!("({STORED} <= {INLINE_BYTES} AND NOT {COMPRESSED})");
+    format!(
+        "o.seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts, \
+         {STORED} AS stored, {COMPRESSED} AS compressed, {inline} AS inline, \
+         CASE WHEN {inline} THEN o.payload::text END AS payload, \
+         CASE WHEN {inline} THEN o.headers::text END AS headers"
+    )
+}
+
+/// An event a locking statement returned: whole when it was inline, else to be read.
+struct LockedRow {
+    seq: i64,
+    stored: i64,
+    compressed: bool,
+    row: Option<MessageRow>,
+}
+
+impl sqlx::FromRow<'_, PgRow> for LockedRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let inline: bool = row.try_get("inline")?;
+        Ok(LockedRow {
+            seq: row.try_get("seq")?,
+            stored: row.try_get("stored")?,
+            compressed: row.try_get("compressed")?,
+            row: if inline {
+                Some(MessageRow::from_row(row)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl LockedRow {
+    /// Its size as far as it is known before reading it.
+    fn expected_size(&self) -> usize {
+        match &self.row {
+            Some(row) => row.size(),
+            None => {
+                let stored = usize::try_from(self.stored).unwrap_or(0);
+                if self.compressed {
+                    stored.saturating_mul(COMPRESSION_GUESS)
+                } else {
+                    stored
+                }
+            }
+        }
+    }
+}
 
 impl RowLocking for Postgres {
     // The claim's commit need not wait for the disk: a settlement lost in a database crash
     // only means its events are published again, which at-least-once allows. Waiting for the
     // flush would put an fsync in every batch's latency.
-    const BEGIN_CLAIM: &'static str = "BEGIN; SET LOCAL synchronous_commit = off";
+    //
+    // Each claim's statements are planned for their parameters: how many candidates a window
+    // holds, and how many heads a claim asks for, decide between an index probe and a scan.
+    const BEGIN_CLAIM: &'static str = "BEGIN; SET LOCAL synchronous_commit = off; \
+                                       SET LOCAL plan_cache_mode = force_custom_plan";
 
     /// The connection listening for the table's notifications, once opened.
     type Wakeup = Mutex<Option<PgListener>>;
 
-    fn claim_statements(config: &SourceConfig) -> (String, String) {
+    fn claim_statements(config: &SourceConfig) -> ClaimStatements {
         let table = &config.table;
         let t = table.quoted('"');
+        let claimable_o = claimable("o", config.parked_only);
+        let claimable_e = claimable("e", config.parked_only);
+        let locked = locked_columns();
+        let first = format!(
+            "SELECT o.seq FROM {t} o WHERE o.seq >= $1 AND {claimable_o} ORDER BY o.seq LIMIT 1"
+        );
+        // In `seq` order: the inner query sorts the rows with their values still in the
+        // table's storage, and the outer one converts them one at a time as they are sent.
+        let read = format!(
+            "SELECT {COLUMNS} FROM (SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
+               o.payload, o.headers, o.attempts FROM {t} o WHERE o.seq = ANY($1) ORDER BY o.seq OFFSET 0) o"
+        );
+        if config.ordering == Ordering::Unordered {
+            let heads = format!(
+                "SELECT {locked} FROM {t} o WHERE o.seq >= $1 AND {claimable_o} AND o.available_at <= clock_timestamp() \
+                 ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+            );
+            return ClaimStatements {
+                first,
+                heads,
+                dense_heads: None,
+                followers: String::new(),
+                beyond: None,
+                read: Some(read),
+            };
+        }
         let head = head_condition(&t, config.ordering, config.parked_only);
-        let pending = claimable("o", config.parked_only);
+        // The candidates are the first event of each aggregate among the next `$3` claimable
+        // ones: one probe per aggregate, not per event. A probe steps over the aggregate's
+        // events published since the last vacuum (and, in retention mode, those kept), so a
+        // busy aggregate must not be probed once per event. The candidates are an array, so that the index returns them
+        // in `seq` order and the probes stop once the batch is full.
         let heads = format!(
-            "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= $1 AND {pending} AND o.available_at <= clock_timestamp() {head} \
+            "SELECT {locked} FROM {t} o WHERE o.seq = ANY(ARRAY( \
+               SELECT min(w.seq) FROM ( \
+                 SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w \
+                 WHERE w.seq >= $1 AND {claimable_w} ORDER BY w.seq LIMIT $3) w \
+               GROUP BY w.aggregate_type, w.aggregate_id)) \
+             AND {claimable_o} AND o.available_at <= clock_timestamp() {head} \
+             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+            claimable_w = claimable("w", config.parked_only),
+        );
+        // Each head's next events read in order from the aggregate index, at most as
+        // many as the batch has room for: never every pending event of a busy aggregate.
+        let followers = format!(
+            "SELECT {locked} FROM {t} o WHERE o.seq IN ( \
+               SELECT f.seq FROM unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
+               CROSS JOIN LATERAL ( \
+                 SELECT e.seq FROM {t} e WHERE e.aggregate_type = h.aggregate_type \
+                   AND e.aggregate_id = h.aggregate_id AND e.seq > h.seq AND {claimable_e} \
+                 ORDER BY e.seq LIMIT $4) f \
+               ORDER BY f.seq LIMIT $4) \
+             AND {claimable_o} ORDER BY o.seq FOR UPDATE OF o"
+        );
+        // Every aggregate's head, one index probe per aggregate (a skip scan written as a
+        // recursive query), then the oldest free ones.
+        let next_head = |after: &str| {
+            format!(
+                "SELECT e.aggregate_type, e.aggregate_id, e.seq FROM {t} e WHERE {claimable_e} {after} \
+                 ORDER BY e.aggregate_type, e.aggregate_id, e.seq LIMIT 1"
+            )
+        };
+        let beyond = format!(
+            "WITH RECURSIVE h AS ( \
+               ({first_head}) \
+               UNION ALL \
+               SELECT n.aggregate_type, n.aggregate_id, n.seq FROM h CROSS JOIN LATERAL ({next}) n) \
+             SELECT {locked} FROM {t} o JOIN h ON o.seq = h.seq \
+             WHERE {claimable_o} AND o.available_at <= clock_timestamp() AND o.seq <> ALL($1::int8[]) \
+             ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+            first_head = next_head(""),
+            next = next_head(
+                "AND (e.aggregate_type, e.aggregate_id) > (h.aggregate_type, h.aggregate_id)"
+            ),
+        );
+        // One probe per event in `seq` order within the next `$3` seqs, until the batch is full.
+        let dense_heads = format!(
+            "SELECT {locked} FROM {t} o WHERE o.seq >= $1 AND o.seq < $1 + $3 AND {claimable_o} \
+             AND o.available_at <= clock_timestamp() {head} \
              ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
-        let followers = format!(
-            "SELECT {COLUMNS} FROM {t} o \
-             JOIN unnest($1::text[], $2::text[], $3::int8[]) AS h(aggregate_type, aggregate_id, seq) \
-               ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
-             WHERE {pending} ORDER BY o.seq LIMIT $4 FOR UPDATE OF o"
-        );
-        (heads, followers)
+        ClaimStatements {
+            first,
+            heads,
+            dense_heads: Some(dense_heads),
+            followers,
+            beyond: Some(beyond),
+            read: Some(read),
+        }
+    }
+
+    async fn first_claimable(
+        conn: &mut PgConnection,
+        sql: &str,
+        from_seq: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(from_seq)
+            .fetch_optional(conn)
+            .await
     }
 
     async fn claim_heads(
         conn: &mut PgConnection,
-        sql: &str,
+        statements: &ClaimStatements,
+        dense: bool,
         from_seq: i64,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
+        let sql = match &statements.dense_heads {
+            Some(dense_heads) if dense => dense_heads,
+            _ => &statements.heads,
+        };
+        let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
             .bind(from_seq)
             .bind(limit)
-            .fetch(conn);
-        table::messages_within(rows, budget).await
+            .bind(scan_window(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        take_within(conn, statements, locked, budget).await
     }
 
     async fn claim_followers(
         conn: &mut PgConnection,
-        sql: &str,
+        statements: &ClaimStatements,
         heads: &[Message],
         limit: i64,
         budget: &mut ByteBudget,
@@ -108,13 +285,32 @@ impl RowLocking for Postgres {
             .iter()
             .map(|m| (m.aggregate_type.as_str(), (m.aggregate_id.as_str(), m.seq)))
             .unzip();
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
+        let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(statements.followers.as_str()))
             .bind(types)
             .bind(ids)
             .bind(seqs)
             .bind(limit)
-            .fetch(conn);
-        table::messages_within(rows, budget).await
+            .fetch_all(&mut *conn)
+            .await?;
+        take_within(conn, statements, locked, budget).await
+    }
+
+    async fn claim_beyond(
+        conn: &mut PgConnection,
+        statements: &ClaimStatements,
+        taken: &[i64],
+        limit: i64,
+        budget: &mut ByteBudget,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        let Some(beyond) = &statements.beyond else {
+            return Ok(Vec::new());
+        };
+        let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(beyond.as_str()))
+            .bind(taken)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+        take_within(conn, statements, locked, budget).await
     }
 
     async fn settle(
@@ -256,4 +452,68 @@ impl RowLocking for Postgres {
             }
         }
     }
+}
+
+/// The events of `locked` (in `seq` order) that `budget` takes. Those that are not inline are
+/// read in as few statements as their sizes allow: each reads those among the next events
+/// whose sizes (a compressed one's guessed) fit what the budget has left, at least one. Events
+/// a read fetches beyond the budget are dropped as they arrive.
+async fn take_within(
+    conn: &mut PgConnection,
+    statements: &ClaimStatements,
+    mut locked: Vec<LockedRow>,
+    budget: &mut ByteBudget,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let Some(read) = statements.read.as_deref() else {
+        return Err(sqlx::Error::Protocol(
+            "the PostgreSQL claim statements have no read by seq".into(),
+        ));
+    };
+    let mut messages = Vec::with_capacity(locked.len());
+    let mut start = 0;
+    while start < locked.len() && !budget.is_full() {
+        let mut left = Some(budget.left());
+        let fits = locked[start..]
+            .iter()
+            .take_while(|event| {
+                left = left.and_then(|left| left.checked_sub(event.expected_size()));
+                left.is_some()
+            })
+            .count()
+            .max(1);
+        let chunk = &mut locked[start..start + fits];
+        start += fits;
+        let unread: Vec<i64> = chunk
+            .iter()
+            .filter(|event| event.row.is_none())
+            .map(|event| event.seq)
+            .collect();
+        let mut rows = (!unread.is_empty()).then(|| {
+            sqlx::query_as::<_, MessageRow>(AssertSqlSafe(read))
+                .bind(unread)
+                .fetch(&mut *conn)
+        });
+        for event in chunk {
+            let row = match event.row.take() {
+                Some(row) => row,
+                // Read in `seq` order; a row this claim locked cannot have gone.
+                None => match rows.as_mut() {
+                    Some(rows) => rows.next().await.ok_or(sqlx::Error::RowNotFound)??,
+                    None => return Err(sqlx::Error::RowNotFound),
+                },
+            };
+            if row.seq() != event.seq {
+                return Err(sqlx::Error::Protocol(format!(
+                    "read event {} where event {} was expected",
+                    row.seq(),
+                    event.seq
+                )));
+            }
+            if !budget.admit(&row) {
+                return Ok(messages);
+            }
+            messages.push(Message::try_from(row)?);
+        }
+    }
+    Ok(messages)
 }
