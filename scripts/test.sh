@@ -38,12 +38,13 @@ rm -rf "$verify_dir"
 psql -h 127.0.0.1 -U postgres -d test -Atqc "SELECT count(pg_drop_replication_slot(slot_name)) \
   FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 'log\_t%\_relay'" >/dev/null
 
-echo "== tests that restart or reconfigure PostgreSQL (alone, one at a time)"
+echo "== tests that restart or reconfigure PostgreSQL or NATS (alone, one at a time; the chaos run prints its faults and audit)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run -p outbox-tests --all-features --locked --no-fail-fast \
-    --run-ignored only --test-threads 1
+  cargo nextest run -p outbox-tests -p outbox-cli --all-features --locked --no-fail-fast \
+    --run-ignored only --test-threads 1 --success-output final
 else
-  cargo test -p outbox-tests --all-features --locked --no-fail-fast -- --ignored --test-threads 1
+  cargo test -p outbox-tests -p outbox-cli --all-features --locked --no-fail-fast -- --ignored \
+    --test-threads 1 --nocapture
 fi
 
 echo "== tests"

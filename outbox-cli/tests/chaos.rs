@@ -5,11 +5,11 @@
 //! through a proxy. Then the relays drain and `outbox audit` compares the table with the
 //! stream: nothing lost, no phantom, every aggregate in order, duplicates within the bound.
 //!
-//! It restarts shared servers, so it is ignored and runs alone:
-//! `cargo nextest run -p outbox-cli --all-features --run-ignored only -E 'test(chaos)'`. It is
-//! not in `scripts/test.sh` yet: one run in the full suite found the relays not draining after
-//! the faults (see the README's "How we test it"). `OUTBOX_CHAOS_SECONDS` sets how long faults are injected
-//! (default 60). Whatever happens, it leaves PostgreSQL and NATS running.
+//! It restarts shared servers, so it is ignored here and `scripts/test.sh` runs it alone, in
+//! the step of tests that restart servers; by hand:
+//! `cargo nextest run -p outbox-cli --all-features --run-ignored only -E 'test(chaos)'`.
+//! `OUTBOX_CHAOS_SECONDS` sets how long faults are injected (default 60). Whatever happens, it
+//! leaves PostgreSQL and NATS running.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
