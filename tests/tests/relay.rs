@@ -1045,6 +1045,87 @@ async fn following_large_events_reads_them_a_budget_at_a_time() {
     table.drop_table().await;
 }
 
+/// On PostgreSQL a claim's lock statements return small events whole and read the others
+/// afterwards, as far as the byte budget goes: a table mixing small events, large ones stored
+/// plainly and large compressed ones is relayed whole, once each, in per-aggregate order, in
+/// batches within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_mix_small_plain_and_compressed_events_in_order() {
+    let table = RelayTable::<Pg>::new().await;
+    // `i % 3`: 0 small; 1 a 3,200-byte hex string (too random to compress); 2 20,000 bytes of
+    // one letter, compressed far more than the claim guesses, so that a read fetches more of
+    // them than the budget takes and must hand them over in order.
+    table
+        .db
+        .execute(format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) \
+             SELECT gen_random_uuid(), 'test', 'agg-' || (i % 2), 'Mixed', jsonb_build_object('n', i, 'pad', \
+               CASE i % 3 WHEN 0 THEN '' \
+                 WHEN 1 THEN (SELECT string_agg(md5(i || '-' || j), '') FROM generate_series(1, 100) AS j) \
+                 ELSE repeat('x', 20000) END) \
+             FROM generate_series(0, 89) AS i",
+            table.name
+        ))
+        .await;
+    let stored = |condition: &'static str| table.count(condition);
+    assert_eq!(
+        stored("pg_column_compression(payload) IS NOT NULL").await,
+        30,
+        "the repeated letters are stored compressed"
+    );
+    assert_eq!(
+        stored("pg_column_compression(payload) IS NULL AND pg_column_size(payload) > 3000").await,
+        30,
+        "the hex pads are stored plainly"
+    );
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let budget = 50_000;
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), Recording(batches.clone()))
+            .batch_size(500)
+            .max_batch_bytes(budget)
+            .build(),
+    );
+    let seen = batches.clone();
+    eventually(LIMIT, "every event published", || {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= 90 }
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let batches = batches.lock().unwrap().clone();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut published = HashSet::new();
+    for batch in &batches {
+        let bytes: usize = batch.iter().map(|m| m.payload.len()).sum();
+        assert!(
+            batch.len() == 1 || bytes <= budget,
+            "a batch of {} events and {bytes} bytes passed the budget of {budget}",
+            batch.len()
+        );
+        for message in batch {
+            let n = n(message);
+            assert!(published.insert(n), "event {n} published twice");
+            let payload: serde_json::Value = serde_json::from_str(&message.payload).unwrap();
+            let pad = payload["pad"].as_str().unwrap().len();
+            let expected = [0, 3_200, 20_000][usize::try_from(n % 3).unwrap()];
+            assert_eq!(pad, expected, "event {n} arrived with a pad of {pad} bytes");
+            if let Some(previous) = last.insert(message.aggregate_id.clone(), n) {
+                assert!(
+                    previous < n,
+                    "{} went {previous} then {n}",
+                    message.aggregate_id
+                );
+            }
+        }
+    }
+    assert_eq!(published.len(), 90);
+    assert!(batches.len() > 1, "90 events of up to 20 KB in one batch");
+    assert_eq!(table.remaining().await, 0);
+    table.drop_table().await;
+}
+
 /// One test per generic test above and dialect.
 macro_rules! relay_tests {
     ($module:ident, $db:ty) => {

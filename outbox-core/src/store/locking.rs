@@ -144,9 +144,9 @@ pub struct ClaimStatements {
     /// all taken, e.g. by other relays (bound by [`RowLocking::claim_beyond`]); `None` where
     /// the scan alone finds every head.
     pub beyond: Option<String>,
-    /// The columns of events the statements above locked, by `seq` (bound: the `seq`s, in
-    /// order), for a database whose lock statements return only each event's `seq` and size;
-    /// `None` where they return the whole event.
+    /// The columns of events the statements above locked, by `seq` (bound: the `seq`s), in
+    /// `seq` order, for a database whose lock statements return large events by size only;
+    /// `None` where they return every event whole.
     pub read: Option<String>,
 }
 
