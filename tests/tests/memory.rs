@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outbox::relay::{HandlerSink, Message, Relay};
-use outbox_tests::{Pg, RelayTable, TestDb, eventually};
+use outbox_tests::{Pg, RelayTable, TestDb, eventually, spawn};
 
 const EVENTS: usize = 200;
 const MIB: usize = 1024 * 1024;
@@ -65,25 +65,32 @@ async fn relay_with(table: &RelayTable<Pg>, budget: usize) -> (usize, usize) {
     };
     let before = status_kib("VmRSS:");
     reset_peak();
-    let relay = tokio::spawn(
+    let (stop, relay) = spawn(
         Relay::builder(table.pool.clone(), sink)
             .outbox(&table.outbox)
             .batch_size(500)
             .max_batch_bytes(budget)
-            .build()
-            .run(std::future::pending()),
+            .build(),
     );
     // Alone it takes some 20 s; beside the whole suite on 2 cores it has needed over 120 s.
+    // Waits for the table to be empty too: a relay stopped between its last delivery and the
+    // commit of its settlement would leave events for the next run to deliver again.
     eventually(
         Duration::from_secs(400),
-        "the relay to publish every event",
+        "the relay to publish and settle every event",
         || {
             let delivered = delivered.clone();
-            async move { delivered.load(Ordering::SeqCst) == EVENTS }
+            async move { delivered.load(Ordering::SeqCst) >= EVENTS && table.remaining().await == 0 }
         },
     )
     .await;
-    relay.abort();
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        EVENTS,
+        "each event delivered once"
+    );
     let peak = status_kib("VmHWM:");
     (peak.saturating_sub(before), largest.load(Ordering::SeqCst))
 }
