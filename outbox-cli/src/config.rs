@@ -137,11 +137,18 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|error| {
             CliError::Config(format!("cannot read {}: {error}", path.display()))
         })?;
-        toml::from_str(&text).map_err(|error| {
+        Config::parse(&text, path)
+    }
+
+    /// Reads the text of the file `path`: bad TOML or an unknown key is an error naming the
+    /// file and, where the parser points at one, the line.
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, CliError> {
+        toml::from_str(text).map_err(|error| {
             let message = error.message().to_owned();
             let line = error
                 .span()
-                .map(|span| text[..span.start].matches('\n').count() + 1);
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1);
             match line {
                 Some(line) => CliError::Config(format!("{}:{line}: {message}", path.display())),
                 None => CliError::Config(format!("{}: {message}", path.display())),

@@ -98,8 +98,9 @@ pub enum Error {
         table: String,
     },
 
-    /// An inbox was given an empty consumer name or message id, or one over 255 bytes (the
-    /// width of the MySQL columns).
+    /// An inbox was given an empty consumer name or message id, one over 255 bytes (the
+    /// width of the MySQL columns), or one holding a NUL character (which PostgreSQL's text
+    /// cannot store).
     #[error("inbox of consumer {consumer:?}: the {field} {problem}")]
     InvalidInboxKey {
         /// The consumer name.

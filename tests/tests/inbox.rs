@@ -228,6 +228,16 @@ where
             .contains("the message id is 256 bytes long, more than 255"),
         "{error}"
     );
+    let error = fixture
+        .inbox
+        .record(&mut *tx, "c", "m\0")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "inbox of consumer \"c\": the message id holds a NUL character (at byte 1), \
+         which PostgreSQL cannot store"
+    );
     assert_eq!(
         fixture.inbox.record(&mut *tx, "c", "m").await.unwrap(),
         Recorded::New
@@ -235,6 +245,20 @@ where
     assert_eq!(
         fixture.inbox.record(&mut *tx, "c", "m").await.unwrap(),
         Recorded::Duplicate
+    );
+    // Ids are compared byte for byte: MariaDB's text collations pad with spaces and may fold
+    // case or accents, which would skip a distinct message as a duplicate.
+    for other in ["m ", "M", "m\t", "\u{1d5c6}"] {
+        assert_eq!(
+            fixture.inbox.record(&mut *tx, "c", other).await.unwrap(),
+            Recorded::New,
+            "{other:?} is not the id \"m\""
+        );
+    }
+    assert_eq!(
+        fixture.inbox.record(&mut *tx, "c ", "m").await.unwrap(),
+        Recorded::New,
+        "consumer \"c \" is not consumer \"c\""
     );
     assert_eq!(
         fixture
@@ -286,6 +310,48 @@ macro_rules! inbox_tests {
 inbox_tests!(postgres, Pg);
 inbox_tests!(mysql, My);
 inbox_tests!(sqlite, Lite);
+
+/// An inbox table made by 0.1's migration on MariaDB (text keys under `utf8mb4_bin`, which
+/// pads with spaces) is made binary by `migrate`, keeping its entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_makes_an_old_mysql_inbox_compare_ids_byte_for_byte() {
+    let db = My::connect().await;
+    let table = format!("inbox_{}", run_id());
+    db.execute(format!(
+        "CREATE TABLE {table} (consumer VARCHAR(255) NOT NULL, message_id VARCHAR(255) NOT NULL, \
+         processed_at DATETIME(6) NOT NULL, PRIMARY KEY (consumer, message_id), \
+         INDEX processed_idx (processed_at)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
+    ))
+    .await;
+    db.execute(format!(
+        "INSERT INTO {table} VALUES ('c', 'm', UTC_TIMESTAMP(6))"
+    ))
+    .await;
+    let inbox = Inbox::for_table(TableName::new(table.clone()).unwrap());
+    // Twice: the upgrade is idempotent.
+    inbox.migrate(db.pool()).await.unwrap();
+    inbox.migrate(db.pool()).await.unwrap();
+    let text_columns = db
+        .scalar(format!(
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = '{table}' AND data_type <> 'varbinary' \
+             AND column_name IN ('consumer', 'message_id')"
+        ))
+        .await;
+    assert_eq!(text_columns, 0, "the key columns are binary");
+    let mut tx = db.pool().begin().await.unwrap();
+    assert_eq!(
+        inbox.record(&mut *tx, "c", "m").await.unwrap(),
+        Recorded::Duplicate,
+        "the entry recorded before the upgrade is kept"
+    );
+    assert_eq!(
+        inbox.record(&mut *tx, "c", "m ").await.unwrap(),
+        Recorded::New
+    );
+    tx.rollback().await.unwrap();
+    db.execute(format!("DROP TABLE {table}")).await;
+}
 
 // --- `#[inbox_handler]`, and a consumer that is also a producer -------------------------------
 

@@ -350,6 +350,8 @@ fn check_key(consumer: &str, field: &'static str, value: &str) -> Result<(), Err
         "is empty".to_owned()
     } else if value.len() > MAX_KEY_LEN {
         format!("is {} bytes long, more than {MAX_KEY_LEN}", value.len())
+    } else if let Some(at) = value.find('\0') {
+        format!("holds a NUL character (at byte {at}), which PostgreSQL cannot store")
     } else {
         return Ok(());
     };

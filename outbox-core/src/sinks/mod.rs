@@ -231,6 +231,9 @@ impl Template {
         let mut parts = Vec::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
+            if rest[..open].contains('}') {
+                return Err(invalid("a `}` has no `{`".to_owned()));
+            }
             if open > 0 {
                 parts.push(Part::Text(rest[..open].to_owned()));
             }
@@ -402,6 +405,11 @@ mod tests {
         assert!(error.contains("unknown placeholder {aggregate}"), "{error}");
         assert!(Routing::template("x.{event_type").is_err());
         assert!(Routing::template("x}").is_err());
+        // A stray `}` before a placeholder, as the fuzzer found it.
+        let error = Routing::template("x}.{event_type}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("a `}` has no `{`"), "{error}");
         assert!(Routing::template("").is_err());
     }
 
@@ -501,6 +509,10 @@ mod tests {
             match Routing::template(&template) {
                 Ok(routing) => {
                     // Accepted: braces only around known placeholders.
+                    let bare = ["{aggregate_type}", "{event_type}", "{aggregate_id}"]
+                        .iter()
+                        .fold(template.clone(), |text, placeholder| text.replace(placeholder, ""));
+                    proptest::prop_assert!(!bare.contains(['{', '}']), "{template:?} was accepted");
                     let rendered = routing.destination(&message());
                     proptest::prop_assert!(!rendered.is_empty());
                     if !template.contains('{') {

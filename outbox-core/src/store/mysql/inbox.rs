@@ -1,5 +1,7 @@
 //! The inbox on MySQL / MariaDB: `INSERT IGNORE` on the primary key. The key's length was
-//! checked before (at most 255 bytes), so `IGNORE` can only skip a duplicate.
+//! checked before (at most 255 bytes), so `IGNORE` can only skip a duplicate. The key's columns
+//! are binary strings, compared byte for byte: under a text collation MariaDB's `utf8mb4_bin`
+//! (and MySQL's) pads with spaces, so `msg-1 ` would be skipped as a duplicate of `msg-1`.
 
 use std::time::Duration;
 
@@ -32,15 +34,37 @@ pub(crate) async fn migrate(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (
-             consumer     VARCHAR(255) NOT NULL,
-             message_id   VARCHAR(255) NOT NULL,
-             processed_at DATETIME(6)  NOT NULL,
+             consumer     VARBINARY(255) NOT NULL,
+             message_id   VARBINARY(255) NOT NULL,
+             processed_at DATETIME(6)    NOT NULL,
              PRIMARY KEY (consumer, message_id),
              INDEX processed_idx (processed_at)
-         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+         ) ENGINE = InnoDB",
         table.quoted('`')
     );
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    // Tables made by 0.1's migration keyed on text: made binary, keeping every entry (a
+    // space-padded collation held no two keys that differ in trailing spaces).
+    let (schema, name) = table.parts();
+    let text_keys: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = COALESCE(?, DATABASE()) \
+         AND table_name = ? AND column_name IN ('consumer', 'message_id') AND data_type <> 'varbinary'",
+    )
+    .bind(schema)
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await?;
+    if text_keys > 0 {
+        let sql = format!(
+            "ALTER TABLE {} MODIFY consumer VARBINARY(255) NOT NULL, MODIFY message_id VARBINARY(255) NOT NULL",
+            table.quoted('`')
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
