@@ -182,6 +182,15 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 make().await.map_err(hint)?,
             ];
             measure(pool, name, sinks).await?;
+            let mut rows = Vec::new();
+            for window in [500, 5_000] {
+                let rate = rabbitmq_alone(url, &exchange, PLAIN_EVENTS, window).await?;
+                rows.push((
+                    format!("lapin alone, {window} confirms awaited at a time"),
+                    rate,
+                ));
+            }
+            print_alone("RabbitMQ", &rows);
             channel
                 .queue_delete(PREFIX.into(), Default::default())
                 .await?;
@@ -199,6 +208,18 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 make().await.map_err(hint)?,
             ];
             measure(pool, name, sinks).await?;
+            let mut rows = Vec::new();
+            for connections in [1, 4] {
+                let (rate, window) = mqtt_alone(PLAIN_EVENTS, connections).await?;
+                rows.push((
+                    format!(
+                        "rumqttc alone, {connections} connection(s), {} in flight each (the broker's receive maximum)",
+                        window.map_or("?".to_owned(), |w| w.to_string())
+                    ),
+                    rate,
+                ));
+            }
+            print_alone("Mosquitto", &rows);
         }
         "webhook" => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -215,6 +236,148 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
         other => return Err(format!("unknown sink {other:?}; available: {NAMES}").into()),
     }
     Ok(())
+}
+
+/// Messages each run of a broker's client alone publishes.
+const PLAIN_EVENTS: usize = 100_000;
+
+/// A body and headers like the relay's: the event `{"n": i}` and its ids.
+fn plain_message(i: usize) -> (String, Vec<(&'static str, String)>) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let headers = vec![
+        (sinks::EVENT_ID, id),
+        (sinks::EVENT_TYPE, "Numbered".to_owned()),
+        (sinks::AGGREGATE_TYPE, "account".to_owned()),
+        (sinks::AGGREGATE_ID, (i % 1_000).to_string()),
+    ];
+    (format!("{{\"n\":{i}}}"), headers)
+}
+
+fn print_alone(broker: &str, rows: &[(String, f64)]) {
+    println!("\n### {broker} alone: {PLAIN_EVENTS} messages like the relay's, same guarantees\n");
+    println!("| client | events/s |");
+    println!("| --- | ---: |");
+    for (client, rate) in rows {
+        println!("| {client} | {rate:.0} |");
+    }
+}
+
+/// Events per second of lapin publishing `count` persistent, mandatory messages to `exchange`
+/// (bound to a durable queue) with publisher confirms, `window` published then all their
+/// confirms awaited, as the sink does with a batch.
+async fn rabbitmq_alone(
+    url: &str,
+    exchange: &str,
+    count: usize,
+    window: usize,
+) -> Result<f64, BoxError> {
+    use sinks::rabbitmq::lapin::{self, BasicProperties, types::AMQPValue, types::FieldTable};
+    let connection = lapin::Connection::connect(url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < count {
+        let mut confirms = Vec::with_capacity(window);
+        for i in sent..(sent + window).min(count) {
+            let (body, headers) = plain_message(i);
+            let mut table = FieldTable::default();
+            for (name, value) in headers.iter() {
+                table.insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
+            }
+            let id = headers[0].1.clone();
+            let properties = BasicProperties::default()
+                .with_message_id(id.into())
+                .with_type("Numbered".into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_headers(table);
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        "Numbered".into(),
+                        lapin::options::BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        body.as_bytes(),
+                        properties,
+                    )
+                    .await?,
+            );
+        }
+        sent += confirms.len();
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                return Err("the broker did not confirm a message".into());
+            }
+        }
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    connection.close(200, "done".into()).await?;
+    Ok(rate)
+}
+
+/// Events per second of rumqttc publishing `count` messages with QoS 1 over `connections`
+/// connections (clean sessions, `TCP_NODELAY`, as the sink connects), waiting for every
+/// `PUBACK`; and how many publishes the broker let each connection keep in flight.
+async fn mqtt_alone(count: usize, connections: usize) -> Result<(f64, Option<u16>), BoxError> {
+    use sinks::mqtt::rumqttc::v5::mqttbytes::QoS;
+    use sinks::mqtt::rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::v5::Packet};
+    let mut links = Vec::new();
+    let mut window = None;
+    for c in 0..connections {
+        let mut options = MqttOptions::new(format!("outbox-bench-alone-{c}"), "127.0.0.1", 1883);
+        options.set_clean_start(true);
+        let mut network = options.network_options();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+        let (client, mut events) = AsyncClient::new(options, 1024);
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await? {
+                window = ack.properties.and_then(|p| p.receive_max).or(window);
+                break;
+            }
+        }
+        links.push((client, events));
+    }
+    let start = std::time::Instant::now();
+    let share = count / connections;
+    let mut tasks = Vec::new();
+    for (c, (client, mut events)) in links.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let publish = async {
+                for i in c * share..(c + 1) * share {
+                    let (body, _) = plain_message(i);
+                    client
+                        .publish(format!("{PREFIX}/account"), QoS::AtLeastOnce, false, body)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                }
+                Ok::<_, String>(())
+            };
+            let acks = async {
+                let mut acked = 0;
+                while acked < share {
+                    let event = events.poll().await.map_err(|error| error.to_string())?;
+                    if let Event::Incoming(Packet::PubAck(_)) = event {
+                        acked += 1;
+                    }
+                }
+                Ok::<_, String>(())
+            };
+            let (published, acked) = tokio::join!(publish, acks);
+            published.and(acked)
+        }));
+    }
+    for task in tasks {
+        task.await?.map_err(BoxError::from)?;
+    }
+    Ok((
+        (share * connections) as f64 / start.elapsed().as_secs_f64(),
+        window,
+    ))
 }
 
 /// The webhook receiver: verifies the signature, parses the batch.
