@@ -209,12 +209,16 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
             ];
             measure(pool, name, sinks).await?;
             let mut rows = Vec::new();
-            for connections in [1, 4] {
-                let (rate, window) = mqtt_alone(PLAIN_EVENTS, connections).await?;
+            for (connections, window) in [(1, None), (1, Some(500)), (4, Some(125))] {
+                let (rate, in_flight) = mqtt_alone(PLAIN_EVENTS, connections, window).await?;
+                let pattern = match window {
+                    None => "all queued at once".to_owned(),
+                    Some(window) => format!("{window} at a time, acks awaited"),
+                };
                 rows.push((
                     format!(
-                        "rumqttc alone, {connections} connection(s), {} in flight each (the broker's receive maximum)",
-                        window.map_or("?".to_owned(), |w| w.to_string())
+                        "rumqttc alone, {connections} connection(s), {pattern} ({} in flight: the broker's receive maximum)",
+                        in_flight.map_or("?".to_owned(), |w| w.to_string())
                     ),
                     rate,
                 ));
@@ -320,13 +324,18 @@ async fn rabbitmq_alone(
 }
 
 /// Events per second of rumqttc publishing `count` messages with QoS 1 over `connections`
-/// connections (clean sessions, `TCP_NODELAY`, as the sink connects), waiting for every
-/// `PUBACK`; and how many publishes the broker let each connection keep in flight.
-async fn mqtt_alone(count: usize, connections: usize) -> Result<(f64, Option<u16>), BoxError> {
+/// connections (clean sessions, `TCP_NODELAY`, as the sink connects), `window` queued at a time
+/// and all their `PUBACK`s awaited before the next (the sink's pattern with a batch), or all at
+/// once; and how many publishes the broker let each connection keep in flight.
+async fn mqtt_alone(
+    count: usize,
+    connections: usize,
+    window: Option<usize>,
+) -> Result<(f64, Option<u16>), BoxError> {
     use sinks::mqtt::rumqttc::v5::mqttbytes::QoS;
     use sinks::mqtt::rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::v5::Packet};
     let mut links = Vec::new();
-    let mut window = None;
+    let mut in_flight = None;
     for c in 0..connections {
         let mut options = MqttOptions::new(format!("outbox-bench-alone-{c}"), "127.0.0.1", 1883);
         options.set_clean_start(true);
@@ -336,7 +345,7 @@ async fn mqtt_alone(count: usize, connections: usize) -> Result<(f64, Option<u16
         let (client, mut events) = AsyncClient::new(options, 1024);
         loop {
             if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await? {
-                window = ack.properties.and_then(|p| p.receive_max).or(window);
+                in_flight = ack.properties.and_then(|p| p.receive_max).or(in_flight);
                 break;
             }
         }
@@ -344,31 +353,39 @@ async fn mqtt_alone(count: usize, connections: usize) -> Result<(f64, Option<u16
     }
     let start = std::time::Instant::now();
     let share = count / connections;
+    let window = window.unwrap_or(share);
     let mut tasks = Vec::new();
     for (c, (client, mut events)) in links.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
-            let publish = async {
-                for i in c * share..(c + 1) * share {
-                    let (body, _) = plain_message(i);
-                    client
-                        .publish(format!("{PREFIX}/account"), QoS::AtLeastOnce, false, body)
-                        .await
-                        .map_err(|error| error.to_string())?;
-                }
-                Ok::<_, String>(())
-            };
-            let acks = async {
-                let mut acked = 0;
-                while acked < share {
-                    let event = events.poll().await.map_err(|error| error.to_string())?;
-                    if let Event::Incoming(Packet::PubAck(_)) = event {
-                        acked += 1;
+            let mut next = c * share;
+            let end = next + share;
+            while next < end {
+                let chunk = window.min(end - next);
+                let publish = async {
+                    for i in next..next + chunk {
+                        let (body, _) = plain_message(i);
+                        client
+                            .publish(format!("{PREFIX}/account"), QoS::AtLeastOnce, false, body)
+                            .await
+                            .map_err(|error| error.to_string())?;
                     }
-                }
-                Ok::<_, String>(())
-            };
-            let (published, acked) = tokio::join!(publish, acks);
-            published.and(acked)
+                    Ok::<_, String>(())
+                };
+                let acks = async {
+                    let mut acked = 0;
+                    while acked < chunk {
+                        let event = events.poll().await.map_err(|error| error.to_string())?;
+                        if let Event::Incoming(Packet::PubAck(_)) = event {
+                            acked += 1;
+                        }
+                    }
+                    Ok::<_, String>(())
+                };
+                let (published, acked) = tokio::join!(publish, acks);
+                published.and(acked)?;
+                next += chunk;
+            }
+            Ok::<_, String>(())
         }));
     }
     for task in tasks {
@@ -376,7 +393,7 @@ async fn mqtt_alone(count: usize, connections: usize) -> Result<(f64, Option<u16
     }
     Ok((
         (share * connections) as f64 / start.elapsed().as_secs_f64(),
-        window,
+        in_flight,
     ))
 }
 
