@@ -311,7 +311,7 @@ inbox_tests!(postgres, Pg);
 inbox_tests!(mysql, My);
 inbox_tests!(sqlite, Lite);
 
-/// An inbox table made by 0.1's migration on MariaDB (text keys under `utf8mb4_bin`, which
+/// An inbox table made by the earlier migration on MariaDB (text keys under `utf8mb4_bin`, which
 /// pads with spaces) is made binary by `migrate`, keeping its entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_makes_an_old_mysql_inbox_compare_ids_byte_for_byte() {

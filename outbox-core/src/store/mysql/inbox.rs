@@ -45,7 +45,7 @@ pub(crate) async fn migrate(
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(&mut *conn)
         .await?;
-    // Tables made by 0.1's migration keyed on text: made binary, keeping every entry (a
+    // Tables an earlier migration keyed on text: made binary, keeping every entry (a
     // space-padded collation held no two keys that differ in trailing spaces).
     let (schema, name) = table.parts();
     let text_keys: i64 = sqlx::query_scalar(
