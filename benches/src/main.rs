@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p outbox-bench -- write   # the cost the outbox adds to a business transaction
 //! cargo run --release -p outbox-bench -- relay   # relay throughput and commit-to-publish latency
+//! cargo run --release -p outbox-bench -- relay-scale   # 1, 2, 4 relays and hot aggregates, medians
 //! cargo run --release -p outbox-bench -- sink nats   # the same into a real broker: nats, redis,
 //!                                                    # kafka, rabbitmq, mqtt or webhook
 //! ```
@@ -327,13 +328,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match scenario.as_str() {
         "write" => write(&pool).await,
         "relay" => relay::run(&pool).await,
+        "relay-scale" => relay::run_scale(&pool).await,
         "traced" => traced::run(&pool).await,
         "sink" => match std::env::args().nth(2) {
             Some(name) => sink::run(&pool, &name).await,
             None => Err(format!("which sink? `sink <name>`, name one of: {}", sink::NAMES).into()),
         },
         other => Err(format!(
-            "unknown scenario {other:?}; available: write, relay, relay-mariadb, sink <name>, traced"
+            "unknown scenario {other:?}; available: write, relay, relay-scale, relay-mariadb, sink <name>, traced"
         )
         .into()),
     }

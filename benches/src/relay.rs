@@ -358,20 +358,72 @@ pub(crate) async fn drop_table(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// Drain rates of one round of [`scale`]: events per second.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Scale {
+    base: f64,
+    one: f64,
+    two: f64,
+    four: f64,
+    hot: f64,
+    hot_four: f64,
+}
+
+/// How the relay scales: the database alone, 1, 2 and 4 relays over spread aggregates, and 1
+/// and 4 relays over hot ones; each the median of `rounds` interleaved rounds. Prints the table.
+pub(crate) async fn scale(
+    pool: &PgPool,
+    rounds: usize,
+) -> Result<Scale, Box<dyn std::error::Error>> {
     fresh_table(pool).await?;
-    println!(
-        "## relay: {EVENTS} preloaded events ({AGGREGATES} aggregates) into an in-process sink\n"
-    );
-    let base = baseline(pool).await?;
     let relays = |n: usize| (0..n).map(|_| in_process()).collect::<Vec<_>>();
-    let one = throughput(pool, relays(1)).await?;
-    let two = throughput(pool, relays(2)).await?;
-    let four = throughput(pool, relays(4)).await?;
-    preload_hot(pool).await?;
-    let hot = drain(pool, relays(1), EVENTS).await?;
-    preload_hot(pool).await?;
-    let hot_four = drain(pool, relays(4), EVENTS).await?;
+    let mut runs = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let base = baseline(pool).await?;
+        let one = throughput(pool, relays(1)).await?;
+        let two = throughput(pool, relays(2)).await?;
+        let four = throughput(pool, relays(4)).await?;
+        preload_hot(pool).await?;
+        let hot = drain(pool, relays(1), EVENTS).await?;
+        preload_hot(pool).await?;
+        let hot_four = drain(pool, relays(4), EVENTS).await?;
+        runs.push(Scale {
+            base,
+            one,
+            two,
+            four,
+            hot,
+            hot_four,
+        });
+    }
+    let median = |pick: fn(&Scale) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let Scale {
+        base,
+        one,
+        two,
+        four,
+        hot,
+        hot_four,
+    } = Scale {
+        base: median(|s| s.base),
+        one: median(|s| s.one),
+        two: median(|s| s.two),
+        four: median(|s| s.four),
+        hot: median(|s| s.hot),
+        hot_four: median(|s| s.hot_four),
+    };
+    let of = if rounds > 1 {
+        format!(", medians of {rounds} interleaved rounds")
+    } else {
+        String::new()
+    };
+    println!(
+        "## relay: {EVENTS} preloaded events ({AGGREGATES} aggregates) into an in-process sink{of}\n"
+    );
     println!("| what | events/s | ratio to the database alone | ratio to 1 relay |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
@@ -397,6 +449,47 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
         hot_four / base,
         hot_four / one
     );
+    Ok(Scale {
+        base,
+        one,
+        two,
+        four,
+        hot,
+        hot_four,
+    })
+}
+
+/// `relay-scale`: the scaling table alone, medians of `OUTBOX_BENCH_ROUNDS` rounds (default 3).
+pub(crate) async fn run_scale(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    let rounds = std::env::var("OUTBOX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let Scale {
+        one,
+        two,
+        four,
+        hot,
+        hot_four,
+        ..
+    } = scale(pool, rounds).await?;
+    drop_table(pool).await?;
+    println!(
+        "\nsummary: events_per_s_1={one:.0} events_per_s_2={two:.0} events_per_s_4={four:.0} \
+         hot_events_per_s_1={hot:.0} hot_events_per_s_4={hot_four:.0}"
+    );
+    Ok(())
+}
+
+pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    let Scale {
+        one,
+        two,
+        four,
+        hot,
+        hot_four,
+        ..
+    } = scale(pool, 1).await?;
 
     let seconds = latency_seconds();
     let (p50, p99) = latency(pool, in_process(), false, 1_000, seconds).await?;

@@ -1045,6 +1045,56 @@ async fn following_large_events_reads_them_a_budget_at_a_time() {
     table.drop_table().await;
 }
 
+/// On PostgreSQL, heads that lie beyond a claim's window (here behind 1,100 events of one
+/// aggregate not yet due) are found by a search in aggregate key order that goes on where the
+/// last one stopped: 150 waiting aggregates before them in key order, more than one search
+/// covers, do not keep the 50 others from being published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_beyond_the_window_are_reached_however_many_aggregates_wait_before_them() {
+    let table = RelayTable::<Pg>::new().await;
+    let insert = |aggregate: &str, count: i64, later: bool| {
+        format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, available_at) \
+             SELECT gen_random_uuid(), 'test', {aggregate}, 'Numbered', jsonb_build_object('n', i), \
+               clock_timestamp() + interval '{} hour' FROM generate_series(1, {count}) AS i",
+            table.name,
+            if later { 1 } else { 0 }
+        )
+    };
+    table.db.execute(insert("'busy'", 1_100, true)).await;
+    table
+        .db
+        .execute(insert("'a-' || lpad(i::text, 3, '0')", 150, true))
+        .await;
+    table
+        .db
+        .execute(insert("'z-' || lpad(i::text, 3, '0')", 50, false))
+        .await;
+    let (sink, mut received) = ChannelSink::new(64);
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .batch_size(10)
+            .build(),
+    );
+    let mut seen = HashSet::new();
+    while seen.len() < 50 {
+        let message = tokio::time::timeout(Duration::from_secs(20), received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of the 50 due events were published", seen.len()))
+            .unwrap();
+        assert!(
+            message.aggregate_id.starts_with("z-"),
+            "{} was not due",
+            message.aggregate_id
+        );
+        seen.insert(message.aggregate_id);
+    }
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    assert_eq!(table.remaining().await, 1_250);
+    table.drop_table().await;
+}
+
 /// On PostgreSQL a claim's lock statements return small events whole and read the others
 /// afterwards, as far as the byte budget goes: a table mixing small events, large ones stored
 /// plainly and large compressed ones is relayed whole, once each, in per-aggregate order, in

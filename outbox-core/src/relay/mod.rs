@@ -383,27 +383,26 @@ impl<S: Source, K: Sink> Relay<S, K> {
     /// [keeps order](Sink::keeps_order), in one wave with each aggregate's events in order. An
     /// aggregate whose event failed takes no further part in the batch (its later events are
     /// released untouched).
-    async fn publish(&self, mut remaining: Vec<Message>) -> Settlement {
+    async fn publish(&self, messages: Vec<Message>) -> Settlement {
         let ordered = self.config.ordering == Ordering::PerAggregate;
         let together = self.sink.keeps_order();
         let mut settlement = Settlement::default();
         let mut blocked: HashSet<(String, String)> = HashSet::new();
-        while !remaining.is_empty() {
-            let mut wave = Vec::with_capacity(remaining.len());
-            let mut later = Vec::new();
-            let mut in_wave = HashSet::new();
-            for message in remaining {
-                if ordered {
-                    let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
-                    if blocked.contains(&key) {
-                        continue;
-                    }
-                    if !in_wave.insert(key) && !together {
-                        later.push(message);
-                        continue;
-                    }
-                }
-                wave.push(message);
+        let waves = if ordered && !together {
+            waves(messages)
+        } else {
+            vec![messages]
+        };
+        for wave in waves {
+            let mut wave: Vec<Message> = if blocked.is_empty() {
+                wave
+            } else {
+                wave.into_iter()
+                    .filter(|m| !blocked.contains(&aggregate_of(m)))
+                    .collect()
+            };
+            if wave.is_empty() {
+                continue;
             }
             #[cfg(feature = "opentelemetry")]
             let spans = crate::telemetry::SendSpans::start(
@@ -424,14 +423,10 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 match result {
                     Ok(()) => settlement.published.push(message.seq),
                     Err(error) => {
-                        if ordered {
-                            let key =
-                                (message.aggregate_type.clone(), message.aggregate_id.clone());
-                            if !blocked.insert(key) {
-                                // An earlier event of its aggregate failed in this wave: this one
-                                // was not tried, and waits for it.
-                                continue;
-                            }
+                        if ordered && !blocked.insert(aggregate_of(&message)) {
+                            // An earlier event of its aggregate failed in this wave: this one
+                            // was not tried, and waits for it.
+                            continue;
                         }
                         let attempt = u32::try_from(message.attempts)
                             .unwrap_or(0)
@@ -456,13 +451,44 @@ impl<S: Source, K: Sink> Relay<S, K> {
                     }
                 }
             }
-            remaining = later;
         }
         if !settlement.published.is_empty() {
             self.failures.delivered(settlement.published.len());
         }
         settlement
     }
+}
+
+/// A message's aggregate, as a key.
+fn aggregate_of(message: &Message) -> (String, String) {
+    (message.aggregate_type.clone(), message.aggregate_id.clone())
+}
+
+/// `messages` (in `seq` order) in waves in which no aggregate appears twice: an aggregate's
+/// `n`th event in the `n`th wave, so that each wave publishes after the one before. One pass,
+/// however many events an aggregate has in the batch.
+fn waves(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut seen: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::with_capacity(messages.len());
+    let ranks: Vec<usize> = messages
+        .iter()
+        .map(|m| {
+            let count = seen
+                .entry((m.aggregate_type.as_str(), m.aggregate_id.as_str()))
+                .or_insert(0);
+            *count += 1;
+            *count - 1
+        })
+        .collect();
+    drop(seen);
+    let mut waves: Vec<Vec<Message>> = Vec::new();
+    for (message, rank) in messages.into_iter().zip(ranks) {
+        if waves.len() <= rank {
+            waves.resize_with(rank + 1, Vec::new);
+        }
+        waves[rank].push(message);
+    }
+    waves
 }
 
 /// How often, at most, a failing delivery is logged at warn: an outage is a few lines, not one

@@ -6,14 +6,16 @@
 //!
 //! A claim finds the oldest claimable event, takes the free heads among the events that follow
 //! it (a window of the table in `seq` order), then the later events of those heads, then — if
-//! the batch is still not full and the database can — heads further on. The window keeps a
-//! claim's cost bounded when a few aggregates hold most of the pending events, or when other
+//! the batch is still not full and the database can — heads further on: those of the next
+//! aggregates in key order, from where the source's last such search stopped. The window keeps
+//! a claim's cost bounded when a few aggregates hold most of the pending events, or when other
 //! relays hold the heads at the start of the table; the last step keeps an aggregate whose head
-//! lies beyond the window from waiting behind them.
+//! lies beyond the window from waiting behind them, and going on where it stopped gives every
+//! aggregate its turn however many wait before it.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Transaction};
@@ -51,38 +53,46 @@ pub trait RowLocking: Dialect {
         from_seq: i64,
     ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send + 'a;
 
-    /// Up to `limit` pending, due heads from `seq` on, locked, in `seq` order, within `budget`;
-    /// `dense` asks for [`ClaimStatements::dense_heads`] where the database has it.
+    /// Up to `limit` pending, due heads from `scan.from` on, locked, in `seq` order, within
+    /// `budget`; `dense` asks for [`ClaimStatements::dense_heads`] where the database has it.
     fn claim_heads<'a>(
         conn: &'a mut Self::Connection,
         statements: &'a ClaimStatements,
         dense: bool,
-        from_seq: i64,
+        scan: Scan,
         limit: i64,
         budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
 
-    /// Up to `limit` later pending events of the aggregates of `heads`, locked, within `budget`.
+    /// Up to `limit` later pending events of the aggregates of `heads`, locked, within `budget`;
+    /// where the database can, those inside the window `scan` first.
     fn claim_followers<'a>(
         conn: &'a mut Self::Connection,
         statements: &'a ClaimStatements,
         heads: &'a [Message],
+        scan: Scan,
         limit: i64,
         budget: &'a mut ByteBudget,
     ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
 
-    /// Up to `limit` heads anywhere in the table other than the `taken` events, locked, within
-    /// `budget`: run with [`ClaimStatements::beyond`] when the scan and the followers did not
-    /// fill the batch.
+    /// Up to `limit` heads other than the `taken` events among those of the next `aggregates`
+    /// aggregates after `after` (in key order; all from the first when it is `None`), locked,
+    /// in `seq` order, within `budget`; and where the next such search goes on (`None`: the
+    /// search reached the last aggregate). Run with [`ClaimStatements::beyond`] when the scan
+    /// and the followers did not fill the batch.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn claim_beyond<'a>(
         conn: &'a mut Self::Connection,
         statements: &'a ClaimStatements,
         taken: &'a [i64],
+        after: Option<&'a AggregateKey>,
+        aggregates: i64,
         limit: i64,
         budget: &'a mut ByteBudget,
-    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a {
-        let _ = (conn, statements, taken, limit, budget);
-        std::future::ready(Ok(Vec::new()))
+    ) -> impl Future<Output = Result<(Vec<Message>, Option<AggregateKey>), sqlx::Error>> + Send + 'a
+    {
+        let _ = (conn, statements, taken, after, aggregates, limit, budget);
+        std::future::ready(Ok((Vec::new(), None)))
     }
 
     /// The settlement's statements: published rows deleted (or marked, with `retain`),
@@ -125,6 +135,32 @@ pub trait RowLocking: Dialect {
     }
 }
 
+/// Where a claim looks for heads: the oldest claimable event (`from`) and how many claimable
+/// events from it on (`window`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Scan {
+    /// The `seq` of the oldest claimable event.
+    pub from: i64,
+    /// How many claimable events, from `from` on, the heads are looked for among.
+    pub window: i64,
+}
+
+impl Scan {
+    /// The window of a claim of `limit` events from `from`: four batches (at least 1,000
+    /// events), enough for several relays' batches side by side.
+    fn new(from: i64, limit: i64) -> Self {
+        Scan {
+            from,
+            window: limit.saturating_mul(4).max(1_000),
+        }
+    }
+}
+
+/// An aggregate: its type and id.
+#[doc(hidden)]
+pub type AggregateKey = (String, String);
+
 /// The statements of a claim, built once per source.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -140,10 +176,16 @@ pub struct ClaimStatements {
     pub dense_heads: Option<String>,
     /// The later events of claimed heads (bound by [`RowLocking::claim_followers`]).
     pub followers: String,
-    /// Heads anywhere in the table, for when the heads near the start of the scan are few and
-    /// all taken, e.g. by other relays (bound by [`RowLocking::claim_beyond`]); `None` where
-    /// the scan alone finds every head.
+    /// The heads of the next aggregates in key order, anywhere in the table, for when the
+    /// heads near the start of the scan are few and all taken, e.g. by other relays (bound by
+    /// [`RowLocking::claim_beyond`]); `None` where the scan alone finds every head.
     pub beyond: Option<String>,
+    /// Locks the heads `beyond` found.
+    pub beyond_lock: Option<String>,
+    /// The later events of claimed heads among the window's events (bound by
+    /// [`RowLocking::claim_followers`]), taken before `followers`; `None` where the database
+    /// reads followers by `followers` only.
+    pub window_followers: Option<String>,
     /// The columns of events the statements above locked, by `seq` (bound: the `seq`s), in
     /// `seq` order, for a database whose lock statements return large events by size only;
     /// `None` where they return every event whole.
@@ -165,6 +207,9 @@ pub struct TableSource<DB: RowLocking> {
     /// The last claims found fewer heads than they asked for: claim with the window scan until
     /// one fills its batch with heads again.
     sparse: AtomicBool,
+    /// Where the last search for heads beyond the window stopped (in aggregate key order): the
+    /// next one goes on from there, so that every aggregate's turn comes. `None`: from the first.
+    beyond_after: Mutex<Option<AggregateKey>>,
     wakeup: DB::Wakeup,
     statements: Arc<ClaimStatements>,
     max_batch_bytes: usize,
@@ -180,10 +225,17 @@ impl<DB: RowLocking> TableSource<DB> {
             listen: config.listen,
             low_water: LowWater::default(),
             sparse: AtomicBool::new(false),
+            beyond_after: Mutex::default(),
             wakeup: DB::Wakeup::default(),
             statements: Arc::new(DB::claim_statements(config)),
             max_batch_bytes: config.max_batch_bytes,
         }
+    }
+
+    fn beyond_after(&self) -> MutexGuard<'_, Option<AggregateKey>> {
+        self.beyond_after
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn database_error(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -202,10 +254,11 @@ impl<DB: RowLocking> TableSource<DB> {
         };
         self.low_water.raise(from);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let scan = Scan::new(from, limit);
         let mut budget = ByteBudget::new(self.max_batch_bytes);
         let dense = statements.dense_heads.is_some() && !self.sparse.load(AtomicOrdering::Relaxed);
         let mut messages =
-            DB::claim_heads(conn, statements, dense, from, limit, &mut budget).await?;
+            DB::claim_heads(conn, statements, dense, scan, limit, &mut budget).await?;
         if !budget.is_full() {
             // Heads are scarce when the batch could not fill with them: the window scan probes
             // one event per aggregate, the plain scan one per event.
@@ -220,17 +273,35 @@ impl<DB: RowLocking> TableSource<DB> {
         };
         if room(&messages) > 0 && !messages.is_empty() && !budget.is_full() {
             // Later events of aggregates whose head this claim holds: nobody else can claim them.
-            let followers =
-                DB::claim_followers(conn, statements, &messages, room(&messages), &mut budget)
-                    .await?;
+            let followers = DB::claim_followers(
+                conn,
+                statements,
+                &messages,
+                scan,
+                room(&messages),
+                &mut budget,
+            )
+            .await?;
             messages.extend(followers);
         }
         if statements.beyond.is_some() && room(&messages) > 0 && !budget.is_full() {
             // The scan's window held too few free heads (a few busy aggregates, or heads other
-            // relays hold): the heads of the aggregates further on.
+            // relays hold): the heads of the next aggregates in key order, as many as the batch
+            // has room for twice over, from where the last such search stopped.
             let taken: Vec<i64> = messages.iter().map(|m| m.seq).collect();
-            let more =
-                DB::claim_beyond(conn, statements, &taken, room(&messages), &mut budget).await?;
+            let after = self.beyond_after().clone();
+            let aggregates = room(&messages).saturating_mul(2).max(100);
+            let (more, next) = DB::claim_beyond(
+                conn,
+                statements,
+                &taken,
+                after.as_ref(),
+                aggregates,
+                room(&messages),
+                &mut budget,
+            )
+            .await?;
+            *self.beyond_after() = next;
             messages.extend(more);
         }
         messages.sort_by_key(|m| m.seq);

@@ -287,13 +287,19 @@ pub(crate) fn claimable(alias: &str, parked_only: bool) -> String {
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn head_condition(table: &str, ordering: Ordering, parked_only: bool) -> String {
     match ordering {
-        Ordering::PerAggregate => format!(
-            "AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
-             AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND {})",
-            claimable("e", parked_only)
-        ),
+        Ordering::PerAggregate => format!("AND {}", head_probe(table, parked_only)),
         Ordering::Unordered => String::new(),
     }
+}
+
+/// The condition that the event `o` of `table` has no earlier pending event in its aggregate.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn head_probe(table: &str, parked_only: bool) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
+         AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND {})",
+        claimable("e", parked_only)
+    )
 }
 
 /// A comma-separated list of `seq`s, for `IN (...)` in dialects without array parameters: safe

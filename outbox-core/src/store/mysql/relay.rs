@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 use crate::TableName;
 use crate::message::Message;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
+use crate::store::locking::{ClaimStatements, RowLocking, Scan, TableClaim, TableSource};
 use crate::store::table::{
     self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
 };
@@ -73,6 +73,8 @@ impl RowLocking for MySql {
             dense_heads: None,
             followers,
             beyond: None,
+            beyond_lock: None,
+            window_followers: None,
             read: None,
         }
     }
@@ -92,12 +94,12 @@ impl RowLocking for MySql {
         conn: &mut MySqlConnection,
         statements: &ClaimStatements,
         _dense: bool,
-        from_seq: i64,
+        scan: Scan,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.heads.as_str()))
-            .bind(from_seq)
+            .bind(scan.from)
             .bind(limit)
             .fetch(conn);
         table::messages_within(rows, budget).await
@@ -107,6 +109,7 @@ impl RowLocking for MySql {
         conn: &mut MySqlConnection,
         statements: &ClaimStatements,
         heads: &[Message],
+        _scan: Scan,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {

@@ -12,9 +12,11 @@ use crate::TableName;
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
-use crate::store::locking::{ClaimStatements, RowLocking, TableClaim, TableSource};
+use crate::store::locking::{
+    AggregateKey, ClaimStatements, RowLocking, Scan, TableClaim, TableSource,
+};
 use crate::store::table::{
-    ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending,
+    ByteBudget, MessageRow, claimable, delete_in_batches, head_probe, pending,
 };
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
@@ -52,12 +54,6 @@ pub(crate) fn relay_ddl(table: &TableName, notify: bool) -> String {
          CREATE TRIGGER \"{name}_notify\" AFTER INSERT ON {quoted}
            FOR EACH STATEMENT EXECUTE FUNCTION {prefix}\"{name}_notify\"();"
     )
-}
-
-/// How many claimable events, from the oldest, a claim looks through for the heads of their
-/// aggregates: enough for several relays' batches side by side.
-fn scan_window(limit: i64) -> i64 {
-    limit.saturating_mul(4).max(1_000)
 }
 
 /// The columns of a [`MessageRow`], from a table aliased `o`.
@@ -174,25 +170,41 @@ impl RowLocking for Postgres {
                 dense_heads: None,
                 followers: String::new(),
                 beyond: None,
+                beyond_lock: None,
+                window_followers: None,
                 read: Some(read),
             };
         }
-        let head = head_condition(&t, config.ordering, config.parked_only);
+        // The heads among the `candidates` (a condition on `o`), locked, in `seq` order. Most
+        // candidates a claim skips are the heads other relays hold; a row another transaction
+        // locked carries its `xmax`, so those are tried without first probing for an earlier
+        // event of their aggregate (the probe costs more than the skip), and the few of them
+        // that turn out free are probed once locked. A free one that is not a head stays locked
+        // but unclaimed until the claim ends.
+        let probe = head_probe(&t, config.parked_only);
+        let heads_among = |candidates: &str| {
+            format!(
+                "SELECT o.* FROM ( \
+                   SELECT {locked}, o.xmax <> '0'::xid AS hinted FROM {t} o \
+                   WHERE {candidates} AND {claimable_o} AND o.available_at <= clock_timestamp() \
+                   AND (o.xmax <> '0'::xid OR {probe}) \
+                   ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED) o \
+                 WHERE NOT o.hinted OR {probe} ORDER BY o.seq"
+            )
+        };
         // The candidates are the first event of each aggregate among the next `$3` claimable
         // ones: one probe per aggregate, not per event. A probe steps over the aggregate's
         // events published since the last vacuum (and, in retention mode, those kept), so a
-        // busy aggregate must not be probed once per event. The candidates are an array, so that the index returns them
-        // in `seq` order and the probes stop once the batch is full.
-        let heads = format!(
-            "SELECT {locked} FROM {t} o WHERE o.seq = ANY(ARRAY( \
+        // busy aggregate must not be probed once per event. The candidates are an array, so
+        // that the index returns them in `seq` order and the probes stop once the batch is full.
+        let heads = heads_among(&format!(
+            "o.seq = ANY(ARRAY( \
                SELECT min(w.seq) FROM ( \
                  SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w \
                  WHERE w.seq >= $1 AND {claimable_w} ORDER BY w.seq LIMIT $3) w \
-               GROUP BY w.aggregate_type, w.aggregate_id)) \
-             AND {claimable_o} AND o.available_at <= clock_timestamp() {head} \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+               GROUP BY w.aggregate_type, w.aggregate_id))",
             claimable_w = claimable("w", config.parked_only),
-        );
+        ));
         // Each head's next events read in order from the aggregate index, at most as
         // many as the batch has room for: never every pending event of a busy aggregate.
         let followers = format!(
@@ -205,8 +217,24 @@ impl RowLocking for Postgres {
                ORDER BY f.seq LIMIT $4) \
              AND {claimable_o} ORDER BY o.seq FOR UPDATE OF o"
         );
-        // Every aggregate's head, one index probe per aggregate (a skip scan written as a
-        // recursive query), then the oldest free ones.
+        // The heads' later events among the window's: the oldest first, so that under a few busy
+        // aggregates the batch fills from the window already in the cache instead of reading as
+        // many events of every head as it has room for. The window holds every claimable event
+        // from `$1` on up to its end, so those of one aggregate are consecutive.
+        let window_followers = format!(
+            "SELECT {locked} FROM {t} o WHERE o.seq IN ( \
+               SELECT w.seq FROM ( \
+                 SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w \
+                 WHERE w.seq >= $1 AND {claimable_w} ORDER BY w.seq LIMIT $2) w \
+               JOIN unnest($3::text[], $4::text[], $5::int8[]) AS h(aggregate_type, aggregate_id, seq) \
+                 ON w.aggregate_type = h.aggregate_type AND w.aggregate_id = h.aggregate_id AND w.seq > h.seq \
+               ORDER BY w.seq LIMIT $6) \
+             AND {claimable_o} ORDER BY o.seq FOR UPDATE OF o",
+            claimable_w = claimable("w", config.parked_only),
+        );
+        // The heads of the next `$3` aggregates in key order after (`$1`, `$2`) — from the first
+        // after ('', ''), since recording refuses an empty aggregate type: one index probe per aggregate (a skip scan written as a
+        // recursive query). They are locked by `beyond_lock`, oldest first.
         let next_head = |after: &str| {
             format!(
                 "SELECT e.aggregate_type, e.aggregate_id, e.seq FROM {t} e WHERE {claimable_e} {after} \
@@ -215,29 +243,27 @@ impl RowLocking for Postgres {
         };
         let beyond = format!(
             "WITH RECURSIVE h AS ( \
-               ({first_head}) \
+               (SELECT f.*, 1 AS n FROM ({first_head}) f) \
                UNION ALL \
-               SELECT n.aggregate_type, n.aggregate_id, n.seq FROM h CROSS JOIN LATERAL ({next}) n) \
-             SELECT {locked} FROM {t} o JOIN h ON o.seq = h.seq \
-             WHERE {claimable_o} AND o.available_at <= clock_timestamp() AND o.seq <> ALL($1::int8[]) \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
-            first_head = next_head(""),
+               SELECT n.aggregate_type, n.aggregate_id, n.seq, h.n + 1 FROM h CROSS JOIN LATERAL ({next}) n \
+               WHERE h.n < $3) \
+             SELECT h.aggregate_type, h.aggregate_id, h.seq FROM h",
+            first_head = next_head("AND (e.aggregate_type, e.aggregate_id) > ($1::text, $2::text)"),
             next = next_head(
                 "AND (e.aggregate_type, e.aggregate_id) > (h.aggregate_type, h.aggregate_id)"
             ),
         );
+        let beyond_lock = heads_among("o.seq = ANY($1::int8[]) AND o.seq <> ALL($3::int8[])");
         // One probe per event in `seq` order within the next `$3` seqs, until the batch is full.
-        let dense_heads = format!(
-            "SELECT {locked} FROM {t} o WHERE o.seq >= $1 AND o.seq < $1 + $3 AND {claimable_o} \
-             AND o.available_at <= clock_timestamp() {head} \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
-        );
+        let dense_heads = heads_among("o.seq >= $1 AND o.seq < $1 + $3");
         ClaimStatements {
             first,
             heads,
             dense_heads: Some(dense_heads),
             followers,
             beyond: Some(beyond),
+            beyond_lock: Some(beyond_lock),
+            window_followers: Some(window_followers),
             read: Some(read),
         }
     }
@@ -257,7 +283,7 @@ impl RowLocking for Postgres {
         conn: &mut PgConnection,
         statements: &ClaimStatements,
         dense: bool,
-        from_seq: i64,
+        scan: Scan,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
@@ -266,9 +292,9 @@ impl RowLocking for Postgres {
             _ => &statements.heads,
         };
         let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
-            .bind(from_seq)
+            .bind(scan.from)
             .bind(limit)
-            .bind(scan_window(limit))
+            .bind(scan.window)
             .fetch_all(&mut *conn)
             .await?;
         take_within(conn, statements, locked, budget).await
@@ -278,6 +304,7 @@ impl RowLocking for Postgres {
         conn: &mut PgConnection,
         statements: &ClaimStatements,
         heads: &[Message],
+        scan: Scan,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
@@ -285,32 +312,83 @@ impl RowLocking for Postgres {
             .iter()
             .map(|m| (m.aggregate_type.as_str(), (m.aggregate_id.as_str(), m.seq)))
             .unzip();
+        let mut taken = Vec::new();
+        if let Some(window_followers) = &statements.window_followers {
+            let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(window_followers.as_str()))
+                .bind(scan.from)
+                .bind(scan.window)
+                .bind(&types)
+                .bind(&ids)
+                .bind(&seqs)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            let found = i64::try_from(locked.len()).unwrap_or(i64::MAX);
+            taken = take_within(conn, statements, locked, budget).await?;
+            if found >= limit || budget.is_full() {
+                return Ok(taken);
+            }
+        }
+        // Beyond the window (all of the window's were taken): each aggregate's next events
+        // after the last one the claim holds.
+        let mut last: std::collections::HashMap<(&str, &str), i64> = types
+            .iter()
+            .zip(&ids)
+            .zip(&seqs)
+            .map(|((t, i), s)| ((*t, *i), *s))
+            .collect();
+        for m in &taken {
+            if let Some(seq) = last.get_mut(&(m.aggregate_type.as_str(), m.aggregate_id.as_str())) {
+                *seq = (*seq).max(m.seq);
+            }
+        }
+        let (types, (ids, seqs)): (Vec<_>, (Vec<_>, Vec<_>)) =
+            last.into_iter().map(|((t, i), s)| (t, (i, s))).unzip();
+        let room = limit.saturating_sub(i64::try_from(taken.len()).unwrap_or(i64::MAX));
         let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(statements.followers.as_str()))
             .bind(types)
             .bind(ids)
             .bind(seqs)
-            .bind(limit)
+            .bind(room)
             .fetch_all(&mut *conn)
             .await?;
-        take_within(conn, statements, locked, budget).await
+        taken.extend(take_within(conn, statements, locked, budget).await?);
+        Ok(taken)
     }
 
     async fn claim_beyond(
         conn: &mut PgConnection,
         statements: &ClaimStatements,
         taken: &[i64],
+        after: Option<&AggregateKey>,
+        aggregates: i64,
         limit: i64,
         budget: &mut ByteBudget,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        let Some(beyond) = &statements.beyond else {
-            return Ok(Vec::new());
+    ) -> Result<(Vec<Message>, Option<AggregateKey>), sqlx::Error> {
+        let (Some(beyond), Some(lock)) = (&statements.beyond, &statements.beyond_lock) else {
+            return Ok((Vec::new(), None));
         };
-        let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(beyond.as_str()))
-            .bind(taken)
-            .bind(limit)
+        let heads: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(beyond.as_str()))
+            .bind(after.map_or("", |key| key.0.as_str()))
+            .bind(after.map_or("", |key| key.1.as_str()))
+            .bind(aggregates)
             .fetch_all(&mut *conn)
             .await?;
-        take_within(conn, statements, locked, budget).await
+        // Fewer than asked for: the search reached the last aggregate, the next one starts over.
+        let next = (i64::try_from(heads.len()).unwrap_or(i64::MAX) >= aggregates)
+            .then(|| heads.last().map(|(t, i, _)| (t.clone(), i.clone())))
+            .flatten();
+        if heads.is_empty() {
+            return Ok((Vec::new(), next));
+        }
+        let seqs: Vec<i64> = heads.iter().map(|(_, _, seq)| *seq).collect();
+        let locked: Vec<LockedRow> = sqlx::query_as(AssertSqlSafe(lock.as_str()))
+            .bind(seqs)
+            .bind(limit)
+            .bind(taken)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok((take_within(conn, statements, locked, budget).await?, next))
     }
 
     async fn settle(
