@@ -369,6 +369,17 @@ pub(crate) struct Scale {
     hot_four: f64,
 }
 
+impl Scale {
+    /// The `summary:` line's fields for these rates.
+    fn summary(&self) -> String {
+        format!(
+            "events_per_s_1={:.0} events_per_s_2={:.0} events_per_s_4={:.0} \
+             hot_events_per_s_1={:.0} hot_events_per_s_4={:.0}",
+            self.one, self.two, self.four, self.hot, self.hot_four
+        )
+    }
+}
+
 /// How the relay scales: the database alone, 1, 2 and 4 relays over spread aggregates, and 1
 /// and 4 relays over hot ones; each the median of `rounds` interleaved rounds. Prints the table.
 pub(crate) async fn scale(
@@ -379,21 +390,20 @@ pub(crate) async fn scale(
     let relays = |n: usize| (0..n).map(|_| in_process()).collect::<Vec<_>>();
     let mut runs = Vec::new();
     for _ in 0..rounds.max(1) {
-        let base = baseline(pool).await?;
-        let one = throughput(pool, relays(1)).await?;
-        let two = throughput(pool, relays(2)).await?;
-        let four = throughput(pool, relays(4)).await?;
-        preload_hot(pool).await?;
-        let hot = drain(pool, relays(1), EVENTS).await?;
-        preload_hot(pool).await?;
-        let hot_four = drain(pool, relays(4), EVENTS).await?;
+        // Fields are evaluated in the order written: the rounds' scenarios interleave.
         runs.push(Scale {
-            base,
-            one,
-            two,
-            four,
-            hot,
-            hot_four,
+            base: baseline(pool).await?,
+            one: throughput(pool, relays(1)).await?,
+            two: throughput(pool, relays(2)).await?,
+            four: throughput(pool, relays(4)).await?,
+            hot: {
+                preload_hot(pool).await?;
+                drain(pool, relays(1), EVENTS).await?
+            },
+            hot_four: {
+                preload_hot(pool).await?;
+                drain(pool, relays(4), EVENTS).await?
+            },
         });
     }
     let median = |pick: fn(&Scale) -> f64| {
@@ -401,14 +411,7 @@ pub(crate) async fn scale(
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let Scale {
-        base,
-        one,
-        two,
-        four,
-        hot,
-        hot_four,
-    } = Scale {
+    let m = Scale {
         base: median(|s| s.base),
         one: median(|s| s.one),
         two: median(|s| s.two),
@@ -427,36 +430,25 @@ pub(crate) async fn scale(
     println!("| what | events/s | ratio to the database alone | ratio to 1 relay |");
     println!("| --- | ---: | ---: | ---: |");
     println!(
-        "| database alone: claim {BATCH} with SKIP LOCKED + delete | {base:.0} | 1.000 | {:.3} |",
-        base / one
+        "| database alone: claim {BATCH} with SKIP LOCKED + delete | {:.0} | 1.000 | {:.3} |",
+        m.base,
+        m.base / m.one
     );
-    for (n, rate) in [(1, one), (2, two), (4, four)] {
+    let hot_events = format!("{HOT_PERCENT}% of the events in {HOT_AGGREGATES} aggregates");
+    for (what, rate) in [
+        ("1 instance".to_owned(), m.one),
+        ("2 instances".to_owned(), m.two),
+        ("4 instances".to_owned(), m.four),
+        (format!("1 instance, {hot_events}"), m.hot),
+        (format!("4 instances, {hot_events}"), m.hot_four),
+    ] {
         println!(
-            "| relay, {n} instance{} | {rate:.0} | {:.3} | {:.3} |",
-            if n == 1 { "" } else { "s" },
-            rate / base,
-            rate / one
+            "| relay, {what} | {rate:.0} | {:.3} | {:.3} |",
+            rate / m.base,
+            rate / m.one
         );
     }
-    let hot_events = format!("{HOT_PERCENT}% of the events in {HOT_AGGREGATES} aggregates");
-    println!(
-        "| relay, 1 instance, {hot_events} | {hot:.0} | {:.3} | {:.3} |",
-        hot / base,
-        hot / one
-    );
-    println!(
-        "| relay, 4 instances, {hot_events} | {hot_four:.0} | {:.3} | {:.3} |",
-        hot_four / base,
-        hot_four / one
-    );
-    Ok(Scale {
-        base,
-        one,
-        two,
-        four,
-        hot,
-        hot_four,
-    })
+    Ok(m)
 }
 
 /// `relay-scale`: the scaling table alone, medians of `OUTBOX_BENCH_ROUNDS` rounds (default 3).
@@ -465,31 +457,15 @@ pub(crate) async fn run_scale(pool: &PgPool) -> Result<(), Box<dyn std::error::E
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let Scale {
-        one,
-        two,
-        four,
-        hot,
-        hot_four,
-        ..
-    } = scale(pool, rounds).await?;
+    let scaled = scale(pool, rounds).await?;
     drop_table(pool).await?;
-    println!(
-        "\nsummary: events_per_s_1={one:.0} events_per_s_2={two:.0} events_per_s_4={four:.0} \
-         hot_events_per_s_1={hot:.0} hot_events_per_s_4={hot_four:.0}"
-    );
+    println!("\nsummary: {}", scaled.summary());
     Ok(())
 }
 
 pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
-    let Scale {
-        one,
-        two,
-        four,
-        hot,
-        hot_four,
-        ..
-    } = scale(pool, 1).await?;
+    let scaled = scale(pool, 1).await?;
+    let one = scaled.one;
 
     let seconds = latency_seconds();
     let (p50, p99) = latency(pool, in_process(), false, 1_000, seconds).await?;
@@ -525,11 +501,12 @@ pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>>
         log.drain_wal / one
     );
     println!(
-        "\nsummary: events_per_s_1={one:.0} events_per_s_2={two:.0} events_per_s_4={four:.0} \
-         hot_events_per_s_1={hot:.0} hot_events_per_s_4={hot_four:.0} p50_ms={p50:.1} p99_ms={p99:.1} \
+        "\nsummary: {} p50_ms={p50:.1} p99_ms={p99:.1} \
          log_events_per_s={:.0} log_wal_events_per_s={:.0} log_p50_ms={t50:.1} log_p99_ms={t99:.1} \
          log_wal_p50_ms={w50:.1} log_wal_p99_ms={w99:.1}",
-        log.drain_table, log.drain_wal
+        scaled.summary(),
+        log.drain_table,
+        log.drain_wal
     );
     Ok(())
 }

@@ -233,8 +233,9 @@ impl RowLocking for Postgres {
             claimable_w = claimable("w", config.parked_only),
         );
         // The heads of the next `$3` aggregates in key order after (`$1`, `$2`) — from the first
-        // after ('', ''), since recording refuses an empty aggregate type: one index probe per aggregate (a skip scan written as a
-        // recursive query). They are locked by `beyond_lock`, oldest first.
+        // after ('', ''), since recording refuses an empty aggregate type: one index probe per
+        // aggregate (a skip scan written as a recursive query). `beyond_lock` locks them, oldest
+        // first, and probes them again: an earlier event may have committed in between.
         let next_head = |after: &str| {
             format!(
                 "SELECT e.aggregate_type, e.aggregate_id, e.seq FROM {t} e WHERE {claimable_e} {after} \
