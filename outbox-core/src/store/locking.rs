@@ -174,6 +174,9 @@ pub struct ClaimStatements {
     /// `heads` while most events are heads of their aggregates, far dearer when a few busy
     /// aggregates hold most of them. `None` where `heads` is the only scan.
     pub dense_heads: Option<String>,
+    /// The `seq`s of the first event of each aggregate among a window of claimable events, for
+    /// a database whose `heads` takes them as a parameter; `None` where `heads` finds them.
+    pub window_candidates: Option<String>,
     /// The later events of claimed heads (bound by [`RowLocking::claim_followers`]).
     pub followers: String,
     /// The heads of the next aggregates in key order, anywhere in the table, for when the

@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
 use crate::TableName;
 use crate::message::Message;
+use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{ClaimStatements, RowLocking, Scan, TableClaim, TableSource};
 use crate::store::table::{
@@ -51,10 +52,34 @@ impl RowLocking for MySql {
             "SELECT CAST(o.seq AS SIGNED) FROM {t} o FORCE INDEX (PRIMARY) WHERE o.seq >= ? AND {pending} \
              ORDER BY o.seq LIMIT 1"
         );
-        let heads = format!(
+        // One probe per event in `seq` order, until the batch is full: cheap while most events
+        // are heads of their aggregates.
+        let scan_heads = format!(
             "SELECT {COLUMNS} FROM {t} o WHERE o.seq >= ? AND {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
              ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
         );
+        // When a few aggregates hold most pending events, the plain scan probes every one of
+        // them (and each probe steps over the aggregate's kept events): the candidates are then
+        // the first event of each aggregate in a window of the next claimable events, read
+        // without locks, and locked from a JSON array in that order, through the primary key
+        // only (no sort, which would lock every candidate before the limit applies).
+        let window_candidates = format!(
+            "SELECT CAST(min(w.seq) AS SIGNED) AS seq FROM ( \
+               SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w FORCE INDEX (PRIMARY) \
+               WHERE w.seq >= ? AND {pending_w} ORDER BY w.seq LIMIT ?) w \
+             GROUP BY w.aggregate_type, w.aggregate_id ORDER BY seq",
+            pending_w = claimable("w", config.parked_only),
+        );
+        let window_heads = format!(
+            "SELECT {COLUMNS} FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS c \
+             STRAIGHT_JOIN {t} o FORCE INDEX (PRIMARY) ON o.seq = c.seq \
+             WHERE {pending} AND o.available_at <= UTC_TIMESTAMP(6) {head} \
+             LIMIT ? FOR UPDATE SKIP LOCKED"
+        );
+        let (heads, dense_heads, window_candidates) = match config.ordering {
+            Ordering::PerAggregate => (window_heads, Some(scan_heads), Some(window_candidates)),
+            _ => (scan_heads, None, None),
+        };
         // The heads travel as one JSON array, `[[type, id, seq], ...]`. The join starts from
         // them and reads the table through the aggregate index only: a locking read locks every
         // row it reads, and left to itself the optimizer scans the whole table, waiting on (and
@@ -70,7 +95,8 @@ impl RowLocking for MySql {
         ClaimStatements {
             first,
             heads,
-            dense_heads: None,
+            dense_heads,
+            window_candidates,
             followers,
             beyond: None,
             beyond_lock: None,
@@ -93,13 +119,39 @@ impl RowLocking for MySql {
     async fn claim_heads(
         conn: &mut MySqlConnection,
         statements: &ClaimStatements,
-        _dense: bool,
+        dense: bool,
         scan: Scan,
         limit: i64,
         budget: &mut ByteBudget,
     ) -> Result<Vec<Message>, sqlx::Error> {
-        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.heads.as_str()))
+        let (Some(scan_heads), Some(candidates)) =
+            (&statements.dense_heads, &statements.window_candidates)
+        else {
+            let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.heads.as_str()))
+                .bind(scan.from)
+                .bind(limit)
+                .fetch(conn);
+            return table::messages_within(rows, budget).await;
+        };
+        if dense {
+            let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(scan_heads.as_str()))
+                .bind(scan.from)
+                .bind(limit)
+                .fetch(conn);
+            return table::messages_within(rows, budget).await;
+        }
+        let candidates: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(candidates.as_str()))
             .bind(scan.from)
+            .bind(scan.window)
+            .fetch_all(&mut *conn)
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let candidates = serde_json::to_string(&candidates)
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(statements.heads.as_str()))
+            .bind(candidates)
             .bind(limit)
             .fetch(conn);
         table::messages_within(rows, budget).await
