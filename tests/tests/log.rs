@@ -247,6 +247,71 @@ async fn committed_events_are_published_and_rolled_back_events_never_are(mode: M
     Arc::into_inner(table).unwrap().cleanup().await;
 }
 
+/// A log relay's claims keep to its byte budget (always one event at least), so that large
+/// events relayed from the log never make it hold more than the budget at once: 24 events of
+/// 1 MiB, recorded before the relay starts, go out two at most at a time under a 3 MiB budget,
+/// in order per aggregate.
+async fn claims_from_the_log_keep_to_the_byte_budget(mode: Mode) {
+    const MIB: usize = 1024 * 1024;
+    let table = LogTable::new(mode).await;
+    let big = "x".repeat(MIB);
+    for chunk in 0..6_i64 {
+        let mut tx = table.pool.begin().await.unwrap();
+        for i in 0..4 {
+            let n = chunk * 4 + i;
+            let payload = serde_json::json!({ "n": n, "fill": big });
+            let event =
+                Event::new("test", "Big", Some(format!("agg-{}", n % 3)), &payload).unwrap();
+            table.outbox.record(&mut *tx, &event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (inner, mut events) = ChannelSink::new(64);
+    let sink = LargestBatch {
+        inner,
+        largest: Arc::clone(&largest),
+    };
+    let (stop, relay) = spawn(table.relay(sink).max_batch_bytes(3 * MIB).build());
+    let received = receive(&mut events, 24).await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let mut last = HashMap::new();
+    for message in &received {
+        let n = n(message);
+        let before = last.insert(message.aggregate_id.clone(), n);
+        assert!(
+            before < Some(n),
+            "{n} after {before:?} in {}",
+            message.aggregate_id
+        );
+    }
+    let largest = largest.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&largest),
+        "a 3 MiB budget took {largest} events of 1 MiB at once"
+    );
+    table.cleanup().await;
+}
+
+/// Notes the most events a relay hands over at once; keeps order, so a wave is a whole claim.
+struct LargestBatch<K> {
+    inner: K,
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<K: Sink> Sink for LargestBatch<K> {
+    async fn publish(&self, batch: &[Message]) -> Vec<outbox::relay::Delivery> {
+        self.largest
+            .fetch_max(batch.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.publish(batch).await
+    }
+
+    fn keeps_order(&self) -> bool {
+        true
+    }
+}
+
 async fn events_are_published_in_commit_order(mode: Mode) {
     let table = LogTable::new(mode).await;
     let (sink, mut events) = ChannelSink::new(30_000);
@@ -818,6 +883,7 @@ macro_rules! both_modes {
 both_modes!(
     committed_events_are_published_and_rolled_back_events_never_are,
     events_are_published_in_commit_order,
+    claims_from_the_log_keep_to_the_byte_budget,
     crashed_relays_and_a_terminated_walsender_lose_nothing,
     a_standby_relay_takes_over_when_the_active_one_dies,
     a_poison_event_is_parked_dead_lettered_and_replayed_while_others_flow,

@@ -148,7 +148,8 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
     /// Most bytes of events claimed at once, counting payloads and headers (default 16 MiB): a
     /// claim stops at the first event that would pass it, so that a relay's memory stays
     /// bounded whatever the payloads, but always takes one event, however large. Events the
-    /// budget leaves out are claimed by the next batch, in order.
+    /// budget leaves out are claimed by the next batch, in order. A relay tailing the log
+    /// also stops taking committed events off the stream once it queues this much.
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.config.max_batch_bytes = bytes.max(1);
         self

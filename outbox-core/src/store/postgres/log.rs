@@ -183,6 +183,9 @@ struct Inner {
     replication: ReplicationConfig,
     ordering: Ordering,
     retain: bool,
+    /// The bytes of payloads and headers a claim takes, and the stream queues, at most (but
+    /// always one event).
+    max_batch_bytes: usize,
     /// The events parked in the table, claimed as a polling relay would.
     parked: PgSource,
     state: Mutex<State>,
@@ -216,6 +219,8 @@ struct Stream {
     open: Vec<Event>,
     /// Events of committed transactions, in commit order, not yet claimed.
     queue: VecDeque<Event>,
+    /// The bytes of the queued events' payloads and headers.
+    queued_bytes: usize,
     /// A claim of the log's events is out: acknowledge nothing beyond it.
     in_flight: bool,
     /// The commit time of the transaction being received (µs since 2000-01-01).
@@ -267,6 +272,13 @@ struct Event {
     undecodable: Option<String>,
 }
 
+impl Event {
+    /// The bytes of its payload and headers: what a claim's byte budget counts.
+    fn size(&self) -> usize {
+        self.message.payload.len() + self.message.headers.as_ref().map_or(0, String::len)
+    }
+}
+
 impl LogSource {
     fn new(log: LogStream, config: &SourceConfig) -> Self {
         let names = LogNames::of(&config.table);
@@ -294,6 +306,7 @@ impl LogSource {
                 replication,
                 ordering: config.ordering,
                 retain: config.retain,
+                max_batch_bytes: config.max_batch_bytes,
                 parked,
                 state: Mutex::new(State::default()),
                 broken: AtomicBool::new(false),
@@ -401,6 +414,7 @@ impl Inner {
             qualified: (schema, name),
             open: Vec::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             in_flight: false,
             committed_at: 0,
             xid: 0,
@@ -511,6 +525,7 @@ impl Inner {
             ReplicationEvent::Commit { end_lsn, .. } => {
                 if let Some(last) = stream.open.last_mut() {
                     last.commit_end = Some(end_lsn);
+                    stream.queued_bytes += stream.open.iter().map(Event::size).sum::<usize>();
                     stream.queue.extend(stream.open.drain(..));
                 } else if stream.queue.is_empty() && !stream.in_flight {
                     stream.client.update_applied_lsn(end_lsn);
@@ -528,12 +543,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Receives what already arrived, until `want` events are queued.
+    /// Receives what already arrived, until `want` events or the byte budget are queued.
     fn pump(&self, state: &mut State, want: usize) -> Result<(), Error> {
         let Some(stream) = state.stream.as_mut() else {
             return Ok(());
         };
-        while stream.queue.len() < want {
+        while stream.queue.len() < want && stream.queued_bytes < self.max_batch_bytes {
             match stream.client.recv().now_or_never() {
                 None => break,
                 Some(Ok(Some(event))) => {
@@ -711,8 +726,22 @@ impl Source for LogSource {
         if stream.queue.is_empty() {
             return Ok(None);
         }
-        let take = stream.queue.len().min(max.max(1));
+        // As many as the batch and the byte budget take, and always the first.
+        let mut bytes = 0_usize;
+        let take = stream
+            .queue
+            .iter()
+            .take(max.max(1))
+            .take_while(|event| {
+                bytes = bytes.saturating_add(event.size());
+                bytes <= inner.max_batch_bytes
+            })
+            .count()
+            .max(1);
         let mut events: Vec<Event> = stream.queue.drain(..take).collect();
+        stream.queued_bytes = stream
+            .queued_bytes
+            .saturating_sub(events.iter().map(Event::size).sum());
         let ack = events.iter().rev().find_map(|e| e.commit_end);
         let mut behind = Vec::new();
         let mut dead = Vec::new();
