@@ -7,6 +7,7 @@
 //! cargo run --release -p outbox-bench -- relay-scale   # 1, 2, 4 relays and hot aggregates, medians
 //! cargo run --release -p outbox-bench -- sink nats   # the same into a real broker: nats, redis,
 //!                                                    # kafka, rabbitmq, mqtt or webhook
+//! cargo run --release -p outbox-bench -- sink all    # every sink, then one table of them all
 //! ```
 //!
 //! PostgreSQL comes from `OUTBOX_BENCH_POSTGRES_URL` (else `OUTBOX_TEST_POSTGRES_URL`, else the
@@ -331,7 +332,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "relay-scale" => relay::run_scale(&pool).await,
         "traced" => traced::run(&pool).await,
         "sink" => match std::env::args().nth(2) {
-            Some(name) => sink::run(&pool, &name).await,
+            Some(name) if name == "all" => sink::run_all(&pool).await,
+            Some(name) => sink::run(&pool, &name).await.map(drop),
             None => Err(format!("which sink? `sink <name>`, name one of: {}", sink::NAMES).into()),
         },
         other => Err(format!(

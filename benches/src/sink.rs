@@ -21,7 +21,26 @@ use crate::relay::{
 type BoxError = Box<dyn std::error::Error>;
 
 /// The sinks this scenario knows.
-pub(crate) const NAMES: &str = "nats, redis, kafka, rabbitmq, mqtt, webhook";
+pub(crate) const NAMES: &str = "nats, redis, kafka, rabbitmq, mqtt, webhook (or all)";
+
+/// Every sink, in the order `sink all` measures them.
+const ALL: [&str; 6] = ["nats", "kafka", "redis", "webhook", "mqtt", "rabbitmq"];
+
+/// What one sink measured, beside the in-process sink in the same run.
+pub(crate) struct Measured {
+    name: String,
+    /// Events/s of the in-process sink, then of the sink, over many aggregates.
+    base: f64,
+    rate: f64,
+    /// Latency quantiles (ms) at 1,000 events/s.
+    p50: f64,
+    p99: f64,
+    /// Events/s over one hot aggregate: an in-process channel, then the sink.
+    hot_base: f64,
+    hot: f64,
+    /// How many of an aggregate's events the sink takes per call.
+    together: &'static str,
+}
 
 const PREFIX: &str = "outbox_bench";
 const SECRET: &str = "whsec_b3V0Ym94LWJlbmNoLXNlY3JldA==";
@@ -35,7 +54,7 @@ async fn measure<K: Sink>(
     pool: &PgPool,
     name: &str,
     [first, hot, second]: [K; 3],
-) -> Result<(), BoxError> {
+) -> Result<Measured, BoxError> {
     fresh_table(pool).await?;
     let base = throughput(pool, vec![in_process()]).await?;
     let rate = throughput(pool, vec![first]).await?;
@@ -63,6 +82,49 @@ async fn measure<K: Sink>(
     println!(
         "\nsummary: sink={name} events_per_s={rate:.0} hot_aggregate_events_per_s={hot:.0} p50_ms={p50:.1} p99_ms={p99:.1}"
     );
+    Ok(Measured {
+        name: name.to_owned(),
+        base,
+        rate,
+        p50,
+        p99,
+        hot_base,
+        hot,
+        together,
+    })
+}
+
+/// `sink all`: every sink one after the other, then one table of them all.
+pub(crate) async fn run_all(pool: &PgPool) -> Result<(), BoxError> {
+    let mut all = Vec::new();
+    for name in ALL {
+        all.push(run(pool, name).await?);
+        println!();
+    }
+    println!("## every sink, one run: {EVENTS} preloaded events, one relay\n");
+    println!(
+        "| sink | events/s | ratio to in-process, same run | p50 ms | p99 ms | \
+         hot aggregate events/s | events per sink call | ratio to in-process channel |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
+    for m in &all {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {} | {:.2} |",
+            m.name,
+            m.rate,
+            m.rate / m.base,
+            m.p50,
+            m.p99,
+            m.hot,
+            m.together,
+            m.hot / m.hot_base
+        );
+    }
+    let rates: Vec<String> = all
+        .iter()
+        .map(|m| format!("{}={:.0}", m.name, m.rate))
+        .collect();
+    println!("\nsummary: sinks events_per_s {}", rates.join(" "));
     Ok(())
 }
 
@@ -70,7 +132,7 @@ fn hint(error: impl std::fmt::Display) -> BoxError {
     format!("{error} (start the brokers with scripts/services.sh)").into()
 }
 
-pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
+pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<Measured, BoxError> {
     let routing = Routing::template(&format!("{PREFIX}.{{aggregate_type}}"))?;
     match name {
         "nats" => {
@@ -87,8 +149,9 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     ..Default::default()
                 })
                 .await?;
-            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
+            let measured = measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             sink.jetstream().delete_stream(stream).await?;
+            Ok(measured)
         }
         "redis" => {
             let sink = sinks::redis::RedisSink::connect("redis://127.0.0.1:6379")
@@ -102,11 +165,12 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 .arg(&key)
                 .query_async(&mut connection)
                 .await?;
-            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
+            let measured = measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             let _: () = redis::cmd("DEL")
                 .arg(&key)
                 .query_async(&mut connection)
                 .await?;
+            Ok(measured)
         }
         "kafka" => {
             use sinks::kafka::rdkafka::admin::{
@@ -129,8 +193,9 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                     &options,
                 )
                 .await?;
-            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
+            let measured = measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             let _ = admin.delete_topics(&[&topic], &options).await;
+            Ok(measured)
         }
         "rabbitmq" => {
             use sinks::rabbitmq::lapin;
@@ -181,7 +246,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 make().await.map_err(hint)?,
                 make().await.map_err(hint)?,
             ];
-            measure(pool, name, sinks).await?;
+            let measured = measure(pool, name, sinks).await?;
             let mut rows = Vec::new();
             for window in [500, 5_000] {
                 let rate = rabbitmq_alone(url, &exchange, PLAIN_EVENTS, window).await?;
@@ -194,6 +259,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
             channel
                 .queue_delete(PREFIX.into(), Default::default())
                 .await?;
+            Ok(measured)
         }
         "mqtt" => {
             let routing = Routing::template(&format!("{PREFIX}/{{aggregate_type}}"))?;
@@ -207,7 +273,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 make().await.map_err(hint)?,
                 make().await.map_err(hint)?,
             ];
-            measure(pool, name, sinks).await?;
+            let measured = measure(pool, name, sinks).await?;
             let mut rows = Vec::new();
             for (connections, window) in [(1, None), (1, Some(500)), (4, Some(125))] {
                 let (rate, in_flight) = mqtt_alone(PLAIN_EVENTS, connections, window).await?;
@@ -224,6 +290,7 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
                 ));
             }
             print_alone("Mosquitto", &rows);
+            Ok(measured)
         }
         "webhook" => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -234,12 +301,12 @@ pub(crate) async fn run(pool: &PgPool, name: &str) -> Result<(), BoxError> {
             let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
                 .await?
                 .max_events(500);
-            measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
+            let measured = measure(pool, name, [sink.clone(), sink.clone(), sink.clone()]).await?;
             server.abort();
+            Ok(measured)
         }
-        other => return Err(format!("unknown sink {other:?}; available: {NAMES}").into()),
+        other => Err(format!("unknown sink {other:?}; available: {NAMES}").into()),
     }
-    Ok(())
 }
 
 /// Messages each run of a broker's client alone publishes.

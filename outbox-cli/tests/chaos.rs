@@ -4,13 +4,18 @@
 //! PostgreSQL restarted, the NATS server restarted, the relays' broker connections cut for 2 s
 //! through a proxy. Then the relays drain and `outbox audit` compares the table with the
 //! stream: nothing lost, no phantom, every aggregate in order, duplicates within the bound.
-//! A lighter run does the same on MariaDB, without restarting the database.
+//! A second configuration publishes to Kafka instead: a tansu broker of the run's own,
+//! advertising the proxy so that a cut reaches every connection. It keeps its log in memory, so
+//! it is not restarted (a restart would lose what it holds: a broker's fault, not the relays');
+//! every other fault is the same. A lighter run does the first on MariaDB, without restarting
+//! the database.
 //!
-//! It restarts shared servers, so it is ignored here and `scripts/test.sh` runs it alone, in
-//! the step of tests that restart servers; by hand:
+//! They restart shared servers, so they are ignored here and `scripts/test.sh` runs them alone,
+//! in the step of tests that restart servers; by hand:
 //! `cargo nextest run -p outbox-cli --all-features --run-ignored only -E 'test(chaos)'`.
-//! `OUTBOX_CHAOS_SECONDS` sets how long faults are injected (default 60 on PostgreSQL; the
-//! MariaDB run takes half as long). Whatever happens, it leaves PostgreSQL and NATS running.
+//! `OUTBOX_CHAOS_SECONDS` sets how long faults are injected (default 60 on PostgreSQL with NATS;
+//! the Kafka and MariaDB runs take half as long). Whatever happens, they leave PostgreSQL and
+//! NATS running.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -288,12 +293,119 @@ fn restart_nats(command_line: &[String]) {
     start_nats(command_line);
 }
 
+/// The broker the relays publish to, and how it is restarted and audited.
+enum Broker {
+    /// The machine's NATS server, restarted with the command line it runs with.
+    Nats { command_line: Vec<String> },
+    /// A tansu broker of the run's own, behind the proxy, in memory: never restarted.
+    Kafka(outbox_tests::Tansu),
+}
+
+impl Broker {
+    fn nats() -> Broker {
+        Broker::Nats {
+            command_line: nats_command_line(),
+        }
+    }
+
+    /// A tansu broker advertising `proxy`.
+    fn kafka(proxy: std::net::SocketAddr) -> Broker {
+        Broker::Kafka(outbox_tests::Tansu::start(outbox_tests::free_port(), proxy))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Nats { .. } => "NATS JetStream",
+            Broker::Kafka(_) => "Kafka (tansu)",
+        }
+    }
+
+    /// Whether the run restarts it (`nats restart` in the list of faults).
+    fn restarts(&self) -> bool {
+        matches!(self, Broker::Nats { .. })
+    }
+
+    /// Where the proxy forwards to.
+    fn addr(&self) -> std::net::SocketAddr {
+        let port = match self {
+            Broker::Nats { .. } => 4222,
+            Broker::Kafka(tansu) => tansu.port(),
+        };
+        ([127, 0, 0, 1], port).into()
+    }
+
+    /// The URL the relays and the audit use, through `proxy`.
+    fn url(&self, proxy: std::net::SocketAddr) -> String {
+        match self {
+            Broker::Nats { .. } => format!("nats://{proxy}"),
+            Broker::Kafka(_) => proxy.to_string(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Broker::Nats { .. } => "nats",
+            Broker::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Creates where `table`'s events go (`<table>.chaos`, their aggregate type being `chaos`),
+    /// through `proxy`: a file-backed JetStream stream (it keeps its messages and its duplicate
+    /// window across a restart) or a topic of three partitions. Returns its name, for the audit.
+    async fn prepare(&self, table: &str, proxy: std::net::SocketAddr) -> String {
+        match self {
+            Broker::Nats { .. } => {
+                let nats = async_nats::connect(proxy.to_string())
+                    .await
+                    .unwrap_or_else(|e| panic!("NATS: {e}; {HINT}"));
+                let stream = table.to_uppercase();
+                async_nats::jetstream::new(nats)
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: stream.clone(),
+                        subjects: vec![format!("{table}.>")],
+                        duplicate_window: Duration::from_secs(600),
+                        storage: async_nats::jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                stream
+            }
+            Broker::Kafka(_) => {
+                let topic = format!("{table}.chaos");
+                outbox_tests::kafka_topic(&proxy.to_string(), &topic, 3).await;
+                topic
+            }
+        }
+    }
+
+    /// Stops the broker as a service manager does and starts it again (blocking).
+    fn restart(&mut self) {
+        if let Broker::Nats { command_line } = self {
+            restart_nats(command_line);
+        }
+    }
+
+    /// Starts it again if a failed run left it stopped.
+    fn ensure_running(&mut self) {
+        match self {
+            Broker::Nats { command_line } => {
+                if !port_open(4222) && !command_line.is_empty() {
+                    start_nats(command_line);
+                }
+            }
+            // The run's own broker ends with the run.
+            Broker::Kafka(_) => {}
+        }
+    }
+}
+
 /// The relay processes, and what the run leaves behind whatever happens: every relay killed,
 /// PostgreSQL and NATS running.
 struct Relays {
     children: Vec<Child>,
     config: std::path::PathBuf,
-    nats: Vec<String>,
+    broker: Broker,
 }
 
 impl Relays {
@@ -304,6 +416,7 @@ impl Relays {
             .args(["relay", "--instance-id", &format!("chaos-{index}")])
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("OUTBOX_DATABASE_URL")
+            .env_remove("OUTBOX_SINK_URL")
             .env(
                 "OUTBOX_LOG",
                 std::env::var("OUTBOX_CHAOS_LOG").unwrap_or_else(|_| "outbox=error".to_owned()),
@@ -347,9 +460,7 @@ impl Drop for Relays {
         if !sh("pg_isready -q -h 127.0.0.1 -p 5432") {
             pg_ctlcluster("start");
         }
-        if !port_open(4222) && !self.nats.is_empty() {
-            start_nats(&self.nats);
-        }
+        self.broker.ensure_running();
         let _ = std::fs::remove_file(&self.config);
     }
 }
@@ -382,13 +493,19 @@ async fn writer(db: Db, outbox: Outbox, counters: String, until: Instant, tally:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts PostgreSQL and NATS: run alone (see the module docs)"]
 async fn chaos_run_loses_nothing_invents_nothing_and_keeps_order() {
-    chaos(Db::postgres().await, chaos_seconds()).await;
+    chaos(Db::postgres().await, |_| Broker::nats(), chaos_seconds()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts PostgreSQL: run alone (see the module docs)"]
+async fn chaos_run_to_kafka_loses_nothing_invents_nothing_and_keeps_order() {
+    chaos(Db::postgres().await, Broker::kafka, chaos_seconds() / 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts NATS: run alone (see the module docs)"]
 async fn chaos_run_on_mariadb_loses_nothing_invents_nothing_and_keeps_order() {
-    chaos(Db::mariadb().await, chaos_seconds() / 2).await;
+    chaos(Db::mariadb().await, |_| Broker::nats(), chaos_seconds() / 2).await;
 }
 
 /// How long faults are injected: `OUTBOX_CHAOS_SECONDS`, default 60.
@@ -399,7 +516,9 @@ fn chaos_seconds() -> u64 {
         .unwrap_or(60)
 }
 
-async fn chaos(db: Db, seconds: u64) {
+/// The run: faults for `seconds`, relays publishing to the broker `broker` makes given the
+/// proxy's address.
+async fn chaos(db: Db, broker: impl FnOnce(std::net::SocketAddr) -> Broker, seconds: u64) {
     let table = format!("chaos_{}", uuid::Uuid::now_v7().simple());
     let counters = format!("{table}_aggregates");
     let outbox = Outbox::for_table(TableName::new(table.clone()).unwrap());
@@ -415,22 +534,10 @@ async fn chaos(db: Db, seconds: u64) {
     ))
     .await;
 
-    // A file-backed stream keeps its messages and its duplicate window across a restart.
-    let nats = async_nats::connect("127.0.0.1:4222")
-        .await
-        .unwrap_or_else(|e| panic!("NATS: {e}; {HINT}"));
-    let stream = table.to_uppercase();
-    async_nats::jetstream::new(nats)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{table}.>")],
-            duplicate_window: Duration::from_secs(600),
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let proxy = outbox_tests::Proxy::start(([127, 0, 0, 1], 4222).into()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker = broker(listener.local_addr().unwrap());
+    let proxy = outbox_tests::Proxy::on(listener, broker.addr());
+    let read = broker.prepare(&table, proxy.addr).await;
 
     let config = std::env::temp_dir().join(format!("{table}.toml"));
     std::fs::write(
@@ -445,19 +552,20 @@ poll_interval = "20ms"
 retention = "1h"
 
 [sink]
-kind = "nats"
-url = "nats://{proxy}"
+kind = "{kind}"
+url = "{url}"
 routing = "{table}.{{aggregate_type}}"
 "#,
             db = db.relay_url(),
-            proxy = proxy.addr,
+            kind = broker.kind(),
+            url = broker.url(proxy.addr),
         ),
     )
     .unwrap();
     let mut relays = Relays {
         children: Vec::new(),
         config: config.clone(),
-        nats: nats_command_line(),
+        broker,
     };
     for index in 0..RELAYS {
         let child = relays.spawn(index);
@@ -481,7 +589,7 @@ routing = "{table}.{{aggregate_type}}"
 
     let mut faults: Vec<String> = Vec::new();
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    let (mut pg_restarts, mut nats_restarts, mut exits) = (0, 0, 0);
+    let (mut pg_restarts, mut broker_restarts, mut exits) = (0, 0, 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Every kind of fault, in a new random order each round; a server restarts at most twice.
     let mut round: Vec<u8> = Vec::new();
@@ -494,7 +602,7 @@ routing = "{table}.{{aggregate_type}}"
         let relay = fastrand::usize(0..RELAYS);
         let kind = match round.pop().unwrap_or(0) {
             3 if pg_restarts < 2 && matches!(db, Db::Postgres(_)) => "postgres restart",
-            4 if nats_restarts < 2 => "nats restart",
+            4 if broker_restarts < 2 && relays.broker.restarts() => "nats restart",
             0 | 3 => "relay SIGKILL",
             1 | 4 => "relay SIGSTOP 4s",
             2 => db.terminate_name(),
@@ -534,11 +642,8 @@ routing = "{table}.{{aggregate_type}}"
                 );
             }
             "nats restart" => {
-                nats_restarts += 1;
-                let command_line = relays.nats.clone();
-                tokio::task::spawn_blocking(move || restart_nats(&command_line))
-                    .await
-                    .unwrap();
+                broker_restarts += 1;
+                tokio::task::block_in_place(|| relays.broker.restart());
             }
             _ => {
                 proxy.cut();
@@ -559,6 +664,28 @@ routing = "{table}.{{aggregate_type}}"
         writer.await.unwrap();
     }
     exits += relays.revive();
+
+    // What was thrown at the relays, printed before the drain so that a failed run shows it.
+    let interruptions: u64 = counts.values().sum();
+    println!(
+        "chaos run on {}: {seconds}s of faults, {WRITERS} writers over {AGGREGATES} aggregates, \
+         {RELAYS} relays (batch {BATCH}) publishing to {}",
+        db.name(),
+        relays.broker.name()
+    );
+    println!(
+        "writers: {} committed, {} rolled back, {} failed by a fault",
+        tally.committed.load(Relaxed),
+        tally.rolled_back.load(Relaxed),
+        tally.failed.load(Relaxed)
+    );
+    println!("faults injected ({interruptions}):");
+    for fault in &faults {
+        println!("  {fault}");
+    }
+    for (kind, count) in &counts {
+        println!("  {count:>3} x {kind}");
+    }
 
     // Drain: every committed event published.
     let faults_ended = Instant::now();
@@ -593,47 +720,37 @@ routing = "{table}.{{aggregate_type}}"
 
     let audit = |json: bool| {
         let mut command = Command::new(OUTBOX);
-        command.arg("--config").arg(&config).args([
-            "audit",
-            "--read",
-            &stream,
-            "--sink-url",
-            "nats://127.0.0.1:4222",
-        ]);
+        // The broker's URL is the configuration's (`sink.url`, through the proxy).
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "--read", &read]);
         if json {
             command.arg("--json");
         }
-        command.env_remove("OUTBOX_DATABASE_URL").output().unwrap()
+        command
+            .env_remove("OUTBOX_DATABASE_URL")
+            .env_remove("OUTBOX_SINK_URL")
+            .output()
+            .unwrap()
     };
     let table_output = audit(false);
-    let report: serde_json::Value = serde_json::from_slice(&audit(true).stdout).unwrap();
+    println!("audit:\n{}", String::from_utf8_lossy(&table_output.stdout));
+    let json_output = audit(true);
+    let report: serde_json::Value =
+        serde_json::from_slice(&json_output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "the audit's JSON ({e}): {}{}",
+                String::from_utf8_lossy(&json_output.stdout),
+                String::from_utf8_lossy(&json_output.stderr)
+            )
+        });
 
-    let interruptions: u64 = counts.values().sum();
-    println!(
-        "chaos run on {}: {seconds}s of faults, {WRITERS} writers over {AGGREGATES} aggregates, \
-         {RELAYS} relays (batch {BATCH}) publishing to NATS JetStream",
-        db.name()
-    );
-    println!(
-        "writers: {} committed, {} rolled back, {} failed by a fault",
-        tally.committed.load(Relaxed),
-        tally.rolled_back.load(Relaxed),
-        tally.failed.load(Relaxed)
-    );
-    println!("faults injected ({interruptions}):");
-    for fault in &faults {
-        println!("  {fault}");
-    }
-    for (kind, count) in &counts {
-        println!("  {count:>3} x {kind}");
-    }
     println!("relays that exited by themselves: {exits}");
     println!(
         "drained {:.1}s after the last fault",
         drained_in.as_secs_f64()
     );
-    println!("audit:\n{}", String::from_utf8_lossy(&table_output.stdout));
-
     assert!(
         table_output.status.success(),
         "the audit failed: {}",
@@ -668,7 +785,7 @@ routing = "{table}.{{aggregate_type}}"
         field("duplicates")
     );
     assert!(
-        pg_restarts + nats_restarts > 0 || seconds < 20,
+        pg_restarts + broker_restarts > 0 || seconds < 20,
         "no server restart in the run"
     );
 

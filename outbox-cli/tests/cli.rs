@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::{Event, Outbox, TableName};
+use outbox_tests::free_port;
 
 const OUTBOX: &str = env!("CARGO_BIN_EXE_outbox");
 const HINT: &str = "start the servers with scripts/services.sh";
@@ -79,14 +80,6 @@ async fn record(table: &str, count: i64) {
         }
         tx.commit().await.unwrap();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A relay configuration for `table` into NATS subjects `<table>.<aggregate_type>`.

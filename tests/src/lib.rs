@@ -672,3 +672,103 @@ impl Poison {
         self.delivered.lock().expect("lock").clone()
     }
 }
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker (the Kafka protocol, in memory) of a test's own on `127.0.0.1:<listen>`,
+/// advertising `advertised` to its clients — a [`Proxy`] in front of it, so that cutting the
+/// proxy cuts every connection, Kafka clients reconnecting to the address the broker
+/// advertises. Killed when dropped.
+#[derive(Debug)]
+pub struct Tansu {
+    child: std::process::Child,
+    listen: u16,
+}
+
+impl Tansu {
+    /// Starts the broker and waits (up to 30 s) until it listens.
+    pub fn start(listen: u16, advertised: std::net::SocketAddr) -> Tansu {
+        let home = std::env::var("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
+            });
+        let installed = home.join("bin/tansu");
+        let program = if installed.exists() {
+            installed
+        } else {
+            "tansu".into()
+        };
+        let child = std::process::Command::new(&program)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{listen}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{advertised}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}; run `scripts/services.sh` (it installs tansu)",
+                    program.display()
+                )
+            });
+        let mut tansu = Tansu { child, listen };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+            if let Some(status) = tansu.child.try_wait().unwrap() {
+                panic!("tansu exited ({status}) before listening on {listen}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {listen} within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tansu
+    }
+
+    /// The port the broker listens on (the proxy's target).
+    pub fn port(&self) -> u16 {
+        self.listen
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates Kafka topic `topic` with `partitions` partitions at `bootstrap`.
+pub async fn kafka_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use outbox::sinks::kafka::rdkafka;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Kafka on {bootstrap}: {e}; run `scripts/services.sh` (it starts the brokers)")
+        });
+    for result in results {
+        result.unwrap();
+    }
+}

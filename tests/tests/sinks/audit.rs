@@ -245,7 +245,7 @@ async fn audit_of_a_kafka_topic_over_three_partitions() {
     let table = RelayTable::<Pg>::new().await;
     let bootstrap = format!("127.0.0.1:{KAFKA_PORT}");
     let topic = format!("{}.account", table.name);
-    super::kafka::kafka_topic(&bootstrap, &topic, 3).await;
+    outbox_tests::kafka_topic(&bootstrap, &topic, 3).await;
     let sink = sinks::kafka::KafkaSink::connect(&bootstrap)
         .await
         .unwrap_or_else(|e| panic!("{e}; {START_HINT}"))

@@ -160,9 +160,13 @@ impl RowLocking for Postgres {
                o.payload, o.headers, o.attempts FROM {t} o WHERE o.seq = ANY($1) ORDER BY o.seq OFFSET 0) o"
         );
         if config.ordering == Ordering::Unordered {
+            // Row addresses locked first, columns read after: see `heads_among` below.
             let heads = format!(
-                "SELECT {locked} FROM {t} o WHERE o.seq >= $1 AND {claimable_o} AND o.available_at <= clock_timestamp() \
-                 ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+                "SELECT {locked} FROM {t} o WHERE o.ctid = ANY(ARRAY( \
+                   SELECT o.ctid FROM {t} o WHERE o.seq >= $1 AND {claimable_o} \
+                   AND o.available_at <= clock_timestamp() \
+                   ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+                 ORDER BY o.seq"
             );
             return ClaimStatements {
                 first,
@@ -182,15 +186,25 @@ impl RowLocking for Postgres {
         // event of their aggregate (the probe costs more than the skip), and the few of them
         // that turn out free are probed once locked. A free one that is not a head stays locked
         // but unclaimed until the claim ends.
+        //
+        // The locking scan returns row addresses only, and the claimed rows' columns are read
+        // by address afterwards: the scan computes its output for every row it tries, so with
+        // the columns in it each row skipped (held by another relay) would have its payload
+        // converted for nothing. A row updated and committed after the statement began (a
+        // retry come due) is locked at its new address, which the statement cannot see: it
+        // stays locked but unclaimed until the claim ends, and is claimed by the next one.
         let probe = head_probe(&t, config.parked_only);
         let heads_among = |candidates: &str| {
             format!(
-                "SELECT o.* FROM ( \
-                   SELECT {locked}, o.xmax <> '0'::xid AS hinted FROM {t} o \
-                   WHERE {candidates} AND {claimable_o} AND o.available_at <= clock_timestamp() \
-                   AND (o.xmax <> '0'::xid OR {probe}) \
-                   ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED) o \
-                 WHERE NOT o.hinted OR {probe} ORDER BY o.seq"
+                "SELECT {locked} FROM {t} o WHERE o.ctid = ANY(ARRAY( \
+                   SELECT o.ctid FROM ( \
+                     SELECT o.ctid, o.seq, o.aggregate_type, o.aggregate_id, \
+                       o.xmax <> '0'::xid AS hinted FROM {t} o \
+                     WHERE {candidates} AND {claimable_o} AND o.available_at <= clock_timestamp() \
+                     AND (o.xmax <> '0'::xid OR {probe}) \
+                     ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED) o \
+                   WHERE NOT o.hinted OR {probe})) \
+                 ORDER BY o.seq"
             )
         };
         // The candidates are the first event of each aggregate among the next `$3` claimable
