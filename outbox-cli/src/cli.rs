@@ -100,6 +100,26 @@ pub(crate) enum Command {
     /// with `relay.retention` set: audit within that period. Nothing is consumed: a RabbitMQ
     /// queue's messages go back to it unacknowledged.
     Audit(Audit),
+    /// Receives a CockroachDB changefeed of the outbox table over HTTPS and forwards each row
+    /// to the configured sink.
+    ///
+    /// Point the changefeed at it: `CREATE CHANGEFEED FOR TABLE outbox INTO
+    /// 'webhook-https://<this host>:8443/?insecure_tls_skip_verify=false' WITH updated,
+    /// resolved, webhook_auth_header = '<secret>'`. A request is answered 200 once the sink
+    /// confirmed every row (replays are dropped), 503 when the sink failed (CockroachDB sends it
+    /// again), 400/401/413 when it is refused. No database connection is needed. Until SIGINT
+    /// or SIGTERM.
+    Changefeed {
+        /// Where to listen, overriding `changefeed.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The broker URL, overriding `sink.url`.
+        #[arg(long, env = "OUTBOX_SINK_URL", hide_env_values = true)]
+        sink_url: Option<String>,
+        /// The Authorization header value requests must carry, overriding `changefeed.secret`.
+        #[arg(long, env = "OUTBOX_CHANGEFEED_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
 }
 
 /// `outbox audit`'s arguments.

@@ -26,6 +26,28 @@ pub(crate) struct Config {
     pub(crate) http: HttpConfig,
     #[serde(default)]
     pub(crate) telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub(crate) changefeed: ChangefeedConfig,
+}
+
+/// `[changefeed]`: `outbox changefeed`, the HTTPS endpoint a CockroachDB changefeed posts the
+/// outbox table's rows to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangefeedConfig {
+    /// Where to listen (default `127.0.0.1:8443`).
+    pub(crate) listen: Option<String>,
+    /// The server certificate chain, PEM (CockroachDB's webhook sink speaks only HTTPS).
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// The certificate's private key, PEM.
+    pub(crate) key: Option<std::path::PathBuf>,
+    /// The `Authorization` header value the changefeed sends (its `webhook_auth_header`
+    /// option); prefer `OUTBOX_CHANGEFEED_SECRET`.
+    pub(crate) secret: Option<String>,
+    /// The largest request body accepted (default 16 MiB).
+    pub(crate) max_body_bytes: Option<usize>,
+    /// How many forwarded event ids are remembered to drop replays (default 100,000).
+    pub(crate) window: Option<usize>,
 }
 
 /// `[telemetry]`: the relay's spans and metrics over OTLP, besides `/metrics`.

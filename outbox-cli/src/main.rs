@@ -65,6 +65,24 @@ fn main() -> std::process::ExitCode {
 
 /// Connects to the database and runs the command.
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Changefeed {
+        listen,
+        sink_url,
+        secret,
+    } = cli.command
+    {
+        // The changefeed brings the rows: no database connection.
+        let config = match &cli.config {
+            Some(path) => config::Config::load(path)?,
+            None => config::Config::default(),
+        };
+        let options = commands::changefeed::Options {
+            listen,
+            sink_url,
+            secret,
+        };
+        return commands::changefeed::run(&config, options).await;
+    }
     let settings = settings(&cli)?;
     // The relay's connections carry its instance id, for `outbox status`.
     let instance = match &cli.command {
@@ -111,5 +129,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(audit) => {
             commands::audit::run(&db, outbox, settings.config.sink.as_ref(), &audit).await
         }
+        Command::Changefeed { .. } => unreachable!("handled above"),
     }
 }

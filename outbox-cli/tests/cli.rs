@@ -1425,3 +1425,132 @@ async fn audit_compares_the_kept_events_with_the_stream_and_fails_on_a_loss() {
     assert!(error.contains("outbox audit needs a broker"), "{error}");
     std::fs::remove_file(config).unwrap();
 }
+
+/// A changefeed row of the outbox table, as CockroachDB's webhook sink sends it.
+fn changefeed_row(id: uuid::Uuid, aggregate: &str, n: i64) -> serde_json::Value {
+    serde_json::json!({
+        "after": {
+            "id": id.to_string(), "aggregate_type": "account", "aggregate_id": aggregate,
+            "event_type": "Numbered", "payload": { "n": n }, "headers": null,
+        },
+        "key": [id.to_string()],
+        "topic": "outbox",
+        "updated": format!("{}.0000000000", 1_733_300_000_000_000_000_i64 + n),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changefeed_endpoint_forwards_rows_over_https_and_refuses_a_wrong_secret() {
+    let prefix = unique("cf");
+    let stream = stream_for(&prefix).await;
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let config = dir.join("outbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[sink]
+kind = "nats"
+url = "{nats}"
+routing = "{prefix}.{{aggregate_type}}"
+
+[changefeed]
+listen = "127.0.0.1:{port}"
+cert = "{cert}"
+key = "{key}"
+"#,
+            nats = nats_url(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    // No database: the changefeed brings the rows.
+    let mut child = KillOnDrop(
+        Command::new(OUTBOX)
+            .arg("--config")
+            .arg(&config)
+            .arg("changefeed")
+            .env_remove("OUTBOX_DATABASE_URL")
+            .env("OUTBOX_CHANGEFEED_SECRET", "Bearer cf-secret")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the changefeed endpoint", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/");
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let rows: Vec<serde_json::Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| changefeed_row(*id, "a", n as i64))
+        .collect();
+    let body = serde_json::json!({ "payload": rows, "length": 3 }).to_string();
+
+    let refused = client
+        .post(&url)
+        .header("Authorization", "Bearer wrong")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let malformed = client
+        .post(&url)
+        .header("Authorization", "Bearer cf-secret")
+        .body("{\"payload\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status().as_u16(), 400);
+    assert!(
+        malformed.text().await.unwrap().contains("not a changefeed request"),
+        "the reason is in the answer"
+    );
+    for attempt in 0..2 {
+        let accepted = client
+            .post(&url)
+            .header("Authorization", "Bearer cf-secret")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(accepted.status().as_u16(), 200);
+        let text = accepted.text().await.unwrap();
+        let expected = if attempt == 0 { "forwarded 3, replays 0" } else { "forwarded 0, replays 3" };
+        assert!(text.starts_with(expected), "{text}");
+    }
+
+    let mut stream = stream;
+    assert_eq!(messages(&mut stream).await, 3);
+    for (seq, id) in (1..=3).zip(&ids) {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(
+            message.headers.get("Nats-Msg-Id").unwrap().as_str(),
+            id.to_string()
+        );
+        assert_eq!(message.subject.as_str(), format!("{prefix}.account"));
+    }
+    signal(&child.0, "TERM");
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap())
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,6 +63,7 @@
 pub mod admin;
 pub mod audit;
 pub mod catalog;
+pub mod changefeed;
 mod connection;
 mod error;
 mod event;

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub(crate) mod audit;
+pub(crate) mod changefeed;
 pub(crate) mod dead_letters;
 pub(crate) mod migrate;
 pub(crate) mod relay;

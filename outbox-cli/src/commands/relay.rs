@@ -152,7 +152,7 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
 
 /// Connects the sink, waiting for an unreachable broker: every failed try is logged and shown
 /// on `/health`, and the next one follows after a delay doubling from 1 s to 30 s.
-async fn connect_sink(
+pub(crate) async fn connect_sink(
     config: &crate::config::SinkConfig,
     webhook_secret: Option<&str>,
     problem: &SinkProblem,

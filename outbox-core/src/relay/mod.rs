@@ -468,7 +468,7 @@ fn aggregate_of(message: &Message) -> (String, String) {
 /// `messages` (in `seq` order) in waves in which no aggregate appears twice: an aggregate's
 /// `n`th event in the `n`th wave, so that each wave publishes after the one before. One pass,
 /// however many events an aggregate has in the batch.
-fn waves(messages: Vec<Message>) -> Vec<Vec<Message>> {
+pub(crate) fn waves(messages: Vec<Message>) -> Vec<Vec<Message>> {
     let mut seen: std::collections::HashMap<(&str, &str), usize> =
         std::collections::HashMap::with_capacity(messages.len());
     let ranks: Vec<usize> = messages

@@ -1,0 +1,232 @@
+//! `outbox changefeed`: the HTTPS endpoint a CockroachDB changefeed posts the outbox table's
+//! rows to, each forwarded to the configured sink by [`outbox::changefeed::Receiver`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use outbox::changefeed::{Receiver, ReceiverConfig};
+use outbox::sinks::redacted;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+
+use crate::CliError;
+use crate::commands::relay::connect_sink;
+use crate::config::Config;
+use crate::http::SinkProblem;
+use crate::shutdown::shutdown_signal;
+use crate::sink::AnySink;
+
+/// The flags of `outbox changefeed`.
+pub(crate) struct Options {
+    pub(crate) listen: Option<String>,
+    pub(crate) sink_url: Option<String>,
+    pub(crate) secret: Option<String>,
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves until SIGINT or SIGTERM.
+pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliError> {
+    let settings = &config.changefeed;
+    let Some(mut sink_config) = config.sink.clone() else {
+        return Err(CliError::Config(
+            "no sink: add a [sink] section with `kind` and `url` to the configuration file".into(),
+        ));
+    };
+    if let Some(url) = options.sink_url {
+        sink_config.url = url;
+    }
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        return Err(CliError::Config(
+            "CockroachDB's webhook sink speaks only HTTPS: set changefeed.cert and changefeed.key \
+             (PEM files) in the configuration file"
+                .into(),
+        ));
+    };
+    let tls = tls_config(cert, key)?;
+    let mut receiver_config = ReceiverConfig::default();
+    match options.secret.or_else(|| settings.secret.clone()) {
+        Some(secret) if secret.is_empty() => {
+            return Err(CliError::Config("the changefeed secret is empty".into()));
+        }
+        Some(secret) => receiver_config = receiver_config.secret(secret),
+        None => tracing::warn!(
+            "no changefeed secret: any client that reaches the endpoint can publish \
+             (set changefeed.secret or OUTBOX_CHANGEFEED_SECRET, and the changefeed's \
+             webhook_auth_header)"
+        ),
+    }
+    if let Some(bytes) = settings.max_body_bytes {
+        if bytes == 0 {
+            return Err(CliError::Config(
+                "changefeed.max_body_bytes must be at least 1".into(),
+            ));
+        }
+        receiver_config = receiver_config.max_body_bytes(bytes);
+    }
+    if let Some(window) = settings.window {
+        receiver_config = receiver_config.window(window);
+    }
+    let cap = receiver_config.max_body_bytes;
+    let listen = options
+        .listen
+        .or_else(|| settings.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8443".into());
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|error| CliError::Config(format!("cannot listen on {listen}: {error}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| CliError::Other(error.to_string()))?;
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let sink = tokio::select! {
+        sink = connect_sink(&sink_config, None, &SinkProblem::default()) => sink?,
+        () = &mut shutdown => return Ok(()),
+    };
+    let receiver = Arc::new(Receiver::new(sink, receiver_config));
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .fallback(axum::routing::post(receive))
+        // The receiver answers 413 itself, with the cap in its reason: let one byte more in.
+        .layer(DefaultBodyLimit::max(cap.saturating_add(1)))
+        .with_state(receiver);
+    eprintln!(
+        "outbox changefeed: https://{address} -> {} {}",
+        sink_config.kind,
+        redacted(&sink_config.url)
+    );
+    let listener = TlsListener::start(listener, TlsAcceptor::from(Arc::new(tls)));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|error| CliError::Other(format!("the changefeed endpoint stopped: {error}")))?;
+    eprintln!("outbox changefeed: stopped");
+    Ok(())
+}
+
+/// One changefeed request: the receiver's answer, with the reason when it refuses.
+async fn receive(
+    State(receiver): State<Arc<Receiver<AnySink>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match receiver.receive(authorization, &body).await {
+        Ok(received) => (
+            StatusCode::OK,
+            format!(
+                "forwarded {}, replays {}, deletes {}, dead {}\n",
+                received.forwarded, received.replays, received.deletes, received.dead
+            ),
+        ),
+        Err(error) => (
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            format!("{error}\n"),
+        ),
+    }
+}
+
+/// The server's TLS configuration from PEM files.
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|error| {
+            CliError::Config(format!("changefeed.cert {}: {error}", cert.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(CliError::Config(format!(
+            "changefeed.cert {}: no certificate in the file",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| CliError::Config(format!("changefeed.key {}: {error}", key.display())))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|error| CliError::Config(format!("changefeed.cert and changefeed.key: {error}")))
+}
+
+/// TCP connections with their TLS handshake done, for `axum::serve`: handshakes run
+/// concurrently in a task of their own, so that a slow or failing client holds up no other.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn start(listener: TcpListener, acceptor: TlsAcceptor) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (sender, accepted) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "changefeed endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = sender.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%peer, %error, "changefeed endpoint: TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "changefeed endpoint: TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener {
+            accepted,
+            local,
+            task,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The accepting task never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -1,0 +1,313 @@
+//! The CockroachDB changefeed receiver, driven by a test client that behaves as CockroachDB's
+//! webhook sink does (CockroachDB itself cannot be installed here): batches of several rows in
+//! the documented `wrapped` envelope, a batch retried after a 503, overlapping replays from an
+//! older checkpoint, resolved messages, a key updated twice, and refusals of what is not a
+//! changefeed request. The sink is NATS JetStream behind a proxy, cut in the middle; what the
+//! stream holds at the end is read with NATS's own client.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outbox::changefeed::{ChangefeedError, Hlc, Receiver, ReceiverConfig};
+use outbox::relay::{HandlerSink, Message, Sink, SinkError};
+use outbox::sinks::{self, Routing};
+use outbox_tests::Proxy;
+use serde_json::{Value, json};
+
+const SECRET: &str = "Bearer changefeed-test-secret";
+
+/// One committed outbox row as a changefeed carries it.
+#[derive(Clone)]
+struct Row {
+    id: uuid::Uuid,
+    aggregate: String,
+    n: i64,
+    updated: Hlc,
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        json!({
+            "after": {
+                "id": self.id.to_string(),
+                "aggregate_type": "account",
+                "aggregate_id": self.aggregate,
+                "event_type": "Numbered",
+                "payload": { "n": self.n },
+                "headers": null,
+                "created_at": "2026-12-04T10:00:00.000000Z",
+            },
+            "key": [self.id.to_string()],
+            "topic": "outbox",
+            "updated": self.updated.to_string(),
+        })
+    }
+}
+
+/// `count` rows over `aggregates` aggregates, committed one after the other.
+fn rows(count: i64, aggregates: i64) -> Vec<Row> {
+    let start: i128 = 1_733_300_000_000_000_000;
+    (0..count)
+        .map(|n| Row {
+            id: uuid::Uuid::now_v7(),
+            aggregate: format!("a{}", n % aggregates),
+            n,
+            updated: Hlc {
+                wall: start + i128::from(n) * 1_000,
+                logical: 0,
+            },
+        })
+        .collect()
+}
+
+/// The body CockroachDB's webhook sink sends for `rows`.
+fn batch(rows: &[Row]) -> Vec<u8> {
+    let payload: Vec<Value> = rows.iter().map(Row::json).collect();
+    serde_json::to_vec(&json!({ "payload": payload, "length": rows.len() })).unwrap()
+}
+
+fn nats_url() -> String {
+    std::env::var("OUTBOX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an_outage() {
+    let prefix = format!("changefeed_{}", uuid::Uuid::now_v7().simple());
+    let direct = async_nats::connect(nats_url())
+        .await
+        .unwrap_or_else(|e| panic!("NATS: {e}; start it with scripts/services.sh"));
+    let jetstream = async_nats::jetstream::new(direct);
+    let stream = jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: prefix.to_uppercase(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let nats_port: u16 = nats_url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.trim_end_matches('/').parse().ok())
+        .unwrap_or(4222);
+    let proxy = Proxy::start(([127, 0, 0, 1], nats_port).into()).await;
+    let sink = sinks::nats::NatsSink::connect(&format!("nats://{}", proxy.addr))
+        .await
+        .unwrap()
+        .routing(Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap());
+    let receiver = Receiver::new(sink, ReceiverConfig::default().secret(SECRET));
+    let all = rows(60, 3);
+    let mut forwarded = 0;
+    let mut replays = 0;
+
+    // Three batches of ten go through.
+    for chunk in all[..30].chunks(10) {
+        let received = receiver.receive(Some(SECRET), &batch(chunk)).await.unwrap();
+        forwarded += received.forwarded;
+        assert_eq!(received.replays, 0);
+    }
+    assert_eq!(forwarded, 30);
+
+    // The broker goes away: the next batch is answered 503, and CockroachDB retries it.
+    proxy.cut();
+    let outage = batch(&all[30..40]);
+    let error = receiver.receive(Some(SECRET), &outage).await.unwrap_err();
+    assert_eq!(error.status(), 503, "{error}");
+    assert!(matches!(error, ChangefeedError::SinkFailed { .. }), "{error}");
+    proxy.restore();
+    let retried = loop {
+        match receiver.receive(Some(SECRET), &outage).await {
+            Ok(received) => break received,
+            Err(error) => {
+                assert_eq!(error.status(), 503, "{error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    forwarded += retried.forwarded;
+    replays += retried.replays;
+    assert_eq!(retried.forwarded + retried.replays, 10);
+
+    // The changefeed restarts from an older checkpoint: rows 20..50 come again, overlapping.
+    let replayed = receiver.receive(Some(SECRET), &batch(&all[20..50])).await.unwrap();
+    assert_eq!(replayed.replays, 20, "rows 20..40 were forwarded already");
+    assert_eq!(replayed.forwarded, 10);
+    forwarded += replayed.forwarded;
+
+    // A key updated twice (the same event, a later timestamp) is not an event again; a row
+    // older than its key's last forwarded one is a replay, whatever its id.
+    let mut updated = all[5].clone();
+    updated.updated.logical += 7;
+    let mut stale = all[6].clone();
+    stale.id = uuid::Uuid::now_v7();
+    stale.updated.wall -= 1;
+    let received = receiver
+        .receive(Some(SECRET), &batch(&[updated, stale]))
+        .await
+        .unwrap();
+    assert_eq!((received.forwarded, received.replays), (0, 2));
+
+    // The rest, with a delete among them (row-level TTL removing a published row), then a
+    // resolved timestamp.
+    let mut body: Value = serde_json::from_slice(&batch(&all[50..])).unwrap();
+    let rows_json = body["payload"].as_array_mut().unwrap();
+    rows_json.push(json!({ "after": null, "key": [all[0].id.to_string()], "topic": "outbox",
+        "updated": all[59].updated.to_string() }));
+    body["length"] = json!(rows_json.len());
+    let received = receiver
+        .receive(Some(SECRET), &serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((received.forwarded, received.deletes), (10, 1));
+    forwarded += received.forwarded;
+    let resolved = all[59].updated.to_string();
+    let received = receiver
+        .receive(
+            Some(SECRET),
+            &serde_json::to_vec(&json!({ "resolved": resolved })).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(received.resolved, Some(all[59].updated));
+    assert_eq!(receiver.resolved(), Some(all[59].updated));
+
+    // Every row forwarded once by the receiver; the stream holds each event, in order per
+    // aggregate.
+    assert_eq!(forwarded, 60, "{replays} replays");
+    let info = stream.clone().get_info().await.unwrap();
+    let mut seen = Vec::new();
+    for seq in 1..=info.state.messages {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let id = message.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+        let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+        let aggregate = message
+            .headers
+            .get(sinks::AGGREGATE_ID)
+            .unwrap()
+            .as_str()
+            .to_owned();
+        if !seen.iter().any(|(seen_id, _, _)| *seen_id == id) {
+            seen.push((id, aggregate, payload["n"].as_i64().unwrap()));
+        }
+    }
+    let expected: Vec<(String, String, i64)> = all
+        .iter()
+        .map(|row| (row.id.to_string(), row.aggregate.clone(), row.n))
+        .collect();
+    assert_eq!(seen.len(), 60);
+    for aggregate in ["a0", "a1", "a2"] {
+        let of = |list: &[(String, String, i64)]| -> Vec<i64> {
+            list.iter()
+                .filter(|(_, a, _)| a == aggregate)
+                .map(|(_, _, n)| *n)
+                .collect()
+        };
+        assert_eq!(of(&seen), of(&expected), "order of {aggregate}");
+    }
+    jetstream.delete_stream(prefix.to_uppercase()).await.unwrap();
+}
+
+/// A sink counting what it was given, refusing for good the events of type `Poison`.
+fn counting() -> (impl Sink, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let sink = HandlerSink::new(move |message: Message| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(if message.event_type == "Poison" {
+            Err(SinkError::permanent("refused"))
+        } else {
+            Ok(())
+        })
+    });
+    (sink, count)
+}
+
+#[tokio::test]
+async fn changefeed_refusals_say_why_and_forward_nothing() {
+    let (sink, published) = counting();
+    let receiver = Receiver::new(
+        sink,
+        ReceiverConfig::default().secret(SECRET).max_body_bytes(4_096),
+    );
+    let good = rows(3, 1);
+    let body = batch(&good);
+
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
+        ("no secret", None, body.clone(), 401),
+        ("a wrong secret", Some("Bearer nope"), body.clone(), 401),
+        ("a body over the cap", Some(SECRET), batch(&rows(40, 1)), 413),
+        ("not JSON", Some(SECRET), b"{\"payload\": [".to_vec(), 400),
+        ("neither rows nor resolved", Some(SECRET), b"{}".to_vec(), 400),
+        (
+            "a length that is not the rows'",
+            Some(SECRET),
+            serde_json::to_vec(&json!({ "payload": [good[0].json()], "length": 2 })).unwrap(),
+            400,
+        ),
+        (
+            "a row without `updated`",
+            Some(SECRET),
+            {
+                let mut row = good[0].json();
+                row.as_object_mut().unwrap().remove("updated");
+                serde_json::to_vec(&json!({ "payload": [row], "length": 1 })).unwrap()
+            },
+            400,
+        ),
+        (
+            "a good row then one that is not an outbox row",
+            Some(SECRET),
+            {
+                let mut bad = good[1].json();
+                bad["after"] = json!({ "name": "not an event" });
+                serde_json::to_vec(&json!({ "payload": [good[0].json(), bad], "length": 2 }))
+                    .unwrap()
+            },
+            400,
+        ),
+        (
+            "a bad resolved timestamp",
+            Some(SECRET),
+            serde_json::to_vec(&json!({ "resolved": "yesterday" })).unwrap(),
+            400,
+        ),
+    ];
+    for (what, auth, body, status) in cases {
+        let error = receiver.receive(auth, &body).await.unwrap_err();
+        assert_eq!(error.status(), status, "{what}: {error}");
+        if status == 400 {
+            assert!(
+                matches!(&error, ChangefeedError::Malformed(reason) if !reason.is_empty()),
+                "{what}: {error}"
+            );
+        }
+    }
+    assert_eq!(published.load(Ordering::SeqCst), 0, "nothing was forwarded");
+
+    // After the refusals, the good batch goes through whole.
+    let received = receiver.receive(Some(SECRET), &body).await.unwrap();
+    assert_eq!(received.forwarded, 3);
+}
+
+#[tokio::test]
+async fn a_poison_event_is_a_dead_letter_and_the_feed_goes_on() {
+    let (sink, published) = counting();
+    let receiver = Receiver::new(sink, ReceiverConfig::default());
+    let rows = rows(4, 2);
+    let mut body: Value = serde_json::from_slice(&batch(&rows)).unwrap();
+    body["payload"][1]["after"]["event_type"] = json!("Poison");
+    let received = receiver
+        .receive(None, &serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((received.forwarded, received.dead), (3, 1));
+    assert_eq!(published.load(Ordering::SeqCst), 4);
+    // Sent again (a replay), the dead letter is not retried either.
+    let again = receiver
+        .receive(None, &serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((again.forwarded, again.replays), (0, 4));
+}
