@@ -507,6 +507,41 @@ fn fails(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+fn changefeed_mistakes_are_one_line_each() {
+    let dir = std::env::temp_dir().join(unique("cf_mistakes"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |body: &str| {
+        let path = dir.join(format!("{}.toml", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+    let sink = "[sink]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n";
+    let cases = [
+        (String::new(), "no sink: add a [sink] section"),
+        (
+            sink.to_owned(),
+            "CockroachDB's webhook sink speaks only HTTPS: set changefeed.cert",
+        ),
+        (
+            format!(
+                "{sink}[changefeed]\ncert = \"/no/such/cert.pem\"\nkey = \"/no/such/key.pem\"\n"
+            ),
+            "changefeed.cert /no/such/cert.pem: ",
+        ),
+    ];
+    for (body, expected) in cases {
+        let path = config(&body);
+        let (code, text) = fails(&[], &["--config", &path, "changefeed"]);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.starts_with(&format!("outbox: error: {expected}")),
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn every_mistake_is_one_line_that_says_what_to_fix() {
     assert_eq!(
         fails(&[], &["status"]),
@@ -1445,8 +1480,7 @@ async fn changefeed_endpoint_forwards_rows_over_https_and_refuses_a_wrong_secret
     let stream = stream_for(&prefix).await;
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).unwrap();
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
@@ -1488,7 +1522,9 @@ key = "{key}"
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
         .resolve("localhost", ([127, 0, 0, 1], port).into())
         .build()
         .unwrap();
@@ -1518,7 +1554,11 @@ key = "{key}"
         .unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
     assert!(
-        malformed.text().await.unwrap().contains("not a changefeed request"),
+        malformed
+            .text()
+            .await
+            .unwrap()
+            .contains("not a changefeed request"),
         "the reason is in the answer"
     );
     for attempt in 0..2 {
@@ -1531,7 +1571,11 @@ key = "{key}"
             .unwrap();
         assert_eq!(accepted.status().as_u16(), 200);
         let text = accepted.text().await.unwrap();
-        let expected = if attempt == 0 { "forwarded 3, replays 0" } else { "forwarded 0, replays 3" };
+        let expected = if attempt == 0 {
+            "forwarded 3, replays 0"
+        } else {
+            "forwarded 0, replays 3"
+        };
         assert!(text.starts_with(expected), "{text}");
     }
 

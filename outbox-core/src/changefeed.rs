@@ -354,8 +354,8 @@ impl<K: Sink> Receiver<K> {
                 cap: self.config.max_body_bytes,
             });
         }
-        let batch: Batch<'_> = serde_json::from_slice(body)
-            .map_err(|e| ChangefeedError::Malformed(format!("{e}")))?;
+        let batch: Batch<'_> =
+            serde_json::from_slice(body).map_err(|e| ChangefeedError::Malformed(format!("{e}")))?;
         let mut received = Received::default();
         if let Some(resolved) = &batch.resolved {
             received.resolved = Some(self.resolve(resolved)?);
@@ -384,11 +384,14 @@ impl<K: Sink> Receiver<K> {
                 received.resolved = Some(self.resolve(resolved)?);
                 continue;
             }
-            let at = |problem: String| ChangefeedError::Malformed(format!("row {index}: {problem}"));
+            let at =
+                |problem: String| ChangefeedError::Malformed(format!("row {index}: {problem}"));
             let updated = row
                 .updated
                 .as_deref()
-                .ok_or_else(|| at("no `updated` timestamp (create the changefeed WITH updated)".into()))
+                .ok_or_else(|| {
+                    at("no `updated` timestamp (create the changefeed WITH updated)".into())
+                })
                 .and_then(|text| Hlc::parse(text).map_err(|e| at(e.to_string())))?;
             let key = row
                 .key
@@ -477,13 +480,12 @@ impl<K: Sink> Receiver<K> {
             let results = self.sink.publish(&wave).await;
             let mut failure: Option<SinkError> = None;
             let mut failed_aggregates = HashSet::new();
-            for (message, result) in wave.iter().zip(
-                results
-                    .into_iter()
-                    .chain(std::iter::repeat_with(|| {
+            for (message, result) in
+                wave.iter()
+                    .zip(results.into_iter().chain(std::iter::repeat_with(|| {
                         Err(SinkError::transient("the sink returned no result"))
-                    })),
-            ) {
+                    })))
+            {
                 let aggregate = (&message.aggregate_type, &message.aggregate_id);
                 match result {
                     Ok(()) if !failed_aggregates.contains(&aggregate) => {

@@ -22,6 +22,8 @@ const SECRET: &str = "Bearer changefeed-test-secret";
 #[derive(Clone)]
 struct Row {
     id: uuid::Uuid,
+    /// The primary key, as the changefeed's `key` (the id's, unless a test changes it).
+    key: String,
     aggregate: String,
     n: i64,
     updated: Hlc,
@@ -39,7 +41,7 @@ impl Row {
                 "headers": null,
                 "created_at": "2026-12-04T10:00:00.000000Z",
             },
-            "key": [self.id.to_string()],
+            "key": [self.key],
             "topic": "outbox",
             "updated": self.updated.to_string(),
         })
@@ -50,8 +52,11 @@ impl Row {
 fn rows(count: i64, aggregates: i64) -> Vec<Row> {
     let start: i128 = 1_733_300_000_000_000_000;
     (0..count)
-        .map(|n| Row {
-            id: uuid::Uuid::now_v7(),
+        .map(|_| uuid::Uuid::now_v7())
+        .zip(0..count)
+        .map(|(id, n)| Row {
+            id,
+            key: id.to_string(),
             aggregate: format!("a{}", n % aggregates),
             n,
             updated: Hlc {
@@ -115,7 +120,10 @@ async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an
     let outage = batch(&all[30..40]);
     let error = receiver.receive(Some(SECRET), &outage).await.unwrap_err();
     assert_eq!(error.status(), 503, "{error}");
-    assert!(matches!(error, ChangefeedError::SinkFailed { .. }), "{error}");
+    assert!(
+        matches!(error, ChangefeedError::SinkFailed { .. }),
+        "{error}"
+    );
     proxy.restore();
     let retried = loop {
         match receiver.receive(Some(SECRET), &outage).await {
@@ -131,18 +139,23 @@ async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an
     assert_eq!(retried.forwarded + retried.replays, 10);
 
     // The changefeed restarts from an older checkpoint: rows 20..50 come again, overlapping.
-    let replayed = receiver.receive(Some(SECRET), &batch(&all[20..50])).await.unwrap();
+    let replayed = receiver
+        .receive(Some(SECRET), &batch(&all[20..50]))
+        .await
+        .unwrap();
     assert_eq!(replayed.replays, 20, "rows 20..40 were forwarded already");
     assert_eq!(replayed.forwarded, 10);
     forwarded += replayed.forwarded;
 
     // A key updated twice (the same event, a later timestamp) is not an event again; a row
-    // older than its key's last forwarded one is a replay, whatever its id.
+    // older than its key's last forwarded one is a replay, whatever its id (a table whose key
+    // is not the id).
     let mut updated = all[5].clone();
     updated.updated.logical += 7;
     let mut stale = all[6].clone();
     stale.id = uuid::Uuid::now_v7();
     stale.updated.wall -= 1;
+    assert_eq!(stale.key, all[6].id.to_string());
     let received = receiver
         .receive(Some(SECRET), &batch(&[updated, stale]))
         .await
@@ -153,8 +166,10 @@ async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an
     // resolved timestamp.
     let mut body: Value = serde_json::from_slice(&batch(&all[50..])).unwrap();
     let rows_json = body["payload"].as_array_mut().unwrap();
-    rows_json.push(json!({ "after": null, "key": [all[0].id.to_string()], "topic": "outbox",
-        "updated": all[59].updated.to_string() }));
+    rows_json.push(
+        json!({ "after": null, "key": [all[0].id.to_string()], "topic": "outbox",
+        "updated": all[59].updated.to_string() }),
+    );
     body["length"] = json!(rows_json.len());
     let received = receiver
         .receive(Some(SECRET), &serde_json::to_vec(&body).unwrap())
@@ -180,7 +195,12 @@ async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an
     let mut seen = Vec::new();
     for seq in 1..=info.state.messages {
         let message = stream.get_raw_message(seq).await.unwrap();
-        let id = message.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .to_owned();
         let payload: Value = serde_json::from_slice(&message.payload).unwrap();
         let aggregate = message
             .headers
@@ -206,7 +226,10 @@ async fn changefeed_rows_reach_nats_once_in_order_through_retries_replays_and_an
         };
         assert_eq!(of(&seen), of(&expected), "order of {aggregate}");
     }
-    jetstream.delete_stream(prefix.to_uppercase()).await.unwrap();
+    jetstream
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
 }
 
 /// A sink counting what it was given, refusing for good the events of type `Poison`.
@@ -229,7 +252,9 @@ async fn changefeed_refusals_say_why_and_forward_nothing() {
     let (sink, published) = counting();
     let receiver = Receiver::new(
         sink,
-        ReceiverConfig::default().secret(SECRET).max_body_bytes(4_096),
+        ReceiverConfig::default()
+            .secret(SECRET)
+            .max_body_bytes(4_096),
     );
     let good = rows(3, 1);
     let body = batch(&good);
@@ -237,9 +262,19 @@ async fn changefeed_refusals_say_why_and_forward_nothing() {
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
         ("no secret", None, body.clone(), 401),
         ("a wrong secret", Some("Bearer nope"), body.clone(), 401),
-        ("a body over the cap", Some(SECRET), batch(&rows(40, 1)), 413),
+        (
+            "a body over the cap",
+            Some(SECRET),
+            batch(&rows(40, 1)),
+            413,
+        ),
         ("not JSON", Some(SECRET), b"{\"payload\": [".to_vec(), 400),
-        ("neither rows nor resolved", Some(SECRET), b"{}".to_vec(), 400),
+        (
+            "neither rows nor resolved",
+            Some(SECRET),
+            b"{}".to_vec(),
+            400,
+        ),
         (
             "a length that is not the rows'",
             Some(SECRET),

@@ -86,10 +86,11 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         .local_addr()
         .map_err(|error| CliError::Other(error.to_string()))?;
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    // Owned, so that the server can keep it once the sink is connected.
+    let mut shutdown = Box::pin(shutdown_signal());
+    let problem = SinkProblem::default();
     let sink = tokio::select! {
-        sink = connect_sink(&sink_config, None, &SinkProblem::default()) => sink?,
+        sink = connect_sink(&sink_config, None, &problem) => sink?,
         () = &mut shutdown => return Ok(()),
     };
     let receiver = Arc::new(Receiver::new(sink, receiver_config));
@@ -138,7 +139,10 @@ async fn receive(
 }
 
 /// The server's TLS configuration from PEM files.
-fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, CliError> {
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, CliError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -154,7 +158,11 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::S
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|error| CliError::Config(format!("changefeed.key {}: {error}", key.display())))?;
-    rustls::ServerConfig::builder()
+    // Named, not left to the crate features: more than one provider is built in.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| CliError::Config(format!("TLS: {error}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|error| CliError::Config(format!("changefeed.cert and changefeed.key: {error}")))
