@@ -5,7 +5,7 @@
 //! | reader | feature | reads | event id from |
 //! | --- | --- | --- | --- |
 //! | [`nats`] | `nats` | a JetStream stream (optionally one subject filter), through an ephemeral consumer | header `outbox-event-id`, else `Nats-Msg-Id` |
-//! | [`kafka`] | `kafka` | every partition of a topic, from its low to its high watermark | header `outbox-event-id` |
+//! | [`kafka`] | `kafka` | every partition of a topic, from its low to its high watermark, then on until it is quiet for 2 s | header `outbox-event-id` |
 //! | [`redis`] | `redis` | a stream key, with `XRANGE` | field `id` |
 //! | [`rabbitmq`] | `rabbitmq` | a queue, with `basic.get` and no acknowledgement: the messages go back to the queue when the audit's channel closes (RabbitMQ marks them redelivered) | `message_id`, else header `outbox-event-id` |
 
@@ -135,7 +135,6 @@ pub async fn kafka(bootstrap: &str, topic: &str) -> Result<Vec<Observed>, ReadEr
 fn kafka_blocking(bootstrap: &str, topic: &str) -> Result<Vec<Observed>, ReadError> {
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Headers;
 
     let error = |problem: &dyn std::fmt::Display| ReadError::new("Kafka", topic, problem);
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -188,15 +187,8 @@ fn kafka_blocking(bootstrap: &str, topic: &str) -> Result<Vec<Observed>, ReadErr
             Some(message) => message.map_err(|e| error(&e))?,
         };
         let (partition, offset) = (message.partition(), message.offset());
-        let id = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == crate::sinks::EVENT_ID)
-                .and_then(|header| header.value)
-                .and_then(|value| std::str::from_utf8(value).ok().map(str::to_owned))
-        });
         observed.push(Observed::new(
-            id.as_deref(),
+            event_id(&message).as_deref(),
             format!("{partition}/{offset}"),
         ));
         if until
@@ -206,7 +198,36 @@ fn kafka_blocking(bootstrap: &str, topic: &str) -> Result<Vec<Observed>, ReadErr
             until.remove(&partition);
         }
     }
+    // A broker may serve records past the high watermark it reported (tansu did, for the last
+    // records of a partition written by several producers at once): read on until the
+    // partitions have been quiet for a while.
+    while let Some(message) = consumer.poll(QUIET) {
+        let message = message.map_err(|e| error(&e))?;
+        observed.push(Observed::new(
+            event_id(&message).as_deref(),
+            format!("{}/{}", message.partition(), message.offset()),
+        ));
+    }
     Ok(observed)
+}
+
+/// How long a Kafka topic must stay quiet, once its high watermarks are reached, for the read
+/// to end.
+#[cfg(feature = "kafka")]
+const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The outbox event id a Kafka record carries in its headers.
+#[cfg(feature = "kafka")]
+fn event_id(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers;
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == crate::sinks::EVENT_ID)
+            .and_then(|header| header.value)
+            .and_then(|value| std::str::from_utf8(value).ok().map(str::to_owned))
+    })
 }
 
 /// The entries of Redis stream `key` at `url`, oldest first; `position` is the entry id.
