@@ -132,12 +132,21 @@ impl LogTable {
             .await
             .unwrap();
         let publication = slot.replace("_relay", "_pub");
+        // On a connection of its own, once the pool is closed: a relay task aborted in the
+        // middle of a claim can leave a pooled connection inside a transaction, which would
+        // hold its locks (and make every slot being created wait) until that connection is
+        // used again or closed.
+        let mut conn =
+            <sqlx::PgConnection as sqlx::Connection>::connect(&outbox_tests::postgres_url())
+                .await
+                .unwrap();
+        self.pool.close().await;
         for sql in [
             format!("DROP PUBLICATION IF EXISTS \"{publication}\""),
             format!("DROP TABLE {}", self.name),
         ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&self.pool)
+                .execute(&mut conn)
                 .await
                 .unwrap();
         }
