@@ -154,6 +154,21 @@ pub(crate) struct SinkConfig {
 }
 
 impl Config {
+    /// The `[sink]` section, its URL replaced by `url` when given; an error saying what to add
+    /// when there is none.
+    pub(crate) fn sink_with_url(&self, url: Option<String>) -> Result<SinkConfig, CliError> {
+        let mut sink = self.sink.clone().ok_or_else(|| {
+            CliError::Config(
+                "no sink: add a [sink] section with `kind` and `url` to the configuration file"
+                    .into(),
+            )
+        })?;
+        if let Some(url) = url {
+            sink.url = url;
+        }
+        Ok(sink)
+    }
+
     /// Reads `path`; a missing file, bad TOML or an unknown key is an error naming the file.
     pub(crate) fn load(path: &Path) -> Result<Config, CliError> {
         let text = std::fs::read_to_string(path).map_err(|error| {

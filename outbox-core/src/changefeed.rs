@@ -452,7 +452,10 @@ impl<K: Sink> Receiver<K> {
         let mut memory = self.memory();
         let newest = memory.resolved.map_or(resolved, |old| old.max(resolved));
         memory.resolved = Some(newest);
-        metrics::gauge!("outbox_changefeed_resolved_lag_seconds").set(newest.lag_seconds());
+        // The timestamp, not a lag computed now: a lag set only when a resolved message arrives
+        // would stop growing exactly when the feed stalls. `time() - this` is the lag.
+        metrics::gauge!("outbox_changefeed_resolved_timestamp_seconds")
+            .set(newest.wall as f64 / 1e9);
         Ok(resolved)
     }
 

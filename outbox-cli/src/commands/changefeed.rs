@@ -35,14 +35,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Serves until SIGINT or SIGTERM.
 pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliError> {
     let settings = &config.changefeed;
-    let Some(mut sink_config) = config.sink.clone() else {
-        return Err(CliError::Config(
-            "no sink: add a [sink] section with `kind` and `url` to the configuration file".into(),
-        ));
-    };
-    if let Some(url) = options.sink_url {
-        sink_config.url = url;
-    }
+    let sink_config = config.sink_with_url(options.sink_url)?;
     let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
         return Err(CliError::Config(
             "CockroachDB's webhook sink speaks only HTTPS: set changefeed.cert and changefeed.key \

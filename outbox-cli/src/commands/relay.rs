@@ -32,14 +32,7 @@ pub(crate) struct Options {
 pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result<(), CliError> {
     let config = &settings.config;
     let outbox = &settings.outbox;
-    let Some(mut sink_config) = config.sink.clone() else {
-        return Err(CliError::Config(
-            "no sink: add a [sink] section with `kind` and `url` to the configuration file".into(),
-        ));
-    };
-    if let Some(url) = options.sink_url {
-        sink_config.url = url;
-    }
+    let sink_config = config.sink_with_url(options.sink_url)?;
     let relay_config = &config.relay;
     let ordering = relay_config
         .ordering
