@@ -120,6 +120,32 @@ pub(crate) enum Command {
         #[arg(long, env = "OUTBOX_CHANGEFEED_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Prints the CockroachDB statements that feed the outbox table to `outbox changefeed`: the
+    /// rangefeed setting, the table's row-level TTL (`changefeed.row_ttl`, default 1 day) and
+    /// `CREATE CHANGEFEED … INTO 'webhook-https://…' WITH updated, resolved, …`.
+    ///
+    /// The secret is shown as `<redacted>` unless `--show-secret`. With `--execute` they are run
+    /// on the database (`--database-url`), which must be CockroachDB, and the changefeed's job
+    /// id is printed.
+    ChangefeedSql {
+        /// The receiver's https:// address as CockroachDB's nodes reach it, overriding
+        /// `changefeed.public_url`.
+        #[arg(long)]
+        receiver_url: Option<String>,
+        /// A PEM certificate CockroachDB should trust the receiver by (its own, self-signed, or
+        /// its CA's), sent as the sink URL's `ca_cert`.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        /// The Authorization header value, overriding `changefeed.secret`.
+        #[arg(long, env = "OUTBOX_CHANGEFEED_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Print the secret instead of `<redacted>`.
+        #[arg(long)]
+        show_secret: bool,
+        /// Run the statements on the database instead of printing them.
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 /// `outbox audit`'s arguments.

@@ -48,6 +48,13 @@ pub(crate) struct ChangefeedConfig {
     pub(crate) max_body_bytes: Option<usize>,
     /// How many forwarded event ids are remembered to drop replays (default 100,000).
     pub(crate) window: Option<usize>,
+    /// The receiver's address as CockroachDB's nodes reach it, `https://host:port/`: the URL
+    /// `outbox changefeed-sql` writes into `CREATE CHANGEFEED`.
+    pub(crate) public_url: Option<String>,
+    /// How long a row stays in a CockroachDB outbox table before row-level TTL deletes it,
+    /// e.g. `"1d"` (the default): `outbox migrate` and `outbox changefeed-sql` set it.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) row_ttl: Option<Duration>,
 }
 
 /// `[telemetry]`: the relay's spans and metrics over OTLP, besides `/metrics`.

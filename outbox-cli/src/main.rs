@@ -69,19 +69,51 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         listen,
         sink_url,
         secret,
-    } = cli.command
+    } = &cli.command
     {
         // The changefeed brings the rows: no database connection.
-        let config = match &cli.config {
-            Some(path) => config::Config::load(path)?,
-            None => config::Config::default(),
-        };
+        let config = settings::config(&cli)?;
         let options = commands::changefeed::Options {
-            listen,
-            sink_url,
-            secret,
+            listen: listen.clone(),
+            sink_url: sink_url.clone(),
+            secret: secret.clone(),
         };
         return commands::changefeed::run(&config, options).await;
+    }
+    if let Command::ChangefeedSql {
+        receiver_url,
+        ca_cert,
+        secret,
+        show_secret,
+        execute,
+    } = &cli.command
+    {
+        // Printing needs no database; running does.
+        let config = settings::config(&cli)?;
+        let outbox = settings::outbox(&cli, &config)?;
+        let execute = match *execute {
+            false => None,
+            true => Some(
+                cli.database_url
+                    .clone()
+                    .or_else(|| config.database_url.clone())
+                    .ok_or_else(|| {
+                        CliError::Config(
+                            "--execute needs the CockroachDB cluster: --database-url, \
+                             OUTBOX_DATABASE_URL or `database_url`"
+                                .into(),
+                        )
+                    })?,
+            ),
+        };
+        let options = commands::changefeed_sql::Options {
+            receiver_url: receiver_url.clone(),
+            ca_cert: ca_cert.clone(),
+            secret: secret.clone(),
+            show_secret: *show_secret,
+            execute,
+        };
+        return commands::changefeed_sql::run(&config, &outbox, options).await;
     }
     let settings = settings(&cli)?;
     // The relay's connections carry its instance id, for `outbox status`.
@@ -129,6 +161,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(audit) => {
             commands::audit::run(&db, outbox, settings.config.sink.as_ref(), &audit).await
         }
-        Command::Changefeed { .. } => unreachable!("handled above"),
+        Command::Changefeed { .. } | Command::ChangefeedSql { .. } => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -17,11 +17,16 @@ pub(crate) fn table_name(name: &str) -> Result<TableName, CliError> {
     TableName::new(name).map_err(|error| CliError::Config(error.to_string()))
 }
 
+/// The configuration file, or the defaults without one.
+pub(crate) fn config(cli: &Cli) -> Result<Config, CliError> {
+    match &cli.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    }
+}
+
 pub(crate) fn settings(cli: &Cli) -> Result<Settings, CliError> {
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = config(cli)?;
     let database_url = cli
         .database_url
         .clone()
@@ -33,20 +38,34 @@ pub(crate) fn settings(cli: &Cli) -> Result<Settings, CliError> {
                     .into(),
             )
         })?;
-    let table = cli
-        .table
-        .clone()
-        .or_else(|| config.table.clone())
-        .unwrap_or_else(|| "outbox".into());
-    let outbox = Outbox::for_table(table_name(&table)?);
-    let outbox = match config.relay.source.unwrap_or_default() {
-        SourceSetting::Table => outbox,
-        SourceSetting::Log => outbox.log_tailing(),
-        SourceSetting::WalMessages => outbox.wal_messages(),
-    };
+    let outbox = outbox(cli, &config)?;
     Ok(Settings {
         config,
         database_url,
         outbox,
     })
+}
+
+/// The outbox the flags and the file describe: its table, its source, its row TTL.
+pub(crate) fn outbox(cli: &Cli, config: &Config) -> Result<Outbox, CliError> {
+    let table = cli
+        .table
+        .clone()
+        .or_else(|| config.table.clone())
+        .unwrap_or_else(|| "outbox".into());
+    let mut outbox = Outbox::for_table(table_name(&table)?);
+    if let Some(ttl) = config.changefeed.row_ttl {
+        if ttl.as_secs() == 0 {
+            return Err(CliError::Config(
+                "changefeed.row_ttl must be at least one second".into(),
+            ));
+        }
+        outbox = outbox.row_ttl(ttl);
+    }
+    let outbox = match config.relay.source.unwrap_or_default() {
+        SourceSetting::Table => outbox,
+        SourceSetting::Log => outbox.log_tailing(),
+        SourceSetting::WalMessages => outbox.wal_messages(),
+    };
+    Ok(outbox)
 }

@@ -542,6 +542,138 @@ fn changefeed_mistakes_are_one_line_each() {
 }
 
 #[test]
+fn changefeed_sql_prints_the_statements_for_the_configured_receiver() {
+    let dir = std::env::temp_dir().join(unique("cf_sql"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("outbox.toml");
+    std::fs::write(
+        &config,
+        "[changefeed]\npublic_url = \"https://relay.internal:8443/\"\nsecret = \"Bearer s3cret\"\n\
+         row_ttl = \"2h\"\nmax_body_bytes = 4194304\n",
+    )
+    .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--table",
+            "app.outbox",
+        ];
+        args.extend_from_slice(&["changefeed-sql", "--ca-cert", ca.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        // No database: printing needs none.
+        let output = Command::new(OUTBOX)
+            .args(&args)
+            .env_remove("OUTBOX_DATABASE_URL")
+            .env_remove("OUTBOX_CHANGEFEED_SECRET")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let expected = |secret: &str| {
+        format!(
+            "SET CLUSTER SETTING kv.rangefeed.enabled = true;\n\n\
+             ALTER TABLE \"app\".\"outbox\" SET (ttl_expiration_expression = '((created_at AT TIME ZONE ''UTC'') + INTERVAL ''7200 seconds'') AT TIME ZONE ''UTC''', ttl_job_cron = '@hourly', ttl_disable_changefeed_replication = true);\n\n\
+             CREATE CHANGEFEED FOR TABLE \"app\".\"outbox\"\n  \
+             INTO 'webhook-https://relay.internal:8443/?ca_cert=LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo%3D'\n  \
+             WITH updated,\n       \
+             resolved = '10s',\n       \
+             min_checkpoint_frequency = '10s',\n       \
+             webhook_auth_header = '{secret}',\n       \
+             webhook_sink_config = '{{\"Flush\": {{\"Messages\": 1000, \"Bytes\": 2097152, \"Frequency\": \"100ms\"}}, \"Retry\": {{\"Max\": \"inf\", \"Backoff\": \"500ms\"}}}}';\n\n"
+        )
+    };
+    assert_eq!(run(&[]), expected("<redacted>"));
+    assert_eq!(run(&["--show-secret"]), expected("Bearer s3cret"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn changefeed_sql_and_the_relay_say_what_to_do_on_the_wrong_database() {
+    let (code, text) = fails(&[], &["changefeed-sql"]);
+    assert_eq!(code, 2);
+    assert!(
+        text.starts_with("outbox: error: no receiver URL: set changefeed.public_url"),
+        "{text}"
+    );
+    let (code, text) = fails(
+        &[],
+        &["changefeed-sql", "--receiver-url", "http://relay:8443"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("CockroachDB's webhook sink only speaks HTTPS"),
+        "{text}"
+    );
+    let (code, text) = fails(
+        &[],
+        &[
+            "changefeed-sql",
+            "--receiver-url",
+            "https://relay:8443",
+            "--execute",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        text.starts_with("outbox: error: --execute needs the CockroachDB cluster"),
+        "{text}"
+    );
+    let url = postgres_url();
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &url)],
+        &[
+            "changefeed-sql",
+            "--receiver-url",
+            "https://relay:8443",
+            "--execute",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        text.ends_with("is PostgreSQL, not CockroachDB: it has no changefeeds; publish with `outbox relay` (relay.source = \"table\" or \"log\")\n"),
+        "{text}"
+    );
+
+    // The relay on CockroachDB (PostgreSQL answering `version()` as CockroachDB does): refused
+    // before it starts, with where to go instead.
+    let table = unique("cf_relay");
+    let migrated = outbox(&["--table", &table, "migrate", "--no-inbox"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let lookalike = outbox_tests::cockroach_lookalike_url().await;
+    let (code, text) = fails(
+        &[("OUTBOX_DATABASE_URL", &lookalike)],
+        &[
+            "--table",
+            &table,
+            "relay",
+            "--sink-url",
+            "nats://127.0.0.1:4222",
+        ],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.starts_with(
+            "outbox: error: the polling relay is not available on CockroachDB: publish with a \
+             changefeed instead: `outbox changefeed-sql` prints the CREATE CHANGEFEED statement"
+        ),
+        "{text}"
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[test]
 fn every_mistake_is_one_line_that_says_what_to_fix() {
     assert_eq!(
         fails(&[], &["status"]),
@@ -1578,6 +1710,37 @@ key = "{key}"
         };
         assert!(text.starts_with(expected), "{text}");
     }
+
+    // A resolved message, then the receiver's metrics on the same endpoint.
+    let resolved = client
+        .post(&url)
+        .header("Authorization", "Bearer cf-secret")
+        .body(r#"{"resolved": "1733300000000000000.0000000000"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resolved.status().as_u16(), 200);
+    let metrics = client
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(value("outbox_changefeed_events_total"), 3.0);
+    assert_eq!(
+        value("outbox_changefeed_resolved_timestamp_seconds"),
+        1_733_300_000.0
+    );
 
     let mut stream = stream;
     assert_eq!(messages(&mut stream).await, 3);

@@ -52,6 +52,10 @@
 //! # }
 //! ```
 
+mod setup;
+
+pub use self::setup::{CockroachVersion, Setup, SetupError, ttl_parameters};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,6 +108,30 @@ impl Hlc {
 impl std::fmt::Display for Hlc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{:010}", self.wall, self.logical)
+    }
+}
+
+/// A changefeed job of CockroachDB, as `SHOW CHANGEFEED JOBS` lists it: what `outbox status`
+/// shows of a CockroachDB outbox ([`changefeed_jobs`](crate::store::postgres::changefeed_jobs)).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ChangefeedJob {
+    /// The job's id.
+    pub id: String,
+    /// `running`, `paused`, `failed`, …
+    pub status: String,
+    /// Every change before this timestamp has been emitted (`None` before the first
+    /// checkpoint).
+    #[serde(serialize_with = "hlc_text")]
+    pub high_water: Option<Hlc>,
+    /// The statement that created it.
+    pub description: String,
+}
+
+fn hlc_text<S: serde::Serializer>(hlc: &Option<Hlc>, serializer: S) -> Result<S::Ok, S::Error> {
+    match hlc {
+        Some(hlc) => serializer.serialize_str(&hlc.to_string()),
+        None => serializer.serialize_none(),
     }
 }
 

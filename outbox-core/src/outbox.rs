@@ -1,6 +1,7 @@
 //! Configuration, recording and migrations.
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::connection::{NewRow, OutboxConnection};
 use crate::event::Recordable;
@@ -33,6 +34,7 @@ pub struct Outbox {
     header_source: Option<HeaderSource>,
     trace_context: bool,
     delivery: Delivery,
+    row_ttl: Duration,
 }
 
 /// How recorded events reach the relay.
@@ -62,6 +64,9 @@ impl Outbox {
     /// Payload limit of a new `Outbox`: 8 MiB of JSON.
     pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 
+    /// How long a row stays on CockroachDB by default: one day.
+    pub const DEFAULT_ROW_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
     /// The default configuration: table `outbox`, payloads up to 8 MiB.
     pub const DEFAULT: Outbox = Outbox::new();
 
@@ -79,6 +84,7 @@ impl Outbox {
             header_source: None,
             trace_context: false,
             delivery: Delivery::Polled,
+            row_ttl: Self::DEFAULT_ROW_TTL,
         }
     }
 
@@ -162,6 +168,21 @@ impl Outbox {
     pub const fn wal_messages(mut self) -> Self {
         self.delivery = Delivery::LogMessages;
         self
+    }
+
+    /// CockroachDB: how long a row stays in the table before row-level TTL deletes it
+    /// (default [`DEFAULT_ROW_TTL`](Self::DEFAULT_ROW_TTL), at least a second):
+    /// [`migrate`](Outbox::migrate) creates the table with it. The changefeed that publishes the
+    /// table has emitted a row long before; one that is behind still emits it, from the history
+    /// its protected timestamp keeps. Other databases ignore it (their relay purges).
+    pub const fn row_ttl(mut self, ttl: Duration) -> Self {
+        self.row_ttl = ttl;
+        self
+    }
+
+    /// The row TTL on CockroachDB ([`row_ttl`](Outbox::row_ttl)).
+    pub fn row_ttl_value(&self) -> Duration {
+        self.row_ttl
     }
 
     /// Whether `migrate` installs the `NOTIFY` trigger.

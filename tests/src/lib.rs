@@ -772,3 +772,32 @@ pub async fn kafka_topic(bootstrap: &str, topic: &str, partitions: i32) {
         result.unwrap();
     }
 }
+
+/// The PostgreSQL test database, but with sessions that answer `version()` as CockroachDB v24.1
+/// does: a function `crdb_lookalike.version()` searched before `pg_catalog`. CockroachDB cannot
+/// be installed here; this is how the tests reach the code paths that detect it (the relay's
+/// refusal, `migrate`'s choice of DDL). Nothing else about the server changes.
+pub async fn cockroach_lookalike_url() -> String {
+    let url = postgres_url();
+    let pool = PgPool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}; {START_HINT}"));
+    let mut tx = pool.begin().await.unwrap();
+    // Tests creating it at once would collide on the catalog: one at a time.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('crdb_lookalike'))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS crdb_lookalike;
+         CREATE OR REPLACE FUNCTION crdb_lookalike.version() RETURNS text LANGUAGE sql AS
+           $$ SELECT 'CockroachDB CCL v24.1.5 (x86_64-pc-linux-gnu, built 2024/09/12 18:02:47, go1.22.5 X:nocoverageredesign)'::text $$",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    pool.close().await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3Dcrdb_lookalike,pg_catalog,public")
+}

@@ -346,3 +346,81 @@ async fn a_poison_event_is_a_dead_letter_and_the_feed_goes_on() {
         .unwrap();
     assert_eq!((again.forwarded, again.replays), (0, 4));
 }
+
+/// On CockroachDB (a PostgreSQL whose `version()` answers as CockroachDB does: CockroachDB
+/// itself cannot be installed here), the polling relay stops before its first claim with a
+/// sentence that points at the changefeed, publishing nothing of the events waiting; and
+/// `migrate` takes CockroachDB's DDL — which PostgreSQL then refuses at its hash-sharded key,
+/// the proof that the branch was taken.
+#[tokio::test]
+async fn the_polling_relay_refuses_cockroachdb_at_start_and_migrate_takes_its_ddl() {
+    use outbox::{Outbox, TableName};
+    let table = format!("cf_crdb_{}", uuid::Uuid::now_v7().simple());
+    let outbox = Outbox::for_table(TableName::new(table.clone()).unwrap());
+    let postgres = sqlx::PgPool::connect(&outbox_tests::postgres_url())
+        .await
+        .unwrap();
+    outbox.migrate(&postgres).await.unwrap();
+    let mut tx = postgres.begin().await.unwrap();
+    for n in 0..5 {
+        outbox
+            .record(
+                &mut *tx,
+                &outbox::Event::new("account", "Numbered", Some("a"), &json!({ "n": n })).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let lookalike = sqlx::PgPool::connect(&outbox_tests::cockroach_lookalike_url().await)
+        .await
+        .unwrap();
+    let version = outbox::store::postgres::cockroach_version(&lookalike)
+        .await
+        .unwrap()
+        .expect("the lookalike answers as CockroachDB");
+    assert_eq!(version.to_string(), "v24.1");
+    assert_eq!(
+        outbox::store::postgres::cockroach_version(&postgres)
+            .await
+            .unwrap(),
+        None
+    );
+    let refusal = outbox::store::postgres::check_relay_support(&lookalike, outbox.table())
+        .await
+        .unwrap_err();
+    assert!(
+        refusal.to_string().starts_with(
+            "the polling relay is not available on CockroachDB: publish with a changefeed"
+        ),
+        "{refusal}"
+    );
+
+    let published = Arc::new(AtomicUsize::new(0));
+    let counted = published.clone();
+    let sink = HandlerSink::new(move |_message: Message| {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let relay = outbox::relay::Relay::builder(lookalike.clone(), sink)
+        .outbox(&outbox)
+        .poll_interval(Duration::from_millis(10))
+        .build();
+    tokio::time::timeout(Duration::from_secs(10), relay.run(std::future::pending()))
+        .await
+        .expect("the relay stops by itself on CockroachDB");
+    assert_eq!(published.load(Ordering::SeqCst), 0);
+
+    let other = Outbox::for_table(TableName::new(format!("{table}_2")).unwrap());
+    let error = other.migrate(&lookalike).await.unwrap_err().to_string();
+    assert!(error.contains("HASH"), "{error}");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&postgres)
+        .await
+        .unwrap();
+}

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::http::SinkProblem;
 use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
+use crate::telemetry::Otlp;
 
 /// The flags of `outbox changefeed`.
 pub(crate) struct Options {
@@ -79,6 +80,16 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         .local_addr()
         .map_err(|error| CliError::Other(error.to_string()))?;
 
+    // The receiver's counters and its resolved timestamp, on /metrics (and over OTLP when
+    // configured), as the relay's.
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("changefeed-{}", std::process::id()));
+    let otlp = Otlp::resolve(&config.telemetry, |name| std::env::var(name).ok())?;
+    let telemetry = crate::telemetry::install(otlp.as_ref(), &instance)?;
+    let metrics = telemetry.prometheus.clone();
+
     // Owned, so that the server can keep it once the sink is connected.
     let mut shutdown = Box::pin(shutdown_signal());
     let problem = SinkProblem::default();
@@ -89,6 +100,13 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
     let receiver = Arc::new(Receiver::new(sink, receiver_config));
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.render();
+                async move { text }
+            }),
+        )
         .fallback(axum::routing::post(receive))
         // The receiver answers 413 itself, with the cap in its reason: let one byte more in.
         .layer(DefaultBodyLimit::max(cap.saturating_add(1)))
@@ -103,6 +121,7 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|error| CliError::Other(format!("the changefeed endpoint stopped: {error}")))?;
+    telemetry.shutdown().await;
     eprintln!("outbox changefeed: stopped");
     Ok(())
 }

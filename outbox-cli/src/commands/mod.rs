@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod changefeed;
+pub(crate) mod changefeed_sql;
 pub(crate) mod dead_letters;
 pub(crate) mod migrate;
 pub(crate) mod relay;

@@ -32,6 +32,15 @@ pub(crate) struct Options {
 pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result<(), CliError> {
     let config = &settings.config;
     let outbox = &settings.outbox;
+    if let Db::Postgres(pool) = &db {
+        // CockroachDB's outbox is published by a changefeed: say so now, not in a log line.
+        outbox::store::postgres::check_relay_support(pool, outbox.table())
+            .await
+            .map_err(|error| match error {
+                outbox::Error::Unsupported { .. } => CliError::Config(error.to_string()),
+                error => CliError::Database(error.to_string()),
+            })?;
+    }
     let sink_config = config.sink_with_url(options.sink_url)?;
     let relay_config = &config.relay;
     let ordering = relay_config

@@ -3,6 +3,7 @@
 
 use outbox::Outbox;
 use outbox::admin::{EventCounts, RelayInstance, SlotStatus};
+use outbox::changefeed::CockroachVersion;
 use serde::Serialize;
 
 use crate::CliError;
@@ -10,6 +11,13 @@ use crate::db::{Db, with_pool};
 
 /// Prints the status of `outbox`, as a table or JSON.
 pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliError> {
+    if let Db::Postgres(pool) = db
+        && let Some(version) = outbox::store::postgres::cockroach_version(pool)
+            .await
+            .map_err(|error| CliError::Database(error.to_string()))?
+    {
+        return cockroach_status(pool, outbox, version, json).await;
+    }
     db.check_table(outbox).await?;
     let counts = with_pool!(db, pool => outbox.status(pool).await)
         .map_err(|error| CliError::Database(error.to_string()))?;
@@ -20,6 +28,50 @@ pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliE
     })?;
     let rows: Vec<StatusRow> = counts.into_iter().map(StatusRow::from).collect();
     print_status(&rows, relays.as_deref(), slot.as_ref(), json)
+}
+
+/// CockroachDB: no relay, no pending count — a changefeed publishes the table and row-level TTL
+/// empties it. What matters is the changefeed's high-water timestamp: how far behind it is.
+async fn cockroach_status(
+    pool: &sqlx::PgPool,
+    outbox: &Outbox,
+    version: CockroachVersion,
+    json: bool,
+) -> Result<(), CliError> {
+    let jobs = outbox::store::postgres::changefeed_jobs(pool, outbox.table())
+        .await
+        .map_err(|error| CliError::Database(format!("cannot list the changefeed jobs: {error}")))?;
+    if json {
+        let status = serde_json::json!({
+            "cockroachdb": version.to_string(),
+            "changefeeds": jobs.iter().map(|job| serde_json::json!({
+                "job": job,
+                "behind_secs": job.high_water.map(|hlc| hlc.lag_seconds()),
+            })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|error| CliError::Other(error.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "CockroachDB {version}: a changefeed publishes `{}`, row-level TTL deletes its rows",
+        outbox.table()
+    );
+    if jobs.is_empty() {
+        println!(
+            "changefeeds: none names `{}` - create one with `outbox changefeed-sql --execute`",
+            outbox.table()
+        );
+    }
+    for job in &jobs {
+        let behind = job.high_water.map_or_else(
+            || "no checkpoint yet".to_owned(),
+            |hlc| format!("{:.1} s behind (high water {hlc})", hlc.lag_seconds()),
+        );
+        println!("changefeed job {}: {}, {behind}", job.id, job.status);
+    }
+    Ok(())
 }
 
 /// One line of `outbox status`.

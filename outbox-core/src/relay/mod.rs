@@ -306,7 +306,10 @@ impl Relay<(), ()> {
 impl<S: Source, K: Sink> Relay<S, K> {
     /// Runs until `shutdown` completes, then returns after the batch in hand is settled. Errors
     /// (database down, connection cut) are logged and retried with backoff; they never stop
-    /// the relay. To stop at once, abort the task: the batch in hand is claimed again later.
+    /// the relay — except a server that cannot serve it at all ([`Error::Unsupported`], e.g.
+    /// CockroachDB, whose outbox a changefeed publishes), found before the first claim, logged,
+    /// and returned at once. To stop at once, abort the task: the batch in hand is claimed
+    /// again later.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         let mut errors = 0_u32;
@@ -320,6 +323,11 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 match self.source.maintain(self.config.retention).await {
                     Ok(lag) => {
                         metrics::gauge!("outbox_lag_seconds", "table" => self.table()).set(lag)
+                    }
+                    Err(error @ Error::Unsupported { .. }) => {
+                        // Nothing a retry can change: the server cannot serve this relay.
+                        tracing::error!(%error, table = %self.config.table, "outbox relay cannot run");
+                        break;
                     }
                     Err(error) => tracing::warn!(%error, "outbox maintenance failed"),
                 }

@@ -121,6 +121,17 @@ pub trait RowLocking: Dialect {
         table: &'a TableName,
     ) -> impl Future<Output = Result<Option<(i64, f64)>, sqlx::Error>> + Send + 'a;
 
+    /// Checked once before the source's first maintenance: what makes the relay impossible
+    /// on this server ([`Error::Unsupported`], which stops the relay), e.g. CockroachDB behind
+    /// the PostgreSQL dialect.
+    fn preflight<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        let _ = (pool, table);
+        std::future::ready(Ok(()))
+    }
+
     /// Returns when new events may have arrived (with `listen`, where the database can tell),
     /// or after `timeout`.
     fn wait<'a>(
@@ -216,6 +227,8 @@ pub struct TableSource<DB: RowLocking> {
     wakeup: DB::Wakeup,
     statements: Arc<ClaimStatements>,
     max_batch_bytes: usize,
+    /// [`RowLocking::preflight`] passed.
+    checked: AtomicBool,
 }
 
 impl<DB: RowLocking> TableSource<DB> {
@@ -232,6 +245,7 @@ impl<DB: RowLocking> TableSource<DB> {
             wakeup: DB::Wakeup::default(),
             statements: Arc::new(DB::claim_statements(config)),
             max_batch_bytes: config.max_batch_bytes,
+            checked: AtomicBool::new(false),
         }
     }
 
@@ -350,6 +364,10 @@ impl<DB: RowLocking> Source for TableSource<DB> {
     }
 
     async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
+        if !self.checked.load(AtomicOrdering::Relaxed) {
+            DB::preflight(&self.pool, &self.table).await?;
+            self.checked.store(true, AtomicOrdering::Relaxed);
+        }
         if let Some(retention) = retention {
             let purged = DB::purge(&self.pool, &self.table, retention, PURGE_BATCH)
                 .await

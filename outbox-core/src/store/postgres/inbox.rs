@@ -41,12 +41,16 @@ pub(crate) async fn migrate(conn: &mut PgConnection, table: &TableName) -> Resul
          );
          CREATE INDEX IF NOT EXISTS \"{name}_processed_idx\" ON {quoted} (processed_at);"
     ));
-    // Serialized like the outbox's migration: concurrent CREATE ... IF NOT EXISTS can collide.
+    // Serialized like the outbox's migration: concurrent CREATE ... IF NOT EXISTS can collide
+    // (CockroachDB has no advisory locks; its schema changes are serialized already).
+    let cockroach = super::cockroach::version(conn).await?.is_some();
     let mut tx = sqlx::Connection::begin(conn).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("outbox migrate {table}"))
-        .execute(&mut *tx)
-        .await?;
+    if !cockroach {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("outbox migrate {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
     tx.commit().await
 }

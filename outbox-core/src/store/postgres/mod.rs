@@ -1,6 +1,12 @@
 //! PostgreSQL: `jsonb` payload, identity `seq` primary key, a `NOTIFY` trigger for the relay.
+//!
+//! CockroachDB, which speaks PostgreSQL's protocol, goes through this dialect too: recording is
+//! the same, [`migrate`](crate::Outbox::migrate) recognises it (`version()`) and creates a
+//! table that suits it (see [`Outbox::row_ttl`](crate::Outbox::row_ttl)), and a changefeed
+//! publishes it ([`changefeed`](crate::changefeed)): the polling relay refuses to start there.
 
 mod admin;
+mod cockroach;
 mod inbox;
 #[cfg(feature = "postgres-log")]
 pub mod log;
@@ -18,6 +24,32 @@ use crate::store::TableSource;
 use crate::{Dialect, Outbox, TableName};
 
 outbox_connection!(PgConnection => Postgres);
+
+/// The server's CockroachDB version, or `None` when it is PostgreSQL.
+pub async fn cockroach_version(
+    pool: &PgPool,
+) -> Result<Option<crate::changefeed::CockroachVersion>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    cockroach::version(&mut conn).await
+}
+
+/// What the relay checks before its first claim, for a check of your own at start-up:
+/// [`Error::Unsupported`](crate::Error::Unsupported) on CockroachDB, whose outbox a changefeed
+/// publishes (see [`changefeed`](crate::changefeed)).
+pub async fn check_relay_support(pool: &PgPool, table: &TableName) -> Result<(), crate::Error> {
+    <Postgres as crate::store::locking::RowLocking>::preflight(pool, table).await
+}
+
+/// CockroachDB: the changefeed jobs of `table` (those whose statement names it), newest first,
+/// from `SHOW CHANGEFEED JOBS`, with the high-water timestamp before which every change was
+/// emitted. Fails on PostgreSQL, which has no changefeeds.
+pub async fn changefeed_jobs(
+    pool: &PgPool,
+    table: &TableName,
+) -> Result<Vec<crate::changefeed::ChangefeedJob>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    cockroach::changefeed_jobs(&mut conn, table).await
+}
 
 impl crate::store::sealed::Sealed for Postgres {}
 
@@ -51,6 +83,9 @@ impl Dialect for Postgres {
     }
 
     async fn __migrate(conn: &mut PgConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
+        if let Some(version) = cockroach::version(conn).await? {
+            return cockroach::migrate(conn, outbox, version).await;
+        }
         let table = outbox.table();
         let mut tx = conn.begin().await?;
         // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog: serialize

@@ -8,7 +8,6 @@ use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::Mutex;
 
-use crate::TableName;
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
@@ -18,6 +17,7 @@ use crate::store::locking::{
 use crate::store::table::{
     ByteBudget, MessageRow, claimable, delete_in_batches, head_probe, pending,
 };
+use crate::{Error, TableName};
 
 /// The outbox table of a PostgreSQL database, as a relay [`Source`](crate::relay::source::Source):
 /// what `Relay::builder(pg_pool, sink).build()` reads from.
@@ -143,6 +143,18 @@ impl RowLocking for Postgres {
 
     /// The connection listening for the table's notifications, once opened.
     type Wakeup = Mutex<Option<PgListener>>;
+
+    async fn preflight(pool: &PgPool, table: &TableName) -> Result<(), Error> {
+        let database = |source| Error::database("start the relay", table, "PostgreSQL", source);
+        let mut conn = pool.acquire().await.map_err(database)?;
+        match super::cockroach::version(&mut conn)
+            .await
+            .map_err(database)?
+        {
+            Some(_) => Err(super::cockroach::relay_unsupported()),
+            None => Ok(()),
+        }
+    }
 
     fn claim_statements(config: &SourceConfig) -> ClaimStatements {
         let table = &config.table;
