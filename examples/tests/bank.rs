@@ -35,6 +35,20 @@ fn bank_records_exactly_the_committed_transfers_and_its_read_model_applies_them_
         "every event once, every second delivery dropped"
     );
     assert!(applied.parse::<u32>().unwrap() > 4, "{stdout}");
+    // Every transaction event was enriched on its way: the events but the 4 account openings.
+    let enriched = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_suffix(
+                " transaction events carried their owner's name, read at publish time",
+            )
+        })
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        enriched.parse::<u32>().unwrap(),
+        applied.parse::<u32>().unwrap() - 4,
+        "{stdout}"
+    );
     assert!(
         stdout.contains("the read model matches the bank: 4 accounts"),
         "{stdout}"

@@ -83,6 +83,15 @@ pub(crate) enum Command {
     /// Lists, shows, replays or purges the events that ran out of attempts.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
+    /// Cancels delayed events (recorded with `deliver_after`) that are not published yet.
+    ///
+    /// Prints each id cancelled; exits 1 when some could not be (published already, dead, or
+    /// not a delayed event of this outbox).
+    Cancel {
+        /// The event ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+    },
     /// Prints events as they are recorded, until interrupted.
     Tail {
         /// JSON lines instead of text.

@@ -143,7 +143,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             webhook_secret,
             ..
         } => {
-            db.check_table(outbox).await?;
             let options = commands::relay::Options {
                 batch_size,
                 listen,
@@ -154,6 +153,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::relay::run(&settings, db, options).await
         }
         Command::Status { json } => commands::status::run(&db, outbox, json).await,
+        Command::Cancel { ids } => commands::cancel::run(&db, outbox, &ids).await,
         Command::DeadLetters(command) => commands::dead_letters::run(&db, outbox, command).await,
         Command::Tail { json, from_start } => {
             commands::tail::run(&db, outbox, json, from_start).await

@@ -648,16 +648,23 @@ async fn changefeed_sql_and_the_relay_say_what_to_do_on_the_wrong_database() {
     let migrated = outbox(&["--table", &table, "migrate", "--no-inbox"]);
     assert!(migrated.status.success(), "{}", stderr(&migrated));
     let lookalike = outbox_tests::cockroach_lookalike_url().await;
+    let config = std::env::temp_dir().join(format!("{table}.toml"));
+    std::fs::write(
+        &config,
+        "[sink]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n",
+    )
+    .unwrap();
     let (code, text) = fails(
         &[("OUTBOX_DATABASE_URL", &lookalike)],
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--table",
             &table,
             "relay",
-            "--sink-url",
-            "nats://127.0.0.1:4222",
         ],
     );
+    let _ = std::fs::remove_file(&config);
     assert_eq!(code, 2, "{text}");
     assert!(
         text.starts_with(

@@ -210,3 +210,91 @@ impl<T: schemars::JsonSchema> HasSchema for SchemaProbe<T> {
         Some(PayloadSchema::of::<T>())
     }
 }
+
+/// What `#[outbox_event(delay = ...)]` accepts: a delay, an instant, or an `Option` of either
+/// (`None`: at once).
+#[diagnostic::on_unimplemented(
+    message = "`delay` takes a `std::time::Duration` or a `SystemTime` (or an `Option` of either), not `{Self}`",
+    label = "not a delay",
+    note = "write `delay = Duration::from_secs(3600)`, or `delay = |entity| entity.remind_in` for one per entity"
+)]
+pub trait IntoSchedule {
+    /// The schedule, if any.
+    fn into_schedule(self) -> Option<crate::Schedule>;
+}
+
+impl IntoSchedule for std::time::Duration {
+    fn into_schedule(self) -> Option<crate::Schedule> {
+        Some(crate::Schedule::After(self))
+    }
+}
+
+impl IntoSchedule for std::time::SystemTime {
+    fn into_schedule(self) -> Option<crate::Schedule> {
+        Some(crate::Schedule::At(self))
+    }
+}
+
+impl IntoSchedule for crate::Schedule {
+    fn into_schedule(self) -> Option<crate::Schedule> {
+        Some(self)
+    }
+}
+
+impl<T: IntoSchedule> IntoSchedule for Option<T> {
+    fn into_schedule(self) -> Option<crate::Schedule> {
+        self.and_then(IntoSchedule::into_schedule)
+    }
+}
+
+/// The schedule of `#[outbox_event(delay = ...)]`.
+#[inline(always)]
+pub fn schedule<T: IntoSchedule>(value: T) -> Option<crate::Schedule> {
+    value.into_schedule()
+}
+
+/// An event with the schedule the attribute's `delay` gives it.
+pub struct Delayed<'a> {
+    event: &'a dyn Recordable,
+    schedule: Option<crate::Schedule>,
+}
+
+impl std::fmt::Debug for Delayed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delayed")
+            .field("event_type", &self.event.event_type())
+            .field("schedule", &self.schedule)
+            .finish()
+    }
+}
+
+impl<'a> Delayed<'a> {
+    /// `event`, published per `schedule`.
+    pub fn new(event: &'a dyn Recordable, schedule: Option<crate::Schedule>) -> Self {
+        Delayed { event, schedule }
+    }
+}
+
+impl Recordable for Delayed<'_> {
+    fn aggregate_type(&self) -> &str {
+        self.event.aggregate_type()
+    }
+    fn event_type(&self) -> &str {
+        self.event.event_type()
+    }
+    fn aggregate_id(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.event.aggregate_id()
+    }
+    fn to_json(&self) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
+        self.event.to_json()
+    }
+    fn headers(&self) -> &[(String, String)] {
+        self.event.headers()
+    }
+    fn version(&self) -> Option<u32> {
+        self.event.version()
+    }
+    fn schedule(&self) -> Option<crate::Schedule> {
+        self.schedule
+    }
+}

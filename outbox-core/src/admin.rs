@@ -35,14 +35,19 @@ pub struct EventCounts {
     pub aggregate_type: String,
     /// The event type.
     pub event_type: String,
-    /// Waiting to be published (retries included).
+    /// Waiting to be published now (retries included; delayed events not yet due are not).
     pub pending: u64,
+    /// Recorded to be delivered later ([`Event::deliver_after`](crate::Event::deliver_after)),
+    /// not due yet.
+    pub delayed: u64,
     /// Dead letters.
     pub dead: u64,
     /// Published and kept (retention mode).
     pub published: u64,
     /// Age of the oldest pending event: how far behind the relays are.
     pub oldest_pending: Option<Duration>,
+    /// How long until the next delayed event is due.
+    pub next_due: Option<Duration>,
 }
 
 /// The replication slot a log-tailing relay streams ([`Outbox::log_tailing`],
@@ -75,29 +80,40 @@ pub struct RelayInstance {
     pub detail: String,
 }
 
+/// A status row as the databases return it: aggregate type, event type, the counts (pending,
+/// delayed, dead, published) and the ages in seconds (oldest pending, next due).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+type CountsRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+);
+
 impl EventCounts {
     /// Counts as a database returns them (signed, an age in seconds that a clock step may have
     /// made negative).
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     pub(crate) fn from_row(
-        (aggregate_type, event_type, pending, dead, published, age): (
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<f64>,
-        ),
+        (aggregate_type, event_type, pending, delayed, dead, published, age, due): CountsRow,
     ) -> Self {
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let count = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let seconds = |secs: Option<f64>| {
+            secs.map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or_default())
+        };
         EventCounts {
             aggregate_type,
             event_type,
             pending: count(pending),
+            delayed: count(delayed),
             dead: count(dead),
             published: count(published),
-            oldest_pending: age
-                .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or_default()),
+            oldest_pending: seconds(age),
+            next_due: seconds(due),
         }
     }
 }

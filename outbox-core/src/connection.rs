@@ -39,9 +39,21 @@ pub struct NewRow {
     pub event_type: String,
     pub payload: String,
     pub headers: Option<String>,
+    /// When it may be published, if later than now.
+    pub due: Option<Due>,
+}
+
+/// When a delayed event becomes due, as the dialects write it: `micros` after the database's
+/// clock at the insert (`from_now`), or after the Unix epoch.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub micros: i64,
+    pub from_now: bool,
 }
 
 /// `OutboxConnection` for a database's own connection type, in its store module.
+#[allow(unused_macros)] // without a database feature
 macro_rules! outbox_connection {
     ($connection:ty => $database:ty) => {
         impl $crate::store::sealed::Sealed for $connection {}

@@ -1,6 +1,7 @@
 //! What can be recorded: events described by the derive, or assembled at the call site.
 
 use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -76,6 +77,19 @@ pub trait Recordable {
     fn version(&self) -> Option<u32> {
         None
     }
+    /// When the event may be published, if not at once ([`Event::deliver_after`]).
+    fn schedule(&self) -> Option<Schedule> {
+        None
+    }
+}
+
+/// When a delayed event may be published: see [`Event::deliver_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// This long after it is recorded, by the database's clock.
+    After(Duration),
+    /// At this instant (an instant already past: at once).
+    At(SystemTime),
 }
 
 impl<T: OutboxEvent + ?Sized> Recordable for T {
@@ -121,6 +135,7 @@ pub struct Event<'a> {
     payload: String,
     headers: Vec<(String, String)>,
     version: Option<u32>,
+    schedule: Option<Schedule>,
 }
 
 impl<'a> Event<'a> {
@@ -159,6 +174,7 @@ impl<'a> Event<'a> {
             payload,
             headers: Vec::new(),
             version: None,
+            schedule: None,
         })
     }
 
@@ -184,6 +200,35 @@ impl<'a> Event<'a> {
         self.version = Some(version);
         self
     }
+
+    /// Published no earlier than `delay` after it is recorded (by the database's clock), and
+    /// only if the recording transaction commits: "send the reminder in 24 hours". Until then
+    /// the event is *delayed*: counted apart by [`Outbox::status`](crate::Outbox::status),
+    /// cancellable with [`Outbox::cancel`](crate::Outbox::cancel), and it takes no part in its
+    /// aggregate's order — the aggregate's later events are not held back by it; once due, it
+    /// goes before the aggregate's events still pending. The relay publishes it within a poll
+    /// interval of its time. Not available with log tailing (`Outbox::log_tailing`,
+    /// `wal_messages`), whose events leave in log order.
+    ///
+    /// ```
+    /// # use outbox::Event;
+    /// use std::time::Duration;
+    ///
+    /// let reminder = Event::new("order", "PaymentReminder", Some(42), &serde_json::json!({}))?
+    ///     .deliver_after(Duration::from_secs(24 * 60 * 60));
+    /// # Ok::<(), outbox::Error>(())
+    /// ```
+    pub fn deliver_after(mut self, delay: Duration) -> Self {
+        self.schedule = Some(Schedule::After(delay));
+        self
+    }
+
+    /// Published no earlier than `when` (see [`deliver_after`](Event::deliver_after)); an
+    /// instant already past means at once.
+    pub fn deliver_at(mut self, when: SystemTime) -> Self {
+        self.schedule = Some(Schedule::At(when));
+        self
+    }
 }
 
 impl Recordable for Event<'_> {
@@ -204,5 +249,8 @@ impl Recordable for Event<'_> {
     }
     fn version(&self) -> Option<u32> {
         self.version
+    }
+    fn schedule(&self) -> Option<Schedule> {
+        self.schedule
     }
 }

@@ -81,7 +81,7 @@ pub mod telemetry;
 
 pub use connection::OutboxConnection;
 pub use error::Error;
-pub use event::{Event, OutboxEvent, Recordable};
+pub use event::{Event, OutboxEvent, Recordable, Schedule};
 pub use outbox::{Outbox, migrate, record};
 pub use registry::{EventDescriptor, Origin, registered_events};
 pub use store::Dialect;

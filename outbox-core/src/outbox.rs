@@ -3,10 +3,26 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::connection::{NewRow, OutboxConnection};
-use crate::event::Recordable;
+use crate::connection::{Due, NewRow, OutboxConnection};
+use crate::event::{Recordable, Schedule};
 use crate::store::Dialect;
 use crate::{Error, TableName};
+
+/// When a [`Schedule`] falls, as the dialects write it.
+fn due(schedule: Schedule) -> Due {
+    let micros = |duration: Duration| i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+    match schedule {
+        Schedule::After(delay) => Due {
+            micros: micros(delay),
+            from_now: true,
+        },
+        Schedule::At(when) => Due {
+            // An instant before the epoch is long past: due at once.
+            micros: when.duration_since(std::time::UNIX_EPOCH).map_or(0, micros),
+            from_now: false,
+        },
+    }
+}
 
 /// Longest aggregate type, aggregate id or event type accepted (the width of the MySQL columns).
 const MAX_METADATA_LEN: usize = 255;
@@ -254,6 +270,16 @@ impl Outbox {
                 hint: "record into the outbox table (leave `wal_messages` off)",
             });
         }
+        let due = event.schedule().map(due);
+        if due.is_some() && self.is_log_tailed() {
+            return Err(Error::Unsupported {
+                feature: "delayed events (`deliver_after`, `deliver_at`)",
+                dialect: "an outbox tailed from the transaction log",
+                hint: "the log delivers events in commit order, as they are written; record \
+                       delayed events into an outbox whose relay polls its table (another \
+                       `Outbox` on a table of its own)",
+            });
+        }
         if !conn.__in_transaction() {
             return Err(Error::NoTransaction {
                 event_type: event_type.to_owned(),
@@ -279,6 +305,7 @@ impl Outbox {
             event_type: event_type.to_owned(),
             payload: payload.into_owned(),
             headers: self.headers(event.headers(), event.version()),
+            due,
         })
     }
 
@@ -304,6 +331,36 @@ impl Outbox {
             );
         }
         (!headers.is_empty()).then(|| serde_json::Value::Object(headers).to_string())
+    }
+
+    /// Cancels the delayed event `id` ([`Event::deliver_after`](crate::Event::deliver_after)):
+    /// deletes it unless it was published (or became a dead letter) already. Returns whether it
+    /// was cancelled; `false` also for an id that is not a delayed event of this outbox.
+    ///
+    /// Through the caller's transaction, the cancellation commits or rolls back with the
+    /// business change that calls for it — "the order was paid: cancel the reminder". A relay
+    /// publishing the event at that moment holds its row: the cancellation waits for it, then
+    /// finds it published and returns `false`.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, reminder: uuid::Uuid) -> Result<(), outbox::Error> {
+    /// let mut tx = pool.begin().await.map_err(|e| outbox::Error::Database {
+    /// #   operation: "begin", table: "outbox".into(), dialect: "PostgreSQL", source: e })?;
+    /// // ... mark the order paid through `tx` ...
+    /// let cancelled = outbox::Outbox::DEFAULT.cancel(&mut *tx, reminder).await?;
+    /// # let _ = cancelled;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel<C>(&self, conn: &mut C, id: uuid::Uuid) -> Result<bool, Error>
+    where
+        C: OutboxConnection + ?Sized,
+    {
+        let dialect = <C::Dialect as sqlx::Database>::NAME;
+        let cancelled = <C::Dialect as Dialect>::__cancel(conn.__connection(), &self.table, id)
+            .await
+            .map_err(|source| Error::database("cancel", &self.table, dialect, source))?;
+        tracing::debug!(table = %self.table, event_id = %id, cancelled, "cancel a delayed event");
+        Ok(cancelled)
     }
 
     /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe

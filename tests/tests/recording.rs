@@ -187,6 +187,44 @@ macro_rules! dialect_tests {
                 Ok(transfer)
             }
 
+            /// Published an hour after it commits.
+            #[outbox_event(delay = std::time::Duration::from_secs(3600))]
+            async fn open_with_reminder(tx: &mut Transaction<'_, $db>, id: &str) -> Result<Account, AppError> {
+                let _ = &tx;
+                Ok(Account {
+                    id: id.to_owned(),
+                    owner: "reminded".to_owned(),
+                })
+            }
+
+            /// Delayed or not, as the entity says.
+            #[outbox_event(delay = |account| (account.owner == "later").then(|| std::time::Duration::from_secs(60)))]
+            async fn open_maybe_later(tx: &mut Transaction<'_, $db>, id: &str, owner: &str) -> Result<Account, AppError> {
+                let _ = &tx;
+                Ok(Account {
+                    id: id.to_owned(),
+                    owner: owner.to_owned(),
+                })
+            }
+
+            #[tokio::test]
+            async fn the_attribute_delays_what_it_is_told_to() {
+                let db = H::connect().await;
+                let run = run_id();
+                let mut tx = db.pool().begin().await.unwrap();
+                open_with_reminder(&mut tx, &format!("{run}-1")).await.unwrap();
+                open_maybe_later(&mut tx, &format!("{run}-2"), "later").await.unwrap();
+                open_maybe_later(&mut tx, &format!("{run}-3"), "now").await.unwrap();
+                tx.commit().await.unwrap();
+                let count = |condition: &str| {
+                    db.scalar(format!(
+                        "SELECT count(*) FROM outbox WHERE aggregate_id LIKE '{run}%' AND {condition}"
+                    ))
+                };
+                assert_eq!(count("scheduled").await, 2);
+                assert_eq!(count("NOT scheduled").await, 1);
+            }
+
             struct AccountService {
                 owner: String,
             }

@@ -634,6 +634,223 @@ async fn unordered_relay_lets_later_events_pass_a_failing_one<D: TestDb>() {
     table.drop_table().await;
 }
 
+/// Delayed events: none published before its time, each within a poll interval (and a margin
+/// for a loaded machine) after it; they hold back nothing of their aggregate; `status` counts
+/// them apart; a cancellation rolled back changes nothing, a committed one means never; an
+/// outbox tailed from the log refuses them.
+async fn delayed_events_wait_for_their_time_and_can_be_cancelled<D: TestDb>() {
+    use std::time::{Instant, SystemTime};
+    let table = RelayTable::<D>::new().await;
+    let delay = Duration::from_secs(3);
+    let event = |n: i64, aggregate: &str| {
+        Event::new(
+            "test",
+            "Numbered",
+            Some(aggregate),
+            &serde_json::json!({ "n": n }),
+        )
+        .unwrap()
+    };
+    let start = Instant::now();
+    let mut tx = table.pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for event in [
+        event(0, "agg-0").deliver_after(delay), // before 1 in its aggregate, yet 1 goes first
+        event(1, "agg-0"),
+        event(2, "agg-1").deliver_at(SystemTime::now() + delay),
+        event(3, "agg-1").deliver_after(delay), // cancelled, rolled back: published
+        event(4, "agg-2").deliver_after(delay), // cancelled for good
+        event(5, "agg-2").deliver_at(SystemTime::UNIX_EPOCH), // long past: at once
+    ] {
+        ids.push(table.outbox.record(&mut *tx, &event).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    let committed = Instant::now();
+
+    let status = table.outbox.status(&table.pool).await.unwrap();
+    let sum = |f: fn(&outbox::admin::EventCounts) -> u64| status.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|c| c.pending), sum(|c| c.delayed)),
+        (2, 4),
+        "{status:?}"
+    );
+    let next_due = status.iter().find_map(|c| c.next_due).unwrap();
+    assert!(next_due <= delay, "{next_due:?}");
+
+    let mut tx = table.pool.begin().await.unwrap();
+    assert!(table.outbox.cancel(&mut *tx, ids[3]).await.unwrap());
+    tx.rollback().await.unwrap();
+    let mut tx = table.pool.begin().await.unwrap();
+    assert!(table.outbox.cancel(&mut *tx, ids[4]).await.unwrap());
+    tx.commit().await.unwrap();
+    let mut tx = table.pool.begin().await.unwrap();
+    assert!(
+        !table.outbox.cancel(&mut *tx, ids[4]).await.unwrap(),
+        "gone already"
+    );
+    assert!(
+        !table.outbox.cancel(&mut *tx, ids[1]).await.unwrap(),
+        "not a delayed event"
+    );
+    tx.commit().await.unwrap();
+
+    let arrivals = Arc::new(Mutex::new(Vec::<(i64, Instant)>::new()));
+    let sink = {
+        let arrivals = arrivals.clone();
+        HandlerSink::new(move |message: Message| {
+            let arrivals = arrivals.clone();
+            async move {
+                arrivals.lock().unwrap().push((n(&message), Instant::now()));
+                Ok(())
+            }
+        })
+    };
+    let poll = Duration::from_millis(50);
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .poll_interval(poll)
+            .build(),
+    );
+    eventually(LIMIT, "the five events not cancelled", || async {
+        arrivals.lock().unwrap().len() == 5
+    })
+    .await;
+    // Nothing more comes: the cancelled event is gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+    let order: Vec<i64> = arrivals.iter().map(|(n, _)| *n).collect();
+    assert_eq!(order.len(), 5, "{order:?}");
+    assert!(
+        !order.contains(&4),
+        "a cancelled event was published: {order:?}"
+    );
+    let at = |n: i64| arrivals.iter().find(|(m, _)| *m == n).unwrap().1;
+    for n in [1, 5] {
+        assert!(
+            at(n) < start + delay,
+            "event {n} waited for the delayed ones: {order:?}"
+        );
+    }
+    for n in [0, 2, 3] {
+        let (early, late) = (
+            start + delay,
+            committed + delay + poll + Duration::from_secs(2),
+        );
+        assert!(
+            at(n) >= early,
+            "event {n} published {:?} early",
+            early - at(n)
+        );
+        assert!(at(n) <= late, "event {n} published {:?} late", at(n) - late);
+    }
+    assert_eq!(table.remaining().await, 0);
+
+    // The log delivers in commit order: a delay cannot be honoured there.
+    let tailed = table.outbox.clone().log_tailing();
+    let mut tx = table.pool.begin().await.unwrap();
+    let refused = tailed
+        .record(&mut *tx, &event(9, "agg-9").deliver_after(delay))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, outbox::Error::Unsupported { .. }),
+        "{refused}"
+    );
+    drop(tx);
+    table.drop_table().await;
+}
+
+/// The enrichment step between claim and sink: every message published as it rewrote it, a
+/// failing enrichment retried (its aggregate's later events waiting for it) then, when it fails
+/// for good, a dead letter — nothing lost, nothing out of order, and the relay's own fields
+/// (id, seq) kept whatever the step returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrichment_rewrites_messages_and_fails_like_a_sink() {
+    let table = RelayTable::<Pg>::new().await;
+    table.preload(90, 3).await; // agg-k holds k, k+3, k+6, ...
+    let (flaky, poison) = (7, 20); // agg-1 and agg-2
+    let tries = Arc::new(AtomicUsize::new(0));
+    let enrich = {
+        let tries = tries.clone();
+        move |mut message: Message| {
+            let tries = tries.clone();
+            async move {
+                let n = n(&message);
+                if n == flaky && tries.fetch_add(1, AtomicOrdering::SeqCst) < 2 {
+                    return Err(SinkError::transient("lookup timed out"));
+                }
+                if n == poison {
+                    return Err(SinkError::permanent("no such account"));
+                }
+                message.payload =
+                    serde_json::json!({ "n": n, "owner": format!("owner-{n}") }).to_string();
+                message.event_type = "Enriched".to_owned();
+                message.id = uuid::Uuid::nil(); // not the step's to change
+                Ok(message)
+            }
+        }
+    };
+    let delivered = Arc::new(Mutex::new(Vec::<Message>::new()));
+    let sink = {
+        let delivered = delivered.clone();
+        HandlerSink::new(move |message: Message| {
+            let delivered = delivered.clone();
+            async move {
+                delivered.lock().unwrap().push(message);
+                Ok(())
+            }
+        })
+    };
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .enrich(enrich)
+            .batch_size(10)
+            .backoff(fast_backoff())
+            .build(),
+    );
+    eventually(LIMIT, "every event but the poison one", || async {
+        delivered.lock().unwrap().len() == 89
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(
+        tries.load(AtomicOrdering::SeqCst),
+        3,
+        "the flaky event was tried three times"
+    );
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut seen = HashSet::new();
+    for message in &delivered {
+        let n = n(message);
+        assert!(seen.insert(n), "{n} twice");
+        assert_eq!(message.event_type, "Enriched");
+        assert_eq!(
+            message.payload,
+            serde_json::json!({ "n": n, "owner": format!("owner-{n}") }).to_string()
+        );
+        assert!(
+            !message.id.is_nil(),
+            "the id is the event's, whatever the step returned"
+        );
+        if let Some(before) = last.insert(message.aggregate_id.clone(), n) {
+            assert!(
+                before < n,
+                "{} out of order: {before} then {n}",
+                message.aggregate_id
+            );
+        }
+    }
+    assert!(!seen.contains(&poison));
+    assert_eq!(table.count("dead_at IS NOT NULL").await, 1);
+    let dead = table.outbox.dead_letters(&table.pool, 10).await.unwrap();
+    assert!(dead[0].last_error.contains("no such account"), "{dead:?}");
+    table.drop_table().await;
+}
+
 /// Dead letters are selected and counted by the database: by id, event type, aggregate and
 /// age, with the limit applied there.
 async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>() {
@@ -1193,7 +1410,8 @@ macro_rules! relay_tests {
                 unordered_relay_lets_later_events_pass_a_failing_one,
                 dead_letters_are_filtered_and_counted_by_the_database,
                 status_tail_and_purge_read_what_the_database_holds,
-                byte_budget_splits_batches_and_keeps_order
+                byte_budget_splits_batches_and_keeps_order,
+                delayed_events_wait_for_their_time_and_can_be_cancelled
             );
         }
     };

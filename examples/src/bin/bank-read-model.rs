@@ -10,9 +10,13 @@
 //! message is delivered **twice**, as a broker redelivers after a lost acknowledgement. Balances
 //! are applied as deltas, which would double on a duplicate: the inbox is what keeps the read
 //! model equal to the bank.
+//!
+//! On the way, the relay *enriches* each `TransactionCreatedEvent` with its account owner's name,
+//! read from the bank's table at publish time (`Relay::builder(...).enrich(...)`): the bank
+//! records its entity as it is, and consumers get what they need.
 
 use outbox::inbox::{Inbox, Processed};
-use outbox::relay::{ChannelSink, Message, Relay};
+use outbox::relay::{ChannelSink, Message, Relay, SinkError};
 use outbox::{Outbox, TableName, inbox_handler};
 use outbox_examples::{Account, BankError, TransactionEntity};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -61,6 +65,30 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, message: &Message) -> Result<
     Ok(())
 }
 
+/// The relay's enrichment step: a `TransactionCreatedEvent` gains `owner_name`, the owner of its
+/// account as the bank's table says now. A failed lookup is retried (transient); an account
+/// that does not exist is a dead letter (permanent).
+async fn with_owner_name(pool: PgPool, mut message: Message) -> Result<Message, SinkError> {
+    if message.event_type != "TransactionCreatedEvent" {
+        return Ok(message);
+    }
+    let mut payload: serde_json::Value = serde_json::from_str(&message.payload)
+        .map_err(|e| SinkError::permanent(format!("payload: {e}")))?;
+    let account = payload["account"]["id"]
+        .as_i64()
+        .ok_or_else(|| SinkError::permanent("the event names no account"))?;
+    let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM bank_accounts WHERE id = $1")
+        .bind(account)
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| SinkError::transient(format!("owner lookup: {e}")))?;
+    payload["owner_name"] = owner
+        .ok_or_else(|| SinkError::permanent(format!("no account {account}")))?
+        .into();
+    message.payload = payload.to_string();
+    Ok(message)
+}
+
 /// One delivery: the handler and the inbox entry commit together, or not at all.
 async fn deliver(pool: &PgPool, message: &Message) -> Result<bool, BankError> {
     let mut tx = pool.begin().await?;
@@ -100,17 +128,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (sink, mut received) = ChannelSink::new(256);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let owners = pool.clone();
     let relay = tokio::spawn(
         Relay::builder(pool.clone(), sink)
             .outbox(&BANK_OUTBOX)
+            .enrich(move |message: Message| with_owner_name(owners.clone(), message))
             .build()
             .run(async {
                 let _ = stopped.await;
             }),
     );
-    let (mut applied, mut dropped) = (0, 0);
+    let (mut applied, mut dropped, mut enriched) = (0, 0, 0);
     for _ in 0..pending {
         let message = received.recv().await.ok_or("the relay stopped")?;
+        if message.event_type == "TransactionCreatedEvent" {
+            let payload: serde_json::Value = serde_json::from_str(&message.payload)?;
+            if payload["owner_name"] != payload["account"]["owner"] {
+                return Err(format!("not enriched with its owner's name: {payload}").into());
+            }
+            enriched += 1;
+        }
         for _delivery in 0..2 {
             if deliver(&pool, &message).await? {
                 applied += 1;
@@ -122,6 +159,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop.send(());
     relay.await?;
     println!("{applied} events applied, {dropped} duplicate deliveries dropped by the inbox");
+    println!("{enriched} transaction events carried their owner's name, read at publish time");
 
     let differences: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM bank_accounts b FULL JOIN read_model_accounts r USING (id)

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub(crate) mod audit;
+pub(crate) mod cancel;
 pub(crate) mod changefeed;
 pub(crate) mod changefeed_sql;
 pub(crate) mod dead_letters;

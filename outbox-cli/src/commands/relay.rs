@@ -32,15 +32,6 @@ pub(crate) struct Options {
 pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result<(), CliError> {
     let config = &settings.config;
     let outbox = &settings.outbox;
-    if let Db::Postgres(pool) = &db {
-        // CockroachDB's outbox is published by a changefeed: say so now, not in a log line.
-        outbox::store::postgres::check_relay_support(pool, outbox.table())
-            .await
-            .map_err(|error| match error {
-                outbox::Error::Unsupported { .. } => CliError::Config(error.to_string()),
-                error => CliError::Database(error.to_string()),
-            })?;
-    }
     let sink_config = config.sink_with_url(options.sink_url)?;
     let relay_config = &config.relay;
     let ordering = relay_config
@@ -58,6 +49,17 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
             "relay.max_batch_bytes must be at least 1 (a batch always takes one event)".into(),
         ));
     }
+    if let Db::Postgres(pool) = &db {
+        // CockroachDB's outbox is published by a changefeed: say so now, not in a log line.
+        outbox::store::postgres::check_relay_support(pool, outbox.table())
+            .await
+            .map_err(|error| match error {
+                outbox::Error::Unsupported { .. } => CliError::Config(error.to_string()),
+                error => CliError::Database(error.to_string()),
+            })?;
+    }
+    // Settings first, then the database: a mistake in the file is reported as such.
+    db.check_table(outbox).await?;
     let instance = options.instance;
     let listen = options
         .listen

@@ -80,17 +80,23 @@ struct StatusRow {
     aggregate_type: String,
     event_type: String,
     pending: u64,
+    /// Delayed events not due yet.
+    delayed: u64,
     dead: u64,
     /// Published and kept (retention mode).
     published: u64,
     /// Age of the oldest pending event in seconds: the relays' lag.
     oldest_pending_secs: Option<f64>,
+    /// Seconds until the next delayed event is due.
+    next_due_secs: Option<f64>,
 }
 
 impl From<EventCounts> for StatusRow {
     fn from(counts: EventCounts) -> Self {
         StatusRow {
             oldest_pending_secs: counts.oldest_pending.map(|age| age.as_secs_f64()),
+            next_due_secs: counts.next_due.map(|due| due.as_secs_f64()),
+            delayed: counts.delayed,
             aggregate_type: counts.aggregate_type,
             event_type: counts.event_type,
             pending: counts.pending,
@@ -114,23 +120,35 @@ fn print_status(
         return Ok(());
     }
     println!(
-        "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12}",
-        "aggregate_type", "event_type", "pending", "dead", "kept", "oldest (s)"
+        "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
+        "aggregate_type",
+        "event_type",
+        "pending",
+        "dead",
+        "kept",
+        "oldest (s)",
+        "delayed",
+        "next due (s)"
     );
+    let seconds = |secs: Option<f64>| secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
     for row in rows {
-        let age = row
-            .oldest_pending_secs
-            .map(|age| format!("{age:.1}"))
-            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12}",
-            row.aggregate_type, row.event_type, row.pending, row.dead, row.published, age
+            "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
+            row.aggregate_type,
+            row.event_type,
+            row.pending,
+            row.dead,
+            row.published,
+            seconds(row.oldest_pending_secs),
+            row.delayed,
+            seconds(row.next_due_secs),
         );
     }
-    let (pending, dead): (u64, u64) = rows
-        .iter()
-        .fold((0, 0), |(p, d), row| (p + row.pending, d + row.dead));
-    println!("total: {pending} pending, {dead} dead");
+    let (pending, dead, delayed): (u64, u64, u64) =
+        rows.iter().fold((0, 0, 0), |(p, d, l), row| {
+            (p + row.pending, d + row.dead, l + row.delayed)
+        });
+    println!("total: {pending} pending, {dead} dead, {delayed} delayed");
     // Relays share the work by row locks (or, on SQLite, take turns under a lease): there are
     // no partitions to show, only who is at work.
     match relays {

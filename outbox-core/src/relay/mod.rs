@@ -46,6 +46,7 @@
 //! successor publishes the batch again ([`Error::LeaseLost`]).
 
 mod backoff;
+pub mod enrich;
 pub mod sink;
 pub mod source;
 
@@ -59,6 +60,8 @@ use tracing::Instrument;
 
 pub use crate::message::{DeadLetter, DeadLetterFilter};
 pub use backoff::Backoff;
+pub use enrich::Enrich;
+use enrich::Enricher;
 
 /// The default byte budget of a batch ([`RelayBuilder::max_batch_bytes`]): 16 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -93,6 +96,8 @@ struct Config {
     ordering: Ordering,
     maintenance_interval: Duration,
     lease_ttl: Duration,
+    /// The step between claim and sink, if any.
+    enrich: Option<Enricher>,
 }
 
 /// Where a [`RelayBuilder`] takes its [`Source`] from: a pool, whose outbox table the relay
@@ -136,6 +141,12 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
     pub fn outbox(mut self, outbox: &Outbox) -> Self {
         self.config.table = outbox.table().clone();
         self.config.listen = outbox.notifies_on_commit();
+        self
+    }
+
+    /// Passes every claimed message through `enrich` before the sink: see [`enrich`](self::enrich).
+    pub fn enrich(mut self, enrich: impl Enrich) -> Self {
+        self.config.enrich = Some(Enricher::new(enrich));
         self
     }
 
@@ -298,6 +309,7 @@ impl Relay<(), ()> {
                 ordering: Ordering::PerAggregate,
                 maintenance_interval: Duration::from_secs(2),
                 lease_ttl: Duration::from_secs(10),
+                enrich: None,
             },
         }
     }
@@ -403,7 +415,7 @@ impl<S: Source, K: Sink> Relay<S, K> {
             vec![messages]
         };
         for wave in waves {
-            let mut wave: Vec<Message> = if blocked.is_empty() {
+            let wave: Vec<Message> = if blocked.is_empty() {
                 wave
             } else {
                 wave.into_iter()
@@ -413,15 +425,44 @@ impl<S: Source, K: Sink> Relay<S, K> {
             if wave.is_empty() {
                 continue;
             }
+            // The enrichment step, if any, between claim and sink: what it fails for is settled
+            // as a sink failure, and in per-aggregate order the aggregate's later events in the
+            // wave wait. `refused` lines up with the claimed `wave`; the sink gets the rest.
+            #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+            let (wave, mut to_sink, refused) = match &self.config.enrich {
+                None => (None, wave, None),
+                Some(enricher) => {
+                    let (to_sink, refused) = prepare(enricher, &wave, ordered).await;
+                    (Some(wave), to_sink, Some(refused))
+                }
+            };
             #[cfg(feature = "opentelemetry")]
             let spans = crate::telemetry::SendSpans::start(
                 &self.sink,
                 self.config.table.as_str(),
-                &mut wave,
+                &mut to_sink,
             );
-            let results = self.sink.publish(&wave).await;
+            let results = self.sink.publish(&to_sink).await;
             #[cfg(feature = "opentelemetry")]
             spans.finish(&results);
+            let (wave, results) = match (wave, refused) {
+                (Some(wave), Some(refused)) => {
+                    let mut sent = results.into_iter();
+                    let merged = refused
+                        .into_iter()
+                        .map(|refusal| match refusal {
+                            Some(error) => Err(error),
+                            None => sent.next().unwrap_or_else(|| {
+                                Err(SinkError::transient(
+                                    "the sink returned no result for this message",
+                                ))
+                            }),
+                        })
+                        .collect();
+                    (wave, merged)
+                }
+                _ => (to_sink, results),
+            };
             let mut results = results.into_iter();
             for message in wave {
                 let result = results.next().unwrap_or_else(|| {
@@ -466,6 +507,39 @@ impl<S: Source, K: Sink> Relay<S, K> {
         }
         settlement
     }
+}
+
+/// `wave` through the enrichment step: the messages for the sink, and for each message of the
+/// wave, the error that keeps it from the sink (`None`: it goes). In per-aggregate order, an
+/// aggregate whose event failed sends none of its later ones.
+async fn prepare(
+    enricher: &Enricher,
+    wave: &[Message],
+    ordered: bool,
+) -> (Vec<Message>, Vec<Option<SinkError>>) {
+    let enriched = enricher.enrich(wave).await;
+    let mut failed = HashSet::new();
+    let mut to_sink = Vec::with_capacity(wave.len());
+    let mut refused = Vec::with_capacity(wave.len());
+    for (message, result) in wave.iter().zip(enriched) {
+        let held = ordered && failed.contains(&aggregate_of(message));
+        match result {
+            Ok(enriched) if !held => {
+                to_sink.push(enriched);
+                refused.push(None);
+            }
+            Ok(_) => refused.push(Some(SinkError::transient(
+                "waits for an earlier event of its aggregate",
+            ))),
+            Err(error) => {
+                if ordered {
+                    failed.insert(aggregate_of(message));
+                }
+                refused.push(Some(error));
+            }
+        }
+    }
+    (to_sink, refused)
 }
 
 /// A message's aggregate, as a key.

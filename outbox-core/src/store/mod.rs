@@ -166,6 +166,14 @@ pub trait Dialect:
         row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
+    /// Deletes the delayed event `id` unless it was published or dead; true when deleted.
+    #[doc(hidden)]
+    fn __cancel<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
     #[doc(hidden)]
     fn __migrate<'a>(
         conn: &'a mut Self::Connection,

@@ -269,6 +269,15 @@ pub(crate) fn pending(alias: &str) -> String {
     format!("{alias}.dead_at IS NULL AND {alias}.published_at IS NULL")
 }
 
+/// SQL shared by the dialects' queries: the row `alias` stands for was recorded to be delivered
+/// later ([`Event::deliver_after`](crate::Event::deliver_after)) and its time has not come
+/// (`now` is the dialect's clock). Such an event is not pending yet: it takes no part in its
+/// aggregate's order until it is due. A retry's delay (`attempts > 0`) is not a deferral: an
+/// event waiting for its retry holds its aggregate's later events back.
+pub(crate) fn deferred(alias: &str, now: &str) -> String {
+    format!("({alias}.attempts = 0 AND {alias}.available_at > {now})")
+}
+
 /// The rows a table source claims from: the pending ones, or (for the log source's table of
 /// parked events, see `store::postgres::log`) the pending ones it parked there.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -285,20 +294,36 @@ pub(crate) fn claimable(alias: &str, parked_only: bool) -> String {
 /// is the head of its aggregate, with no earlier pending event. Another relay holding a head
 /// keeps its aggregate's later events out of a claim, since the head row is still there.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn head_condition(table: &str, ordering: Ordering, parked_only: bool) -> String {
+pub(crate) fn head_condition(
+    table: &str,
+    ordering: Ordering,
+    parked_only: bool,
+    now: &str,
+) -> String {
     match ordering {
-        Ordering::PerAggregate => format!("AND {}", head_probe(table, parked_only)),
+        Ordering::PerAggregate => format!("AND {}", head_probe(table, parked_only, now)),
         Ordering::Unordered => String::new(),
     }
 }
 
-/// The condition that the event `o` of `table` has no earlier pending event in its aggregate.
+/// The condition that the event `o` of `table` has no earlier pending event in its aggregate
+/// (an event [deferred] until later does not count).
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn head_probe(table: &str, parked_only: bool) -> String {
+pub(crate) fn head_probe(table: &str, parked_only: bool, now: &str) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM {table} e WHERE e.aggregate_type = o.aggregate_type \
          AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND {})",
-        claimable("e", parked_only)
+        in_order("e", parked_only, now)
+    )
+}
+
+/// The claimable rows that take part in their aggregate's order now: not [deferred].
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn in_order(alias: &str, parked_only: bool, now: &str) -> String {
+    format!(
+        "{} AND NOT {}",
+        claimable(alias, parked_only),
+        deferred(alias, now)
     )
 }
 

@@ -1,4 +1,4 @@
-//! Parsing `#[outbox_event(aggregate_type = "...", event_type = "...", aggregate_id = |e| ..., outbox = PATH)]`.
+//! Parsing `#[outbox_event(aggregate_type = "...", event_type = "...", aggregate_id = |e| ..., outbox = PATH, delay = ...)]`.
 
 use proc_macro2::TokenStream;
 use syn::punctuated::Punctuated;
@@ -6,7 +6,13 @@ use syn::{Expr, ExprClosure, LitStr, Meta, Token};
 
 use crate::errors::{Errors, check_metadata, example, unknown_key};
 
-const KEYS: &[&str] = &["aggregate_type", "event_type", "aggregate_id", "outbox"];
+const KEYS: &[&str] = &[
+    "aggregate_type",
+    "event_type",
+    "aggregate_id",
+    "outbox",
+    "delay",
+];
 
 /// The attribute's arguments; every one optional.
 #[derive(Default)]
@@ -15,6 +21,9 @@ pub(crate) struct Args {
     pub(crate) event_type: Option<LitStr>,
     pub(crate) aggregate_id: Option<ExprClosure>,
     pub(crate) outbox: Option<Expr>,
+    /// A `Duration` (or `SystemTime`, or an `Option` of either), or a closure over the entity
+    /// returning one.
+    pub(crate) delay: Option<Expr>,
 }
 
 impl Args {
@@ -95,6 +104,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                      `const BILLING_OUTBOX: Outbox = Outbox::for_table(TableName::from_static(\"billing_outbox\"));`",
                 ),
             },
+            "delay" => match nv.value {
+                Expr::Closure(closure) if closure.inputs.len() != 1 => errors.spanned(
+                    &closure.inputs,
+                    "the `delay` closure takes exactly one parameter, the returned entity: \
+                     `delay = |entity| entity.remind_after`",
+                ),
+                value => set_once(&mut errors, &mut args.delay, value, &nv.path, &key),
+            },
             other => errors.spanned(&nv.path, unknown_key("argument", other, KEYS)),
         }
     }
@@ -123,6 +140,7 @@ fn usage(key: &str) -> String {
     match key {
         "aggregate_id" => "aggregate_id = |entity| entity.id".to_owned(),
         "outbox" => "outbox = MY_OUTBOX".to_owned(),
+        "delay" => "delay = Duration::from_secs(3600)".to_owned(),
         _ => format!("{key} = \"{}\"", example(key)),
     }
 }

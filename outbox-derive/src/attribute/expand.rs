@@ -55,6 +55,21 @@ pub(crate) fn expand(function: &ItemFn, args: &Args, signature: &Signature<'_>) 
     } else {
         quote_spanned!(entity_ty.span()=> ::outbox::__private::derived_event(&#entity))
     };
+    // `delay`: the event wrapped with its schedule, from a value or a closure over the entity.
+    let event = match &args.delay {
+        None => event,
+        Some(delay) => {
+            let value = match delay {
+                syn::Expr::Closure(closure) => {
+                    quote_spanned!(closure.span()=> ::outbox::__private::apply(&#entity, #closure))
+                }
+                value => quote!(#value),
+            };
+            quote_spanned! {delay.span()=>
+                &::outbox::__private::Delayed::new(#event, ::outbox::__private::schedule(#value))
+            }
+        }
+    };
     let recorded = quote_spanned! {connection.span()=>
         ::outbox::__private::record(#outbox, #conn, __outbox_event).await
     };

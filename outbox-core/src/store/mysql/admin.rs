@@ -6,7 +6,9 @@ use super::relay::COLUMNS;
 use crate::TableName;
 use crate::admin::{EventCounts, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
+use crate::store::table::{
+    self, FilterValue, MessageRow, dead_letter_conditions, deferred, pending,
+};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -117,13 +119,15 @@ pub(super) async fn status(
     pool: &MySqlPool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = pending("o");
+    let (pending, deferred) = (pending("o"), deferred("o", "UTC_TIMESTAMP(6)"));
     let sql = format!(
         "SELECT aggregate_type, event_type,
-                CAST(SUM({pending}) AS SIGNED),
+                CAST(SUM({pending} AND NOT {deferred}) AS SIGNED),
+                CAST(SUM({pending} AND {deferred}) AS SIGNED),
                 CAST(SUM(dead_at IS NOT NULL) AS SIGNED),
                 CAST(SUM(published_at IS NOT NULL) AS SIGNED),
-                CAST(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN {pending} THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE)
+                CAST(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN {pending} AND NOT {deferred} THEN created_at END), UTC_TIMESTAMP(6)) / 1e6 AS DOUBLE),
+                CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(CASE WHEN {pending} AND {deferred} THEN available_at END)) / 1e6 AS DOUBLE)
          FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('`')
     );

@@ -25,21 +25,48 @@ impl Dialect for MySql {
         outbox: &Outbox,
         row: &NewRow,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-            outbox.table().quoted('`')
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        let table = outbox.table().quoted('`');
+        let sql = match row.due {
+            None => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            // A delayed event: due that long after now (UTC, as the table's timestamps), or at
+            // an instant.
+            Some(_) => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers, available_at, scheduled) \
+                 VALUES (?, ?, ?, ?, ?, ?, \
+                   TIMESTAMPADD(MICROSECOND, ?, IF(?, UTC_TIMESTAMP(6), TIMESTAMP('1970-01-01 00:00:00'))), true)"
+            ),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.id.hyphenated().to_string())
             .bind(&row.aggregate_type)
             .bind(&row.aggregate_id)
             .bind(&row.event_type)
             .bind(&row.payload)
-            .bind(&row.headers)
+            .bind(&row.headers);
+        if let Some(due) = row.due {
+            query = query.bind(due.micros).bind(due.from_now);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    async fn __cancel(
+        conn: &mut MySqlConnection,
+        table: &TableName,
+        id: uuid::Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = ? AND scheduled AND published_at IS NULL AND dead_at IS NULL",
+            table.quoted('`')
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.hyphenated().to_string())
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     async fn __migrate(conn: &mut MySqlConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
@@ -60,29 +87,68 @@ impl Dialect for MySql {
                 attempts       INT          NOT NULL DEFAULT 0,
                 last_error     TEXT         NULL,
                 published_at   DATETIME(6)  NULL,
-                dead_at        DATETIME(6)  NULL
+                dead_at        DATETIME(6)  NULL,
+                scheduled      BOOLEAN      NOT NULL DEFAULT false
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
             table.quoted('`')
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *conn)
             .await?;
-        // The index behind per-aggregate order, added to tables created without it. MySQL has
-        // no `CREATE INDEX IF NOT EXISTS`; a concurrent migration that added it first is fine.
-        let index = relay::aggregate_index(table);
+        // Delayed events (`scheduled`), on tables created before them: MySQL 8 has no
+        // `ADD COLUMN IF NOT EXISTS`; a concurrent migration that added it first is fine.
         let (schema, name) = table.parts();
-        let present: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.statistics \
-             WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND index_name = ?",
+        let has_column: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.columns \
+             WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_name = 'scheduled'",
         )
         .bind(schema)
         .bind(name)
-        .bind(&index)
         .fetch_one(&mut *conn)
         .await?;
-        if present == 0 {
+        if has_column == 0 {
             let sql = format!(
-                "ALTER TABLE {} ADD INDEX `{index}` (aggregate_type, aggregate_id, seq)",
+                "ALTER TABLE {} ADD COLUMN scheduled BOOLEAN NOT NULL DEFAULT false",
+                table.quoted('`')
+            );
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                Err(sqlx::Error::Database(error))
+                    if error
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|error| error.number() == 1060) =>
+                {
+                    // ER_DUP_FIELDNAME: another migration added it meanwhile.
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        // The index behind per-aggregate order, and the one `cancel` finds an event by, added
+        // to tables created without them. MySQL has no `CREATE INDEX IF NOT EXISTS`; a
+        // concurrent migration that added one first is fine. (No partial indexes here: every
+        // event has its entry in the second.)
+        for (index, columns) in [
+            (
+                relay::aggregate_index(table),
+                "aggregate_type, aggregate_id, seq",
+            ),
+            (format!("{name}_id_idx"), "id"),
+        ] {
+            let present: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.statistics \
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND index_name = ?",
+            )
+            .bind(schema)
+            .bind(name)
+            .bind(&index)
+            .fetch_one(&mut *conn)
+            .await?;
+            if present > 0 {
+                continue;
+            }
+            let sql = format!(
+                "ALTER TABLE {} ADD INDEX `{index}` ({columns})",
                 table.quoted('`')
             );
             match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {

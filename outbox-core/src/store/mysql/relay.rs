@@ -12,7 +12,8 @@ use crate::relay::Ordering;
 use crate::relay::source::{Settlement, SourceConfig};
 use crate::store::locking::{ClaimStatements, RowLocking, Scan, TableClaim, TableSource};
 use crate::store::table::{
-    self, ByteBudget, MessageRow, claimable, delete_in_batches, head_condition, pending, seq_list,
+    self, ByteBudget, MessageRow, claimable, deferred, delete_in_batches, head_condition, in_order,
+    pending, seq_list,
 };
 
 /// The outbox table of a MySQL/MariaDB database, as a relay
@@ -27,6 +28,9 @@ pub type MySqlClaim = TableClaim<MySql>;
 /// and MariaDB (`seq` is unsigned, `JSON` is binary on MySQL).
 pub(super) const COLUMNS: &str = "CAST(o.seq AS SIGNED) AS seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
                        CAST(o.payload AS CHAR) AS payload, CAST(o.headers AS CHAR) AS headers, o.attempts";
+
+/// The clock of the claims: UTC, as the table's timestamps are.
+const NOW: &str = "UTC_TIMESTAMP(6)";
 
 /// The name of the index behind per-aggregate order.
 pub(crate) fn aggregate_index(table: &TableName) -> String {
@@ -46,8 +50,10 @@ impl RowLocking for MySql {
     fn claim_statements(config: &SourceConfig) -> ClaimStatements {
         let table = &config.table;
         let t = table.quoted('`');
-        let head = head_condition(&t, config.ordering, config.parked_only);
+        let head = head_condition(&t, config.ordering, config.parked_only, NOW);
         let pending = claimable("o", config.parked_only);
+        // Where order matters, an event deferred until later is stepped over.
+        let in_order_o = in_order("o", config.parked_only, NOW);
         let first = format!(
             "SELECT CAST(o.seq AS SIGNED) FROM {t} o FORCE INDEX (PRIMARY) WHERE o.seq >= ? AND {pending} \
              ORDER BY o.seq LIMIT 1"
@@ -68,7 +74,7 @@ impl RowLocking for MySql {
                SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w FORCE INDEX (PRIMARY) \
                WHERE w.seq >= ? AND {pending_w} ORDER BY w.seq LIMIT ?) w \
              GROUP BY w.aggregate_type, w.aggregate_id ORDER BY seq",
-            pending_w = claimable("w", config.parked_only),
+            pending_w = in_order("w", config.parked_only, NOW),
         );
         let window_heads = format!(
             "SELECT {COLUMNS} FROM JSON_TABLE(?, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS c \
@@ -90,7 +96,7 @@ impl RowLocking for MySql {
                aggregate_id VARCHAR(255) PATH '$[1]', seq BIGINT PATH '$[2]')) AS h \
              STRAIGHT_JOIN {t} o FORCE INDEX (`{index}`) \
                ON o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id AND o.seq > h.seq \
-             WHERE {pending} ORDER BY o.seq LIMIT ? FOR UPDATE"
+             WHERE {in_order_o} ORDER BY o.seq LIMIT ? FOR UPDATE"
         );
         ClaimStatements {
             first,
@@ -275,14 +281,18 @@ impl RowLocking for MySql {
         pool: &MySqlPool,
         table: &TableName,
     ) -> Result<Option<(i64, f64)>, sqlx::Error> {
+        // As on PostgreSQL: the seq of the oldest pending event, deferred or not; the lag of the
+        // oldest that is not deferred, from when it was due.
+        let (t, pending) = (table.quoted('`'), pending("o"));
+        let deferred = deferred("o", NOW);
         let sql = format!(
-            "SELECT CAST(seq AS SIGNED), TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)) / 1e6 FROM {} o \
-             WHERE {} ORDER BY seq LIMIT 1",
-            table.quoted('`'),
-            pending("o"),
+            "SELECT (SELECT CAST(o.seq AS SIGNED) FROM {t} o WHERE {pending} ORDER BY o.seq LIMIT 1), \
+               (SELECT CAST(TIMESTAMPDIFF(MICROSECOND, CASE WHEN o.attempts = 0 \
+                  THEN GREATEST(o.created_at, o.available_at) ELSE o.created_at END, {NOW}) / 1e6 AS DOUBLE) \
+                FROM {t} o WHERE {pending} AND NOT {deferred} ORDER BY o.seq LIMIT 1)"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_optional(pool)
-            .await
+        let (seq, lag): (Option<i64>, Option<f64>) =
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_one(pool).await?;
+        Ok(seq.map(|seq| (seq, lag.unwrap_or(0.0))))
     }
 }

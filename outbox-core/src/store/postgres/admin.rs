@@ -6,7 +6,9 @@ use super::relay::COLUMNS;
 use crate::TableName;
 use crate::admin::{EventCounts, RELAY_APPLICATION_PREFIX, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
+use crate::store::table::{
+    self, FilterValue, MessageRow, dead_letter_conditions, deferred, pending,
+};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -120,13 +122,15 @@ pub(super) async fn status(
     pool: &PgPool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = pending("o");
+    let (pending, deferred) = (pending("o"), deferred("o", "clock_timestamp()"));
     let sql = format!(
         "SELECT aggregate_type, event_type,
-                COUNT(*) FILTER (WHERE {pending}),
+                COUNT(*) FILTER (WHERE {pending} AND NOT {deferred}),
+                COUNT(*) FILTER (WHERE {pending} AND {deferred}),
                 COUNT(*) FILTER (WHERE dead_at IS NOT NULL),
                 COUNT(*) FILTER (WHERE published_at IS NOT NULL),
-                EXTRACT(EPOCH FROM clock_timestamp() - MIN(created_at) FILTER (WHERE {pending}))::float8
+                EXTRACT(EPOCH FROM clock_timestamp() - MIN(created_at) FILTER (WHERE {pending} AND NOT {deferred}))::float8,
+                EXTRACT(EPOCH FROM MIN(available_at) FILTER (WHERE {pending} AND {deferred}) - clock_timestamp())::float8
          FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('"')
     );

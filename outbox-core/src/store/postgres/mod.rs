@@ -65,21 +65,47 @@ impl Dialect for Postgres {
             return wal::emit(conn, outbox, row).await;
         }
         // The payload travels as text and is parsed into jsonb by the server, once.
-        let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
-            outbox.table().quoted('"')
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        let table = outbox.table().quoted('"');
+        let sql = match row.due {
+            None => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+                 VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)"
+            ),
+            // A delayed event: due that long after now, by the server's clock, or at an instant.
+            Some(_) => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers, available_at, scheduled) \
+                 VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, \
+                   CASE WHEN $8 THEN clock_timestamp() ELSE timestamptz 'epoch' END + $7 * interval '1 microsecond', true)"
+            ),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.id)
             .bind(&row.aggregate_type)
             .bind(&row.aggregate_id)
             .bind(&row.event_type)
             .bind(&row.payload)
-            .bind(&row.headers)
+            .bind(&row.headers);
+        if let Some(due) = row.due {
+            query = query.bind(due.micros).bind(due.from_now);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    async fn __cancel(
+        conn: &mut PgConnection,
+        table: &TableName,
+        id: uuid::Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND scheduled AND published_at IS NULL AND dead_at IS NULL",
+            table.quoted('"')
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     async fn __migrate(conn: &mut PgConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
@@ -112,9 +138,19 @@ impl Dialect for Postgres {
                 attempts       INTEGER     NOT NULL DEFAULT 0,
                 last_error     TEXT,
                 published_at   TIMESTAMPTZ,
-                dead_at        TIMESTAMPTZ
+                dead_at        TIMESTAMPTZ,
+                scheduled      BOOLEAN     NOT NULL DEFAULT false
             )",
             table.quoted('"')
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+        // Delayed events (`scheduled`): the column, on tables created before it, and the index
+        // `cancel` finds them by, which holds them alone (recording others never touches it).
+        let (_, name) = table.parts();
+        let sql = format!(
+            "ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS scheduled BOOLEAN NOT NULL DEFAULT false;
+             CREATE INDEX IF NOT EXISTS \"{name}_scheduled_idx\" ON {quoted} (id) WHERE scheduled;",
+            quoted = table.quoted('"')
         );
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
         // A log-tailed table needs no claim index nor trigger: the log gives the order.

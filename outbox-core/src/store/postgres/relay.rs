@@ -15,7 +15,7 @@ use crate::store::locking::{
     AggregateKey, ClaimStatements, RowLocking, Scan, TableClaim, TableSource,
 };
 use crate::store::table::{
-    ByteBudget, MessageRow, claimable, delete_in_batches, head_probe, pending,
+    ByteBudget, MessageRow, claimable, deferred, delete_in_batches, head_probe, in_order, pending,
 };
 use crate::{Error, TableName};
 
@@ -25,6 +25,10 @@ pub type PgSource = TableSource<Postgres>;
 
 /// A claimed PostgreSQL batch: the rows are locked by its open transaction until it settles.
 pub type PgClaim = TableClaim<Postgres>;
+
+/// PostgreSQL's clock in the claims: the time of each statement's evaluation, not of its
+/// transaction's start.
+const NOW: &str = "clock_timestamp()";
 
 /// The notification channel of a table: fed by the trigger `migrate` installs.
 pub(crate) fn channel(table: &TableName) -> String {
@@ -160,7 +164,8 @@ impl RowLocking for Postgres {
         let table = &config.table;
         let t = table.quoted('"');
         let claimable_o = claimable("o", config.parked_only);
-        let claimable_e = claimable("e", config.parked_only);
+        // Where order matters, an event deferred until later is stepped over.
+        let claimable_e = in_order("e", config.parked_only, NOW);
         let locked = locked_columns();
         let first = format!(
             "SELECT o.seq FROM {t} o WHERE o.seq >= $1 AND {claimable_o} ORDER BY o.seq LIMIT 1"
@@ -205,7 +210,7 @@ impl RowLocking for Postgres {
         // converted for nothing. A row updated and committed after the statement began (a
         // retry come due) is locked at its new address, which the statement cannot see: it
         // stays locked but unclaimed until the claim ends, and is claimed by the next one.
-        let probe = head_probe(&t, config.parked_only);
+        let probe = head_probe(&t, config.parked_only, NOW);
         let heads_among = |candidates: &str| {
             format!(
                 "SELECT {locked} FROM {t} o WHERE o.ctid = ANY(ARRAY( \
@@ -230,7 +235,7 @@ impl RowLocking for Postgres {
                  SELECT w.seq, w.aggregate_type, w.aggregate_id FROM {t} w \
                  WHERE w.seq >= $1 AND {claimable_w} ORDER BY w.seq LIMIT $3) w \
                GROUP BY w.aggregate_type, w.aggregate_id))",
-            claimable_w = claimable("w", config.parked_only),
+            claimable_w = in_order("w", config.parked_only, NOW),
         ));
         // Each head's next events read in order from the aggregate index, at most as
         // many as the batch has room for: never every pending event of a busy aggregate.
@@ -257,7 +262,7 @@ impl RowLocking for Postgres {
                  ON w.aggregate_type = h.aggregate_type AND w.aggregate_id = h.aggregate_id AND w.seq > h.seq \
                ORDER BY w.seq LIMIT $6) \
              AND {claimable_o} ORDER BY o.seq FOR UPDATE OF o",
-            claimable_w = claimable("w", config.parked_only),
+            claimable_w = in_order("w", config.parked_only, NOW),
         );
         // The heads of the next `$3` aggregates in key order after (`$1`, `$2`) — from the first
         // after ('', ''), since recording refuses an empty aggregate type: one index probe per
@@ -512,15 +517,20 @@ impl RowLocking for Postgres {
         pool: &PgPool,
         table: &TableName,
     ) -> Result<Option<(i64, f64)>, sqlx::Error> {
+        // The oldest pending event's seq, deferred or not (the low-water mark must not pass an
+        // event that comes due later); the lag, of the oldest that is not deferred, from when
+        // it was due.
+        let (t, pending) = (table.quoted('"'), pending("o"));
+        let deferred = deferred("o", NOW);
         let sql = format!(
-            "SELECT seq, extract(epoch FROM clock_timestamp() - created_at)::float8 FROM {} o \
-             WHERE {} ORDER BY seq LIMIT 1",
-            table.quoted('"'),
-            pending("o"),
+            "SELECT (SELECT o.seq FROM {t} o WHERE {pending} ORDER BY o.seq LIMIT 1), \
+               (SELECT extract(epoch FROM {NOW} - CASE WHEN o.attempts = 0 \
+                  THEN greatest(o.created_at, o.available_at) ELSE o.created_at END)::float8 \
+                FROM {t} o WHERE {pending} AND NOT {deferred} ORDER BY o.seq LIMIT 1)"
         );
-        sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_optional(pool)
-            .await
+        let (seq, lag): (Option<i64>, Option<f64>) =
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_one(pool).await?;
+        Ok(seq.map(|seq| (seq, lag.unwrap_or(0.0))))
     }
 
     async fn wait(

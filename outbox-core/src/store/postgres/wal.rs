@@ -280,6 +280,7 @@ mod tests {
             aggregate_id: "42".into(),
             event_type: "AccountOpened".into(),
             payload: r#"{"b":1,"a":[true,null,"é"]}"#.into(),
+            due: None,
             headers: Some(r#"{"traceparent":"00-ab-cd-01"}"#.into()),
         };
         let message = decode(encode(&row).as_bytes(), 7).expect("decodes");

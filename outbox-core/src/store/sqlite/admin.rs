@@ -6,7 +6,9 @@ use super::relay::{COLUMNS, NOW, companion, now_ms};
 use crate::TableName;
 use crate::admin::{EventCounts, RelayInstance};
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::store::table::{self, FilterValue, MessageRow, dead_letter_conditions, pending};
+use crate::store::table::{
+    self, FilterValue, MessageRow, dead_letter_conditions, deferred, pending,
+};
 
 /// The dead letters of `table` that `filter` selects, oldest first.
 pub(super) async fn dead_letters(
@@ -117,11 +119,13 @@ pub(super) async fn status(
     pool: &SqlitePool,
     table: &TableName,
 ) -> Result<Vec<EventCounts>, sqlx::Error> {
-    let pending = pending("o");
+    let (pending, deferred) = (pending("o"), deferred("o", NOW));
     let sql = format!(
         "SELECT aggregate_type, event_type,
-                SUM({pending}), SUM(dead_at IS NOT NULL), SUM(published_at IS NOT NULL),
-                (julianday('now') - julianday(MIN(CASE WHEN {pending} THEN created_at END))) * 86400.0
+                SUM({pending} AND NOT {deferred}), SUM({pending} AND {deferred}),
+                SUM(dead_at IS NOT NULL), SUM(published_at IS NOT NULL),
+                (julianday('now') - julianday(MIN(CASE WHEN {pending} AND NOT {deferred} THEN created_at END))) * 86400.0,
+                (julianday(MIN(CASE WHEN {pending} AND {deferred} THEN available_at END)) - julianday('now')) * 86400.0
          FROM {} o GROUP BY 1, 2 ORDER BY 1, 2",
         table.quoted('"')
     );

@@ -24,21 +24,48 @@ impl Dialect for Sqlite {
         outbox: &Outbox,
         row: &NewRow,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-            outbox.table().quoted('"')
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        let table = outbox.table().quoted('"');
+        let sql = match row.due {
+            None => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            // A delayed event: due that long after now, or at an instant (2440587.5 is the
+            // Unix epoch as a Julian day number, which strftime takes).
+            Some(_) => format!(
+                "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers, available_at, scheduled) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, strftime('%Y-%m-%dT%H:%M:%fZ', \
+                   CASE WHEN ?8 THEN julianday('now') ELSE 2440587.5 END + ?7 / 86400000000.0), 1)"
+            ),
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(row.id.hyphenated().to_string())
             .bind(&row.aggregate_type)
             .bind(&row.aggregate_id)
             .bind(&row.event_type)
             .bind(&row.payload)
-            .bind(&row.headers)
+            .bind(&row.headers);
+        if let Some(due) = row.due {
+            query = query.bind(due.micros).bind(due.from_now);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    async fn __cancel(
+        conn: &mut SqliteConnection,
+        table: &TableName,
+        id: uuid::Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "DELETE FROM {} WHERE id = ?1 AND scheduled AND published_at IS NULL AND dead_at IS NULL",
+            table.quoted('"')
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.hyphenated().to_string())
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     async fn __migrate(conn: &mut SqliteConnection, outbox: &Outbox) -> Result<(), sqlx::Error> {
@@ -57,13 +84,30 @@ impl Dialect for Sqlite {
                 attempts       INTEGER NOT NULL DEFAULT 0,
                 last_error     TEXT,
                 published_at   TEXT,
-                dead_at        TEXT
+                dead_at        TEXT,
+                scheduled      INTEGER NOT NULL DEFAULT 0
             )",
             table.quoted('"')
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *conn)
             .await?;
+        // Delayed events (`scheduled`), on tables created before them.
+        let has_column: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{}') WHERE name = 'scheduled'",
+            table.parts().1
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        if has_column == 0 {
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0",
+                table.quoted('"')
+            );
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await?;
+        }
         sqlx::raw_sql(AssertSqlSafe(relay::relay_ddl(table)))
             .execute(&mut *conn)
             .await?;

@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
-use crate::store::table::{self, MessageRow, delete_in_batches, pending, seq_list};
+use crate::store::table::{self, MessageRow, deferred, delete_in_batches, pending, seq_list};
 use crate::{Error, TableName};
 
 const DIALECT: &str = <Sqlite as sqlx::Database>::NAME;
@@ -40,6 +40,7 @@ pub(crate) fn relay_ddl(table: &TableName) -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS {index} ON \"{name}\" (aggregate_type, aggregate_id, seq);
          CREATE INDEX IF NOT EXISTS {dead} ON \"{name}\" (seq) WHERE dead_at IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS {scheduled} ON \"{name}\" (id) WHERE scheduled;
          CREATE TABLE IF NOT EXISTS {lease} (
              name       TEXT    PRIMARY KEY,
              holder     TEXT    NOT NULL,
@@ -47,6 +48,7 @@ pub(crate) fn relay_ddl(table: &TableName) -> String {
          );",
         index = companion(table, "_aggregate_idx"),
         dead = companion(table, "_dead_idx"),
+        scheduled = companion(table, "_scheduled_idx"),
         lease = companion(table, "_lease"),
     )
 }
@@ -92,12 +94,13 @@ impl SqliteSource {
         let t = table.quoted('"');
         let lease = companion(&table, "_lease");
         // One reader, so no locks: for each aggregate, its pending events from the oldest on,
-        // stopping before one that waits for a retry.
+        // stopping before one that waits for a retry. An event deferred until later (never
+        // tried, not due) holds nothing back: it takes no part in the order until it is due.
         let held_back = match config.ordering {
             Ordering::PerAggregate => format!(
                 "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.aggregate_type = o.aggregate_type \
                  AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq \
-                 AND {} AND e.available_at > {NOW})",
+                 AND {} AND e.attempts > 0 AND e.available_at > {NOW})",
                 pending("e")
             ),
             Ordering::Unordered => String::new(),
@@ -218,11 +221,14 @@ impl Source for SqliteSource {
                 tracing::debug!(purged, table = %self.table, "purged published events");
             }
         }
+        // The oldest event due, from when it was due: an event deferred until later is no lag.
         let sql = format!(
-            "SELECT (julianday('now') - julianday(created_at)) * 86400.0 FROM {} o \
-             WHERE {} ORDER BY seq LIMIT 1",
+            "SELECT (julianday('now') - julianday(CASE WHEN o.attempts = 0 \
+               THEN max(o.created_at, o.available_at) ELSE o.created_at END)) * 86400.0 FROM {} o \
+             WHERE {} AND NOT {} ORDER BY seq LIMIT 1",
             self.table.quoted('"'),
             pending("o"),
+            deferred("o", NOW),
         );
         let lag: Option<f64> = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_optional(&self.pool)
