@@ -96,6 +96,19 @@ pub(crate) struct RelayConfig {
     /// The replication connection of `source = "log"` / `"wal-messages"` (default:
     /// `database_url`); its role needs the `REPLICATION` attribute.
     pub(crate) replication_url: Option<String>,
+    /// Serve many outbox tables instead of `table`: a pattern (`"tenant_*.outbox"`, `*` for
+    /// any run of characters) looked for again every 10 s, or a list of names.
+    pub(crate) tables: Option<TablesSetting>,
+}
+
+/// `relay.tables`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TablesSetting {
+    /// Every outbox table whose name matches.
+    Pattern(String),
+    /// These tables.
+    List(Vec<String>),
 }
 
 /// `relay.source`, checked when the file is read.

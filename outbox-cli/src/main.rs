@@ -152,7 +152,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             };
             commands::relay::run(&settings, db, options).await
         }
-        Command::Status { json } => commands::status::run(&db, outbox, json).await,
+        Command::Status { json } => {
+            let tables = settings.config.relay.tables.as_ref();
+            commands::status::run(&db, outbox, tables, json).await
+        }
         Command::Cancel { ids } => commands::cancel::run(&db, outbox, &ids).await,
         Command::DeadLetters(command) => commands::dead_letters::run(&db, outbox, command).await,
         Command::Tail { json, from_start } => {

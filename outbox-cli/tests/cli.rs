@@ -170,6 +170,89 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// `relay.tables`: one `outbox relay` for the outbox table of each of three tenant schemas,
+/// found by a pattern; `outbox status` shows each table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_service_serves_the_tables_a_pattern_finds() {
+    let prefix = unique("cli_mt");
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    for t in 0..3 {
+        let table = format!("{prefix}_{t}.outbox");
+        let outbox = Outbox::for_table(TableName::new(table).unwrap());
+        outbox.migrate(&pool).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for n in 0..5 {
+            let event = outbox::Event::new(
+                "tenant",
+                "Numbered",
+                Some(t),
+                &serde_json::json!({ "n": n }),
+            )
+            .unwrap();
+            outbox.record(&mut *tx, &event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let mut stream = stream_for(&prefix).await;
+    let port = free_port();
+    let config = relay_config_with(&prefix, port, &format!("tables = \"{prefix}_*.outbox\""));
+    let mut relay = KillOnDrop(start_relay(&config));
+    let until = Instant::now() + Duration::from_secs(30);
+    while messages(&mut stream).await < 15 {
+        assert!(
+            Instant::now() < until,
+            "the three tables' 15 events were not published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&relay.0, "TERM");
+    assert!(relay.0.wait().unwrap().success());
+    let log = {
+        let mut text = String::new();
+        std::io::Read::read_to_string(relay.0.stderr.as_mut().unwrap(), &mut text).unwrap();
+        text
+    };
+    assert!(
+        log.contains(&format!(
+            "3 tables: {prefix}_0.outbox, {prefix}_1.outbox, {prefix}_2.outbox"
+        )),
+        "{log}"
+    );
+
+    let output = Command::new(OUTBOX)
+        .args(["--config", config.to_str().unwrap(), "status", "--json"])
+        .env_remove("OUTBOX_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tables = status["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 3, "{status}");
+    for (t, table) in tables.iter().enumerate() {
+        assert_eq!(table["table"], format!("{prefix}_{t}.outbox"));
+        let pending: i64 = table["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["pending"].as_i64().unwrap())
+            .sum();
+        assert_eq!(pending, 0, "{status}");
+    }
+    async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap())
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
+    for t in 0..3 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{prefix}_{t}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_service_drains_the_outbox_reports_metrics_and_stops_on_sigterm() {
     let table = unique("cli");
@@ -760,7 +843,7 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         format!(
             "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
              `max_batch_bytes`, `max_attempts`, `poll_interval`, `retention`, `ordering`, \
-             `source`, `replication_url`\n",
+             `source`, `replication_url`, `tables`\n",
             config.display()
         )
     );

@@ -7,14 +7,16 @@
 
 use std::time::Duration;
 
+use outbox::relay::many::Outboxes;
 use outbox::relay::{Backoff, Ordering, Relay};
 use outbox::sinks::redacted;
 use outbox::store::postgres::LogStream;
 
 use crate::CliError;
+use crate::config::TablesSetting;
 use crate::db::{Db, with_pool};
 use crate::http::{SinkProblem, serve};
-use crate::settings::Settings;
+use crate::settings::{Settings, table_name};
 use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
 use crate::telemetry::Otlp;
@@ -58,8 +60,18 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
                 error => CliError::Database(error.to_string()),
             })?;
     }
+    let tables = relay_config.tables.as_ref();
+    if tables.is_some() && outbox.is_log_tailed() {
+        return Err(CliError::Config(
+            "relay.tables serves many tables by polling them: it cannot be combined with \
+             relay.source = \"log\" or \"wal-messages\""
+                .into(),
+        ));
+    }
     // Settings first, then the database: a mistake in the file is reported as such.
-    db.check_table(outbox).await?;
+    if tables.is_none() {
+        db.check_table(outbox).await?;
+    }
     let instance = options.instance;
     let listen = options
         .listen
@@ -146,12 +158,45 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
                     .into(),
             ));
         }
-        (db, false) => with_pool!(db, pool => run_relay!(pool.clone())),
+        (db, false) => match tables {
+            None => with_pool!(db, pool => run_relay!(pool.clone())),
+            Some(tables) => with_pool!(db, pool => {
+                let outboxes = outboxes(pool.clone(), tables)?;
+                let found = outboxes
+                    .discover()
+                    .await
+                    .map_err(|error| CliError::Database(error.to_string()))?;
+                eprintln!(
+                    "outbox relay {instance}: {} tables: {}",
+                    found.len(),
+                    found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                run_relay!(outboxes)
+            }),
+        },
     }
     server.abort();
     telemetry.shutdown().await;
     eprintln!("outbox relay {instance}: stopped");
     Ok(())
+}
+
+/// The tables of `relay.tables`.
+pub(crate) fn outboxes<DB: outbox::Dialect>(
+    pool: sqlx::Pool<DB>,
+    tables: &TablesSetting,
+) -> Result<Outboxes<DB>, CliError> {
+    match tables {
+        TablesSetting::Pattern(pattern) => Outboxes::matching(pool, pattern)
+            .map_err(|error| CliError::Config(format!("relay.tables: {error}"))),
+        TablesSetting::List(names) => {
+            let tables = names
+                .iter()
+                .map(|name| table_name(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Outboxes::tables(pool, tables))
+        }
+    }
 }
 
 /// Connects the sink, waiting for an unreachable broker: every failed try is logged and shown

@@ -7,10 +7,19 @@ use outbox::changefeed::CockroachVersion;
 use serde::Serialize;
 
 use crate::CliError;
+use crate::config::TablesSetting;
 use crate::db::{Db, with_pool};
 
 /// Prints the status of `outbox`, as a table or JSON.
-pub(crate) async fn run(db: &Db, outbox: &Outbox, json: bool) -> Result<(), CliError> {
+pub(crate) async fn run(
+    db: &Db,
+    outbox: &Outbox,
+    tables: Option<&TablesSetting>,
+    json: bool,
+) -> Result<(), CliError> {
+    if let Some(tables) = tables {
+        return many(db, tables, json).await;
+    }
     if let Db::Postgres(pool) = db
         && let Some(version) = outbox::store::postgres::cockroach_version(pool)
             .await
@@ -74,6 +83,38 @@ async fn cockroach_status(
     Ok(())
 }
 
+/// `relay.tables`: each table's counts, a section per table (a JSON object per table).
+async fn many(db: &Db, tables: &TablesSetting, json: bool) -> Result<(), CliError> {
+    let database = |error: outbox::Error| CliError::Database(error.to_string());
+    let found = with_pool!(db, pool => {
+        crate::commands::relay::outboxes(pool.clone(), tables)?.discover().await
+    })
+    .map_err(database)?;
+    let mut all = Vec::with_capacity(found.len());
+    for table in found {
+        let outbox = Outbox::for_table(table.clone());
+        let counts = with_pool!(db, pool => outbox.status(pool).await).map_err(database)?;
+        let rows: Vec<StatusRow> = counts.into_iter().map(StatusRow::from).collect();
+        all.push((table, rows));
+    }
+    if json {
+        let status: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(table, rows)| serde_json::json!({ "table": table.to_string(), "events": rows }))
+            .collect();
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "tables": status }))
+            .map_err(|error| CliError::Other(error.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("{} tables", all.len());
+    for (table, rows) in &all {
+        println!("\ntable {table}");
+        print_counts(rows);
+    }
+    Ok(())
+}
+
 /// One line of `outbox status`.
 #[derive(Debug, Serialize)]
 struct StatusRow {
@@ -119,36 +160,7 @@ fn print_status(
         println!("{text}");
         return Ok(());
     }
-    println!(
-        "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
-        "aggregate_type",
-        "event_type",
-        "pending",
-        "dead",
-        "kept",
-        "oldest (s)",
-        "delayed",
-        "next due (s)"
-    );
-    let seconds = |secs: Option<f64>| secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
-    for row in rows {
-        println!(
-            "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
-            row.aggregate_type,
-            row.event_type,
-            row.pending,
-            row.dead,
-            row.published,
-            seconds(row.oldest_pending_secs),
-            row.delayed,
-            seconds(row.next_due_secs),
-        );
-    }
-    let (pending, dead, delayed): (u64, u64, u64) =
-        rows.iter().fold((0, 0, 0), |(p, d, l), row| {
-            (p + row.pending, d + row.dead, l + row.delayed)
-        });
-    println!("total: {pending} pending, {dead} dead, {delayed} delayed");
+    print_counts(rows);
     // Relays share the work by row locks (or, on SQLite, take turns under a lease): there are
     // no partitions to show, only who is at work.
     match relays {
@@ -179,4 +191,38 @@ fn print_status(
         );
     }
     Ok(())
+}
+
+/// The counts as a table, and their total.
+fn print_counts(rows: &[StatusRow]) {
+    println!(
+        "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
+        "aggregate_type",
+        "event_type",
+        "pending",
+        "dead",
+        "kept",
+        "oldest (s)",
+        "delayed",
+        "next due (s)"
+    );
+    let seconds = |secs: Option<f64>| secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"));
+    for row in rows {
+        println!(
+            "{:<20} {:<28} {:>9} {:>6} {:>9} {:>12} {:>8} {:>12}",
+            row.aggregate_type,
+            row.event_type,
+            row.pending,
+            row.dead,
+            row.published,
+            seconds(row.oldest_pending_secs),
+            row.delayed,
+            seconds(row.next_due_secs),
+        );
+    }
+    let (pending, dead, delayed): (u64, u64, u64) =
+        rows.iter().fold((0, 0, 0), |(p, d, l), row| {
+            (p + row.pending, d + row.dead, l + row.delayed)
+        });
+    println!("total: {pending} pending, {dead} dead, {delayed} delayed");
 }

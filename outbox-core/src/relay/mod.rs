@@ -47,6 +47,7 @@
 
 mod backoff;
 pub mod enrich;
+pub mod many;
 pub mod sink;
 pub mod source;
 
@@ -382,7 +383,11 @@ impl<S: Source, K: Sink> Relay<S, K> {
         };
         let messages = claim.take_messages();
         let claimed = messages.len();
-        let span = tracing::debug_span!("outbox.relay.batch", table = %self.config.table, claimed);
+        // The batch's own table when the source serves several, else the relay's.
+        let table = claim
+            .table()
+            .map_or_else(|| self.table(), ToString::to_string);
+        let span = tracing::debug_span!("outbox.relay.batch", table = %table, claimed);
         let settlement = self.publish(messages).instrument(span.clone()).await;
         let (published, retried, dead) = (
             settlement.published.len(),
@@ -390,7 +395,6 @@ impl<S: Source, K: Sink> Relay<S, K> {
             settlement.dead.len(),
         );
         claim.settle(settlement).instrument(span).await?;
-        let table = self.table();
         metrics::histogram!("outbox_batch_size", "table" => table.clone()).record(claimed as f64);
         metrics::counter!("outbox_events_published_total", "table" => table.clone())
             .increment(published as u64);

@@ -64,6 +64,12 @@ pub trait Claim: Send {
     /// Records what happened to the messages and releases the claim. Messages in none of the
     /// settlement's lists are released untouched (held back behind a failure).
     fn settle(self, settlement: Settlement) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The table the batch comes from, when a source serves several
+    /// ([`Outboxes`](super::many::Outboxes)): the relay's metrics and spans name it.
+    fn table(&self) -> Option<&TableName> {
+        None
+    }
 }
 
 /// What the relay did with a claimed batch.

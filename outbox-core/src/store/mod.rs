@@ -166,6 +166,16 @@ pub trait Dialect:
         row: &'a NewRow,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
+    /// The outbox tables (those with the outbox's columns) whose schema is like `schema`
+    /// (`None`: the connection's current one) and whose name is like `name`: SQL `LIKE`
+    /// patterns with `\` as the escape. Sorted.
+    #[doc(hidden)]
+    fn __discover<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        schema: Option<&'a str>,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Vec<(Option<String>, String)>, sqlx::Error>> + Send + 'a;
+
     /// Deletes the delayed event `id` unless it was published or dead; true when deleted.
     #[doc(hidden)]
     fn __cancel<'a>(

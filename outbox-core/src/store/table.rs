@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "mysql")]
 use crate::relay::Ordering;
 
 /// The columns of a [`Message`] as every database's queries return them: `id` as text,
@@ -293,7 +293,7 @@ pub(crate) fn claimable(alias: &str, parked_only: bool) -> String {
 /// SQL shared by the dialects' claims: under [`Ordering::PerAggregate`], the condition that `o`
 /// is the head of its aggregate, with no earlier pending event. Another relay holding a head
 /// keeps its aggregate's later events out of a claim, since the head row is still there.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "mysql")]
 pub(crate) fn head_condition(
     table: &str,
     ordering: Ordering,

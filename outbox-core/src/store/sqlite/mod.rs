@@ -52,6 +52,27 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
+    async fn __discover(
+        pool: &SqlitePool,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
+        if schema.is_some() {
+            // Attached databases are not searched: one file, one set of tables.
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' AND m.name LIKE ?1 ESCAPE '\\' \
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'available_at') \
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'aggregate_type') \
+             ORDER BY 1",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows.into_iter().map(|table| (None, table)).collect())
+    }
+
     async fn __cancel(
         conn: &mut SqliteConnection,
         table: &TableName,
