@@ -578,22 +578,15 @@ impl<K: outbox::relay::Sink> outbox::relay::Sink for CrashAfterPublishing<K> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_once() {
-    use futures::StreamExt;
-    use lapin::options::BasicConsumeOptions;
-    use outbox::relay::{Backoff, Relay};
-    use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
-    use outbox_tests::RelayTable;
-    use std::collections::HashMap;
+const EVENTS: i64 = 5_000;
+const ACCOUNTS: i64 = 50;
 
-    const EVENTS: i64 = 5_000;
-    const ACCOUNTS: i64 = 50;
-    let hint = "start RabbitMQ with scripts/services.sh";
-
-    // The producer: deposits recorded in its outbox, 50 per transaction.
-    let producer = RelayTable::<Pg>::new().await;
-    let mut expected: HashMap<String, i64> = HashMap::new();
+/// The producer of the end-to-end runs: 5,000 deposits over 50 accounts recorded in its outbox,
+/// 50 per transaction; the balances they add up to.
+async fn record_deposits(
+    producer: &outbox_tests::RelayTable<Pg>,
+) -> std::collections::HashMap<String, i64> {
+    let mut expected = std::collections::HashMap::new();
     for first in (0..EVENTS).step_by(50) {
         let mut tx = producer.pool.begin().await.unwrap();
         for n in first..first + 50 {
@@ -611,89 +604,17 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
         }
         tx.commit().await.unwrap();
     }
+    expected
+}
 
-    // The broker: a queue bound to the producer's exchange.
-    let exchange = format!("{}.account", producer.name);
-    let (_connection, channel, queue) = outbox_tests::amqp_queue(&exchange).await;
-    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
-    let sink = || async {
-        RabbitMqSink::connect(&outbox_tests::amqp_url())
-            .await
-            .unwrap_or_else(|e| panic!("{e}; {hint}"))
-            .exchange(routing.clone())
-    };
-
-    // The consumer: a read model of balances, with its inbox, in its own tables.
-    let consumer_db = Pg::connect().await;
-    let id = run_id();
-    let inbox = Inbox::for_table(TableName::new(format!("inbox_e2e_{id}")).unwrap());
-    inbox.migrate(consumer_db.pool()).await.unwrap();
-    let (balances, applied) = (format!("balances_{id}"), format!("applied_{id}"));
-    consumer_db
-        .execute(format!(
-            "CREATE TABLE {balances} (account TEXT PRIMARY KEY, cents BIGINT NOT NULL);
-             CREATE TABLE {applied} (event_id TEXT PRIMARY KEY)"
-        ))
-        .await;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "e2e".into(),
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let duplicates = Arc::new(AtomicUsize::new(0));
-    let consumer = {
-        let (pool, inbox, duplicates) = (
-            consumer_db.pool().clone(),
-            inbox.clone(),
-            duplicates.clone(),
-        );
-        let (balances, applied) = (balances.clone(), applied.clone());
-        tokio::spawn(async move {
-            while let Some(delivery) = deliveries.next().await {
-                let delivery = delivery.unwrap();
-                let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
-                let event_id = delivery
-                    .properties
-                    .message_id()
-                    .clone()
-                    .unwrap()
-                    .to_string();
-                let (balances, applied) = (balances.clone(), applied.clone());
-                let outcome =
-                    outbox::inbox::rabbitmq::process(&inbox, &pool, "balances", &delivery, |tx| {
-                        Box::pin(async move {
-                            sqlx::query(AssertSqlSafe(format!(
-                                "INSERT INTO {balances} (account, cents) VALUES ($1, $2) \
-                                 ON CONFLICT (account) DO UPDATE SET cents = {balances}.cents + $2"
-                            )))
-                            .bind(event["account"].as_str())
-                            .bind(event["amount"].as_i64())
-                            .execute(&mut **tx)
-                            .await?;
-                            // A second application of one event would violate this key.
-                            sqlx::query(AssertSqlSafe(format!(
-                                "INSERT INTO {applied} (event_id) VALUES ($1)"
-                            )))
-                            .bind(event_id)
-                            .execute(&mut **tx)
-                            .await?;
-                            Ok::<_, BoxError>(())
-                        })
-                    })
-                    .await
-                    .unwrap();
-                if outcome.is_duplicate() {
-                    duplicates.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-    };
-
-    // The relay, killed twice right after publishing a batch, before settling it.
+/// Relays the producer's outbox through `sink()`, the relay killed twice right after publishing
+/// a batch, before settling it; the third drains the outbox.
+async fn relay_killed_twice<K, F>(producer: &outbox_tests::RelayTable<Pg>, sink: impl Fn() -> F)
+where
+    K: outbox::relay::Sink,
+    F: std::future::Future<Output = K>,
+{
+    use outbox::relay::{Backoff, Relay};
     for hang_at in [12, 20, usize::MAX] {
         let hung = Arc::new(tokio::sync::Notify::new());
         let relay = tokio::spawn(
@@ -728,49 +649,277 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
         relay.abort();
         let _ = relay.await;
     }
+}
 
-    outbox_tests::eventually(Duration::from_secs(120), "every event applied", || async {
-        consumer_db
-            .scalar(format!("SELECT COUNT(*) FROM {applied}"))
-            .await
-            == EVENTS
-    })
-    .await;
-    // Redeliveries still in flight are dropped too.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        consumer_db
-            .scalar(format!("SELECT COUNT(*) FROM {applied}"))
-            .await,
-        EVENTS
-    );
-    assert!(
-        duplicates.load(Ordering::SeqCst) > 0,
-        "the killed relays caused no redelivery: the test proves nothing"
-    );
-    for (account, cents) in &expected {
-        let got = consumer_db
-            .scalar(format!(
-                "SELECT cents FROM {balances} WHERE account = '{account}'"
+/// The consumer's read model: balances, and one row per applied event (a second application
+/// of an event would violate its key).
+struct ReadModel {
+    db: Pg,
+    inbox: Inbox,
+    balances: String,
+    applied: String,
+}
+
+impl ReadModel {
+    async fn new(name: &str) -> ReadModel {
+        let db = Pg::connect().await;
+        let id = run_id();
+        let inbox = Inbox::for_table(TableName::new(format!("inbox_{name}_{id}")).unwrap());
+        inbox.migrate(db.pool()).await.unwrap();
+        let (balances, applied) = (format!("balances_{id}"), format!("applied_{id}"));
+        db.execute(format!(
+            "CREATE TABLE {balances} (account TEXT PRIMARY KEY, cents BIGINT NOT NULL);
+             CREATE TABLE {applied} (event_id TEXT PRIMARY KEY)"
+        ))
+        .await;
+        ReadModel {
+            db,
+            inbox,
+            balances,
+            applied,
+        }
+    }
+
+    /// The handler applying one deposit event.
+    fn apply(
+        &self,
+        event_id: String,
+        event: serde_json::Value,
+    ) -> impl for<'c> FnOnce(
+        &'c mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> outbox::inbox::Handler<'c, (), BoxError>
+    + use<> {
+        let (balances, applied) = (self.balances.clone(), self.applied.clone());
+        move |tx| {
+            Box::pin(async move {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {balances} (account, cents) VALUES ($1, $2) \
+                     ON CONFLICT (account) DO UPDATE SET cents = {balances}.cents + $2"
+                )))
+                .bind(event["account"].as_str())
+                .bind(event["amount"].as_i64())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {applied} (event_id) VALUES ($1)"
+                )))
+                .bind(event_id)
+                .execute(&mut **tx)
+                .await?;
+                Ok::<_, BoxError>(())
+            })
+        }
+    }
+
+    /// Waits for every event to be applied, then checks each was applied once and the balances.
+    async fn assert_applied_once(
+        &self,
+        expected: &std::collections::HashMap<String, i64>,
+        duplicates: &AtomicUsize,
+        why: &str,
+    ) {
+        let applied = format!("SELECT COUNT(*) FROM {}", self.applied);
+        outbox_tests::eventually(Duration::from_secs(120), "every event applied", || async {
+            self.db.scalar(applied.clone()).await == EVENTS
+        })
+        .await;
+        // Redeliveries still in flight are dropped too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(self.db.scalar(applied).await, EVENTS);
+        let duplicates = duplicates.load(Ordering::SeqCst);
+        assert!(
+            duplicates > 0,
+            "{why} caused no redelivery: the test proves nothing"
+        );
+        for (account, cents) in expected {
+            let got = self
+                .db
+                .scalar(format!(
+                    "SELECT cents FROM {} WHERE account = '{account}'",
+                    self.balances
+                ))
+                .await;
+            assert_eq!(got, *cents, "balance of {account}");
+        }
+        eprintln!("{EVENTS} events applied once; {duplicates} duplicates dropped by the inbox");
+    }
+
+    async fn drop_tables(self) {
+        self.db
+            .execute(format!(
+                "DROP TABLE {}; DROP TABLE {}; DROP TABLE {}",
+                self.balances,
+                self.applied,
+                self.inbox.table()
             ))
             .await;
-        assert_eq!(got, *cents, "balance of {account}");
     }
-    eprintln!(
-        "{EVENTS} events applied once; {} duplicates dropped by the inbox",
-        duplicates.load(Ordering::SeqCst)
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_once() {
+    use futures::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
+    use outbox_tests::RelayTable;
+
+    let hint = "start RabbitMQ with scripts/services.sh";
+    let producer = RelayTable::<Pg>::new().await;
+    let expected = record_deposits(&producer).await;
+
+    // The broker: a queue bound to the producer's exchange.
+    let exchange = format!("{}.account", producer.name);
+    let (_connection, channel, queue) = outbox_tests::amqp_queue(&exchange).await;
+    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
+    let sink = || async {
+        RabbitMqSink::connect(&outbox_tests::amqp_url())
+            .await
+            .unwrap_or_else(|e| panic!("{e}; {hint}"))
+            .exchange(routing.clone())
+    };
+
+    let model = Arc::new(ReadModel::new("e2e").await);
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "e2e".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    let consumer = {
+        let (model, duplicates) = (model.clone(), duplicates.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = deliveries.next().await {
+                let delivery = delivery.unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+                let event_id = delivery
+                    .properties
+                    .message_id()
+                    .clone()
+                    .unwrap()
+                    .to_string();
+                let outcome = outbox::inbox::rabbitmq::process(
+                    &model.inbox,
+                    model.db.pool(),
+                    "balances",
+                    &delivery,
+                    model.apply(event_id, event),
+                )
+                .await
+                .unwrap();
+                if outcome.is_duplicate() {
+                    duplicates.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    relay_killed_twice(&producer, sink).await;
+    model
+        .assert_applied_once(&expected, &duplicates, "the killed relays")
+        .await;
     consumer.abort();
+    let _ = consumer.await;
     channel
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
-    consumer_db
-        .execute(format!(
-            "DROP TABLE {balances}; DROP TABLE {applied}; DROP TABLE {}",
-            inbox.table()
-        ))
+    Arc::into_inner(model).unwrap().drop_tables().await;
+    producer.drop_table().await;
+}
+
+/// Redis Streams: 5,000 events relayed by a relay killed twice right after publishing, consumed
+/// through a consumer group by consumers of which two are killed between their commit and their
+/// `XACK`: the entries they left pending are claimed by the next (`XAUTOCLAIM`) and dropped by
+/// the inbox. Every event applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_redis_with_killed_relays_and_consumers_are_applied_once() {
+    use outbox::inbox::InboxMessage;
+    use outbox::inbox::redis::StreamConsumer;
+    use outbox::sinks::{Routing, redis::RedisSink};
+    use outbox_tests::RelayTable;
+
+    let redis_url = "redis://127.0.0.1:6379";
+    let hint = "start Redis with scripts/services.sh";
+    let producer = RelayTable::<Pg>::new().await;
+    let expected = record_deposits(&producer).await;
+    let stream = format!("{}:account", producer.name);
+    let routing = Routing::template(&format!("{}:{{aggregate_type}}", producer.name)).unwrap();
+    let sink = || async {
+        RedisSink::connect(redis_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}; {hint}"))
+            .routing(routing.clone())
+    };
+    let model = Arc::new(ReadModel::new("redis").await);
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    // A consumer of the group `balances`; with `dies_after`, it processes that many entries,
+    // then commits the next one and dies before its `XACK`.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = {
+        let (model, duplicates, stream) = (model.clone(), duplicates.clone(), stream.clone());
+        let stop = stop.clone();
+        move |name: &'static str, dies_after: Option<usize>| {
+            let (model, duplicates, stream) = (model.clone(), duplicates.clone(), stream.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let consumer = StreamConsumer::connect(redis_url, &stream, "balances", name)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}; {hint}"))
+                    .min_idle(Duration::from_millis(500))
+                    .block(Duration::from_millis(200));
+                let mut processed = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    for entry in consumer.next_batch().await.unwrap() {
+                        let event: serde_json::Value =
+                            serde_json::from_str(entry.field("payload").unwrap()).unwrap();
+                        let id = entry.message_id().unwrap();
+                        let handler = model.apply(id.clone(), event);
+                        if dies_after == Some(processed) {
+                            // Committed, never acknowledged: the crash.
+                            let _ = model
+                                .inbox
+                                .process(model.db.pool(), "balances", &id, handler)
+                                .await
+                                .unwrap();
+                            return;
+                        }
+                        let outcome = consumer
+                            .process(&model.inbox, model.db.pool(), "balances", &entry, handler)
+                            .await
+                            .unwrap();
+                        if outcome.is_duplicate() {
+                            duplicates.fetch_add(1, Ordering::SeqCst);
+                        }
+                        processed += 1;
+                    }
+                }
+            })
+        }
+    };
+    // The consumers one after the other: each takes over what the one before left pending.
+    let consumers = tokio::spawn(async move {
+        consumer("first", Some(1_000)).await.unwrap();
+        consumer("second", Some(1_500)).await.unwrap();
+        consumer("last", None).await.unwrap();
+    });
+    relay_killed_twice(&producer, sink).await;
+    model
+        .assert_applied_once(&expected, &duplicates, "the killed relays and consumers")
         .await;
+    stop.store(true, Ordering::SeqCst);
+    consumers.await.unwrap();
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    Arc::into_inner(model).unwrap().drop_tables().await;
     producer.drop_table().await;
 }
 

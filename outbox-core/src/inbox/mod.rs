@@ -51,6 +51,8 @@ use crate::{Dialect, Error, OutboxConnection, TableName};
 pub mod nats;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Longest consumer name or message id: the width of the MySQL columns.
 const MAX_KEY_LEN: usize = 255;
@@ -305,7 +307,7 @@ impl Inbox {
 /// The brokers' helpers: processes through `inbox`, then acknowledges the message (`ack`, after
 /// the commit or for a duplicate) or asks for it again (`nack`, after a handler error). Either
 /// failing is logged, not returned: after a commit, a redelivery is dropped by the inbox.
-#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "redis"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn process_then_acknowledge<DB, M, T, E, F, A, N>(
     inbox: &Inbox,

@@ -331,8 +331,8 @@ mod tests {
     use super::*;
 
     #[cfg(feature = "sqlite")]
-    #[test]
-    fn patterns_become_escaped_like_patterns_and_bad_ones_are_refused() {
+    #[tokio::test]
+    async fn patterns_become_escaped_like_patterns_and_bad_ones_are_refused() {
         let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
         let outboxes = Outboxes::matching(pool.clone(), "tenant_*.outbox").unwrap();
         match outboxes.selection {
