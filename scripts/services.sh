@@ -146,7 +146,9 @@ rabbitmq() {
 # Mosquitto writes its PUBACKs with Nagle's algorithm on unless told otherwise: a publisher
 # that waits for its acknowledgements (the sink, with each batch) then gets them about 40 ms
 # late, its own delayed TCP ACK holding the broker's next segment (10,000 events/s instead of
-# 33,000; see the README's sink benchmark). The setting is added once, restarting the broker.
+# 33,000; see the README's sink benchmark). And it keeps at most 1,000 messages for a consumer
+# whose persistent session is away, dropping the rest: the inbox's MQTT consumer must find
+# everything published meanwhile. Each setting is added once, restarting the broker.
 MOSQUITTO_CONF=/etc/mosquitto/mosquitto.conf
 
 mosquitto_start() {
@@ -160,12 +162,14 @@ mosquitto() {
   if ! type -P mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto
   fi
-  local restart=false
-  if ! grep -qx 'set_tcp_nodelay true' "$MOSQUITTO_CONF" 2>/dev/null; then
-    log "Mosquitto: set_tcp_nodelay true in $MOSQUITTO_CONF"
-    printf '%s\n' 'set_tcp_nodelay true' | as_root tee -a "$MOSQUITTO_CONF" >/dev/null
-    restart=true
-  fi
+  local restart=false setting
+  for setting in 'set_tcp_nodelay true' 'max_queued_messages 1000000'; do
+    if ! grep -qx "$setting" "$MOSQUITTO_CONF" 2>/dev/null; then
+      log "Mosquitto: $setting in $MOSQUITTO_CONF"
+      printf '%s\n' "$setting" | as_root tee -a "$MOSQUITTO_CONF" >/dev/null
+      restart=true
+    fi
+  done
   if port_open 1883 && $restart; then
     log "restarting Mosquitto for the new setting"
     as_root pkill -x mosquitto || true

@@ -923,6 +923,96 @@ async fn five_thousand_events_through_redis_with_killed_relays_and_consumers_are
     producer.drop_table().await;
 }
 
+/// MQTT: 5,000 events relayed by a relay killed twice right after publishing, consumed in a
+/// persistent session with manual acknowledgements by consumers of which two die between a
+/// commit and its `PUBACK`: the next resumes the session, the broker sends the unacknowledged
+/// messages again, and the inbox drops them. Every event applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_mqtt_with_killed_relays_and_consumers_are_applied_once() {
+    use outbox::inbox::InboxMessage;
+    use outbox::inbox::mqtt::MqttConsumer;
+    use outbox::sinks::{Routing, mqtt::MqttSink};
+    use outbox_tests::RelayTable;
+
+    let hint = "start Mosquitto with scripts/services.sh";
+    let producer = RelayTable::<Pg>::new().await;
+    let expected = record_deposits(&producer).await;
+    let routing = Routing::template(&format!("{}/{{aggregate_type}}", producer.name)).unwrap();
+    let sink = || async {
+        MqttSink::connect("mqtt://127.0.0.1:1883")
+            .await
+            .unwrap_or_else(|e| panic!("{e}; {hint}"))
+            .routing(routing.clone())
+    };
+    let model = Arc::new(ReadModel::new("mqtt").await);
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    let url = format!("mqtt://127.0.0.1:1883?client_id={}", producer.name);
+    let topic = format!("{}/#", producer.name);
+    // The session starts, and subscribes, before anything is published.
+    let first = MqttConsumer::connect(&url, &topic)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {hint}"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Consumes until `dies_after` messages were processed: the next one is committed, never
+    // acknowledged, and the consumer is dropped (its connection closed).
+    let consume = {
+        let (model, duplicates, stop) = (model.clone(), duplicates.clone(), stop.clone());
+        move |consumer: MqttConsumer, dies_after: Option<usize>| {
+            let (model, duplicates, stop) = (model.clone(), duplicates.clone(), stop.clone());
+            async move {
+                let mut processed = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(Some(message)) =
+                        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+                    else {
+                        continue;
+                    };
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&message.payload).unwrap();
+                    let id = message.message_id().unwrap();
+                    let handler = model.apply(id.clone(), event);
+                    if dies_after == Some(processed) {
+                        let _ = model
+                            .inbox
+                            .process(model.db.pool(), "balances", &id, handler)
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                    let outcome = consumer
+                        .process(&model.inbox, model.db.pool(), "balances", &message, handler)
+                        .await
+                        .unwrap();
+                    if outcome.is_duplicate() {
+                        duplicates.fetch_add(1, Ordering::SeqCst);
+                    }
+                    processed += 1;
+                }
+            }
+        }
+    };
+    let consumers = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            consume(first, Some(1_000)).await;
+            for dies_after in [Some(1_500), None] {
+                let consumer = MqttConsumer::connect(&url, &topic).await.unwrap();
+                consume(consumer, dies_after).await;
+            }
+        })
+    };
+    relay_killed_twice(&producer, sink).await;
+    model
+        .assert_applied_once(&expected, &duplicates, "the killed relays and consumers")
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    consumers.await.unwrap();
+    // A clean start under the consumers' client id ends their session on the broker.
+    drop(MqttSink::connect(&url).await.unwrap());
+    Arc::into_inner(model).unwrap().drop_tables().await;
+    producer.drop_table().await;
+}
+
 /// A handler whose side effect is one more in `effects`.
 fn count_effect(
     effects: Arc<AtomicUsize>,

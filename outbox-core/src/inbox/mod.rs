@@ -47,6 +47,8 @@ use std::time::Duration;
 
 use crate::{Dialect, Error, OutboxConnection, TableName};
 
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "rabbitmq")]
@@ -111,7 +113,7 @@ pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no message id the inbox can deduplicate on",
     label = "`{Self}` does not implement `InboxMessage`",
-    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message` or `lapin::message::Delivery`, or its id as `&str`",
+    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message`, `lapin::message::Delivery`, a Redis Streams `outbox::inbox::redis::Entry` or an MQTT `Publish`, or its id as `&str`",
     note = "or implement `outbox::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
 )]
 pub trait InboxMessage {
@@ -307,7 +309,12 @@ impl Inbox {
 /// The brokers' helpers: processes through `inbox`, then acknowledges the message (`ack`, after
 /// the commit or for a duplicate) or asks for it again (`nack`, after a handler error). Either
 /// failing is logged, not returned: after a commit, a redelivery is dropped by the inbox.
-#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "redis"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "redis",
+    feature = "mqtt"
+))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn process_then_acknowledge<DB, M, T, E, F, A, N>(
     inbox: &Inbox,
