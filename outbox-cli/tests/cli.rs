@@ -1038,6 +1038,71 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
     std::fs::remove_file(config).unwrap();
 }
 
+/// `outbox status` counts a delayed event apart, `outbox cancel` takes it back, and cancelling
+/// it again (or an id that is no delayed event) exits 1 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_delayed_events_and_cancel_takes_them_back() {
+    let table = unique("cli_delay");
+    let migrated = outbox(&["--table", &table, "migrate", "--no-inbox"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    let events = Outbox::for_table(TableName::new(table.clone()).unwrap());
+    let mut tx = pool.begin().await.unwrap();
+    let reminder = Event::new("order", "PaymentReminder", Some(7), &serde_json::json!({}))
+        .unwrap()
+        .deliver_after(Duration::from_secs(3600));
+    let delayed = events.record(&mut *tx, &reminder).await.unwrap();
+    let now = Event::new("order", "OrderPlaced", Some(7), &serde_json::json!({})).unwrap();
+    let placed = events.record(&mut *tx, &now).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let totals = || {
+        let output = outbox(&["--table", &table, "status", "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        status["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold((0, 0), |(p, d), row| {
+                (
+                    p + row["pending"].as_i64().unwrap(),
+                    d + row["delayed"].as_i64().unwrap(),
+                )
+            })
+    };
+    assert_eq!(totals(), (1, 1));
+    let text = stdout(&outbox(&["--table", &table, "status"]));
+    assert!(
+        text.contains("total: 1 pending, 0 dead, 1 delayed"),
+        "{text}"
+    );
+
+    let cancelled = outbox(&["--table", &table, "cancel", &delayed.to_string()]);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert_eq!(stdout(&cancelled), format!("cancelled {delayed}\n"));
+    assert_eq!(totals(), (1, 0));
+
+    let again = outbox(&[
+        "--table",
+        &table,
+        "cancel",
+        &delayed.to_string(),
+        &placed.to_string(),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        stderr(&again),
+        format!(
+            "outbox: error: not cancelled (published already, dead, or not a delayed event of `{table}`): {delayed}, {placed}\n"
+        )
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_and_status_work_on_mariadb_and_sqlite() {
     let mysql = std::env::var("OUTBOX_TEST_MYSQL_URL")
