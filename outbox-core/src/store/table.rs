@@ -278,6 +278,15 @@ pub(crate) fn deferred(alias: &str, now: &str) -> String {
     format!("({alias}.attempts = 0 AND {alias}.available_at > {now})")
 }
 
+/// The statement of [`Outbox::cancel`](crate::Outbox::cancel): deletes the delayed event whose
+/// id is the parameter `id` (`$1` or `?`), unless it was published or dead.
+pub(crate) fn cancel_statement(quoted_table: &str, id: &str) -> String {
+    format!(
+        "DELETE FROM {quoted_table} WHERE id = {id} AND scheduled \
+         AND published_at IS NULL AND dead_at IS NULL"
+    )
+}
+
 /// The rows a table source claims from: the pending ones, or (for the log source's table of
 /// parked events, see `store::postgres::log`) the pending ones it parked there.
 #[cfg(any(feature = "postgres", feature = "mysql"))]

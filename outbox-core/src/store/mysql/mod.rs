@@ -84,10 +84,7 @@ impl Dialect for MySql {
         table: &TableName,
         id: uuid::Uuid,
     ) -> Result<bool, sqlx::Error> {
-        let sql = format!(
-            "DELETE FROM {} WHERE id = ? AND scheduled AND published_at IS NULL AND dead_at IS NULL",
-            table.quoted('`')
-        );
+        let sql = crate::store::table::cancel_statement(&table.quoted('`'), "?");
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(id.hyphenated().to_string())
             .execute(conn)

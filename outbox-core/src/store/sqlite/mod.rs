@@ -78,10 +78,7 @@ impl Dialect for Sqlite {
         table: &TableName,
         id: uuid::Uuid,
     ) -> Result<bool, sqlx::Error> {
-        let sql = format!(
-            "DELETE FROM {} WHERE id = ?1 AND scheduled AND published_at IS NULL AND dead_at IS NULL",
-            table.quoted('"')
-        );
+        let sql = crate::store::table::cancel_statement(&table.quoted('"'), "?1");
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(id.hyphenated().to_string())
             .execute(conn)
