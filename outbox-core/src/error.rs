@@ -123,6 +123,18 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A broker's client refused what a consumer helper asked of it (subscribe, assign, seek),
+    /// or was configured in a way the helper cannot work with.
+    #[error("{broker} consumer: cannot {operation}: {problem}")]
+    Consumer {
+        /// Which broker.
+        broker: &'static str,
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error, or what to change.
+        problem: String,
+    },
+
     /// A feature that this database does not have.
     #[error("{feature} is not available on {dialect}: {hint}")]
     Unsupported {

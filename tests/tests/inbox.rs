@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use outbox::inbox::{Inbox, Processed, Recorded};
+use outbox::inbox::{Inbox, Offsets, Position, Processed, Recorded};
 use outbox::{Dialect, TableName};
 use outbox_tests::{Lite, My, Pg, TestDb, run_id};
 use sqlx::AssertSqlSafe;
@@ -284,6 +284,227 @@ where
     fixture.drop_tables().await;
 }
 
+/// An offsets table of its own and a counter of side effects, for consumer group `group`.
+async fn offsets_fixture<D: TestDb>() -> (Fixture<D>, Offsets)
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let fixture = Fixture::<D>::new().await;
+    let offsets = Offsets::for_table(TableName::new(format!("offsets_{}", run_id())).unwrap());
+    offsets.migrate(fixture.db.pool()).await.unwrap();
+    offsets.migrate(fixture.db.pool()).await.unwrap();
+    (fixture, offsets)
+}
+
+/// Processes the record `at` for `group`: the side effect is one more in the counter.
+async fn apply_at<DB: Dialect>(
+    offsets: &Offsets,
+    pool: &sqlx::Pool<DB>,
+    effects: &str,
+    group: &str,
+    at: Position<'_>,
+) -> Result<Processed<()>, BoxError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let sql = format!("UPDATE {effects} SET n = n + 1");
+    offsets
+        .process(pool, group, at, |tx| {
+            Box::pin(async move {
+                sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **tx).await?;
+                Ok::<_, BoxError>(())
+            })
+        })
+        .await
+}
+
+async fn offsets_apply_each_record_once_and_resume_past_it<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let (fixture, offsets) = offsets_fixture::<D>().await;
+    let (pool, effects) = (fixture.db.pool(), fixture.effects.as_str());
+    let apply = |group: &'static str, partition, offset| {
+        apply_at(
+            &offsets,
+            pool,
+            effects,
+            group,
+            Position::new("bank.account", partition, offset),
+        )
+    };
+    for offset in 0..5 {
+        assert_eq!(apply("g", 0, offset).await.unwrap(), Processed::Done(()));
+    }
+    assert_eq!(
+        offsets.stored(pool, "g", "bank.account").await.unwrap(),
+        [(0, 5)]
+    );
+    // Read again from an older position: every record below the stored offset is skipped.
+    for offset in 0..5 {
+        assert!(apply("g", 0, offset).await.unwrap().is_duplicate());
+    }
+    assert_eq!(fixture.effects().await, 5);
+    // Offsets may leave gaps (compacted topics, transaction markers): a later record applies.
+    assert_eq!(apply("g", 0, 9).await.unwrap(), Processed::Done(()));
+    assert!(apply("g", 0, 7).await.unwrap().is_duplicate());
+    // Each partition, and each group, has its own offset.
+    assert_eq!(apply("g", 1, 0).await.unwrap(), Processed::Done(()));
+    assert_eq!(apply("other", 0, 0).await.unwrap(), Processed::Done(()));
+    assert_eq!(
+        offsets.stored(pool, "g", "bank.account").await.unwrap(),
+        [(0, 10), (1, 1)]
+    );
+    assert_eq!(
+        offsets.stored(pool, "other", "bank.account").await.unwrap(),
+        [(0, 1)]
+    );
+    assert!(
+        offsets
+            .stored(pool, "g", "elsewhere")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(fixture.effects().await, 8);
+
+    // Two members on one partition at once (a rebalance): ten tasks apply the same record, the
+    // first to lock the partition's row wins and the others see its commit.
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (offsets, pool) = (offsets.clone(), pool.clone());
+            let (effects, done) = (fixture.effects.clone(), done.clone());
+            tokio::spawn(async move {
+                let at = Position::new("bank.account", 2, 0);
+                if let Processed::Done(()) =
+                    apply_at(&offsets, &pool, &effects, "g", at).await.unwrap()
+                {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 1, "applied more than once");
+    assert_eq!(fixture.effects().await, 9);
+    fixture
+        .db
+        .execute(format!("DROP TABLE {}", offsets.table()))
+        .await;
+    fixture.drop_tables().await;
+}
+
+async fn a_failing_handler_leaves_the_offset_where_it_was<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let (fixture, offsets) = offsets_fixture::<D>().await;
+    let pool = fixture.db.pool();
+    let at = Position::new("t", 0, 3);
+    let sql = format!("UPDATE {} SET n = n + 1", fixture.effects);
+    let outcome = offsets
+        .process(pool, "g", at, |tx| {
+            Box::pin(async move {
+                sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **tx).await?;
+                Err::<(), BoxError>("downstream unavailable".into())
+            })
+        })
+        .await;
+    assert_eq!(outcome.unwrap_err().to_string(), "downstream unavailable");
+    assert_eq!(
+        fixture.effects().await,
+        0,
+        "a failed attempt left its effect"
+    );
+    assert!(
+        offsets.stored(pool, "g", "t").await.unwrap().is_empty(),
+        "a failed attempt moved the offset"
+    );
+    let retried = apply_at(&offsets, pool, &fixture.effects, "g", at).await;
+    assert_eq!(retried.unwrap(), Processed::Done(()));
+    assert_eq!(offsets.stored(pool, "g", "t").await.unwrap(), [(0, 4)]);
+    assert_eq!(fixture.effects().await, 1);
+    fixture
+        .db
+        .execute(format!("DROP TABLE {}", offsets.table()))
+        .await;
+    fixture.drop_tables().await;
+}
+
+async fn offsets_refuse_bad_positions_and_connections_outside_a_transaction<D: TestDb>()
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+{
+    let (fixture, offsets) = offsets_fixture::<D>().await;
+    let mut tx = fixture.db.pool().begin().await.unwrap();
+    for (group, at, message) in [
+        (
+            "",
+            Position::new("t", 0, 0),
+            "inbox of consumer \"\": the consumer group is empty",
+        ),
+        (
+            "g",
+            Position::new("", 0, 0),
+            "inbox of consumer \"g\": the topic is empty",
+        ),
+        (
+            "g",
+            Position::new("t", -1, 0),
+            "inbox of consumer \"g\": the partition is negative (-1)",
+        ),
+        (
+            "g",
+            Position::new("t", 0, -2),
+            "inbox of consumer \"g\": the offset -2 is not a record's offset",
+        ),
+        (
+            "g",
+            Position::new("t", 0, i64::MAX),
+            "inbox of consumer \"g\": the offset 9223372036854775807 is not a record's offset",
+        ),
+    ] {
+        let error = offsets.advance(&mut *tx, group, at).await.unwrap_err();
+        assert_eq!(error.to_string(), message);
+    }
+    let at = Position::new("t", 0, 0);
+    assert_eq!(
+        offsets.advance(&mut *tx, "g", at).await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        offsets.advance(&mut *tx, "g", at).await.unwrap(),
+        Recorded::Duplicate
+    );
+    tx.rollback().await.unwrap();
+    assert!(
+        offsets
+            .stored(fixture.db.pool(), "g", "t")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut conn = fixture.db.pool().acquire().await.unwrap();
+    let error = offsets.advance(&mut *conn, "g", at).await.unwrap_err();
+    assert!(
+        matches!(error, outbox::Error::NoTransaction { .. }),
+        "{error}"
+    );
+    drop(conn);
+    fixture
+        .db
+        .execute(format!("DROP TABLE {}", offsets.table()))
+        .await;
+    fixture.drop_tables().await;
+}
+
 macro_rules! inbox_tests {
     ($module:ident, $db:ty) => {
         mod $module {
@@ -293,7 +514,10 @@ macro_rules! inbox_tests {
                 the_same_message_ten_times_has_one_effect,
                 a_failing_handler_leaves_no_trace_and_the_retry_succeeds,
                 purge_keeps_entries_younger_than_the_retention,
-                record_refuses_bad_keys_and_connections_outside_a_transaction
+                record_refuses_bad_keys_and_connections_outside_a_transaction,
+                offsets_apply_each_record_once_and_resume_past_it,
+                a_failing_handler_leaves_the_offset_where_it_was,
+                offsets_refuse_bad_positions_and_connections_outside_a_transaction
             );
         }
     };
@@ -1009,6 +1233,115 @@ async fn five_thousand_events_through_mqtt_with_killed_relays_and_consumers_are_
     consumers.await.unwrap();
     // A clean start under the consumers' client id ends their session on the broker.
     drop(MqttSink::connect(&url).await.unwrap());
+    Arc::into_inner(model).unwrap().drop_tables().await;
+    producer.drop_table().await;
+}
+
+/// Kafka: 5,000 events relayed to a three-partition topic by a relay killed twice right after
+/// publishing, consumed in a consumer group by consumers of which two die between a commit and
+/// the commit of its offset: the next member starts from the last committed offsets, and the
+/// inbox drops what it reads again. Every event applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_kafka_with_killed_relays_and_consumers_are_applied_once() {
+    use outbox::inbox::InboxMessage;
+    use outbox::sinks::Routing;
+    use outbox::sinks::kafka::{KafkaSink, rdkafka};
+    use outbox_tests::{RelayTable, Tansu, free_port, kafka_topic};
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    let port = free_port();
+    let _broker = Tansu::start(port, ([127, 0, 0, 1], port).into());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let producer = RelayTable::<Pg>::new().await;
+    let expected = record_deposits(&producer).await;
+    let topic = format!("{}.account", producer.name);
+    kafka_topic(&bootstrap, &topic, 3).await;
+    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
+    let sink = || async {
+        KafkaSink::connect(&bootstrap)
+            .await
+            .unwrap()
+            .routing(routing.clone())
+    };
+    let model = Arc::new(ReadModel::new("kafka").await);
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let member = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        move || -> StreamConsumer {
+            let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", "balances")
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[&topic]).unwrap();
+            consumer
+        }
+    };
+    // Consumes until `dies_after` records were processed: the next is committed to the
+    // database, its offset never, and the member is dropped.
+    let consume = {
+        let (model, duplicates, stop) = (model.clone(), duplicates.clone(), stop.clone());
+        let stopped = stopped.clone();
+        move |consumer: StreamConsumer, dies_after: Option<usize>| {
+            let (model, duplicates, stop) = (model.clone(), duplicates.clone(), stop.clone());
+            let stopped = stopped.clone();
+            async move {
+                let mut processed = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    // Not `recv` under a timeout: a receive cancelled mid-way may lose a record
+                    // it had taken from the client's queue. Stopping is the only cancellation.
+                    let record = tokio::select! {
+                        record = consumer.recv() => record,
+                        () = stopped.notified() => break,
+                    };
+                    let record = record.unwrap().detach();
+                    let event: serde_json::Value =
+                        serde_json::from_slice(record.payload().unwrap()).unwrap();
+                    let id = record.message_id().unwrap();
+                    let handler = model.apply(id.clone(), event);
+                    if dies_after == Some(processed) {
+                        let _ = model
+                            .inbox
+                            .process(model.db.pool(), "balances", &id, handler)
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                    let outcome = outbox::inbox::kafka::process(
+                        &model.inbox,
+                        model.db.pool(),
+                        "balances",
+                        &consumer,
+                        &record,
+                        handler,
+                    )
+                    .await
+                    .unwrap();
+                    if outcome.is_duplicate() {
+                        duplicates.fetch_add(1, Ordering::SeqCst);
+                    }
+                    processed += 1;
+                }
+            }
+        }
+    };
+    let consumers = tokio::spawn(async move {
+        for dies_after in [Some(1_000), Some(1_500), None] {
+            consume(member(), dies_after).await;
+        }
+    });
+    relay_killed_twice(&producer, sink).await;
+    model
+        .assert_applied_once(&expected, &duplicates, "the killed relays and consumers")
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    stopped.notify_waiters();
+    consumers.await.unwrap();
     Arc::into_inner(model).unwrap().drop_tables().await;
     producer.drop_table().await;
 }

@@ -38,8 +38,11 @@
 //! * [`Inbox::process`] runs a handler and records the id in one transaction, from a pool.
 //! * [`Inbox::record`] is the step alone, through a transaction you manage.
 //! * `#[inbox_handler]` (feature `macros`) adds that step to an async function.
-//! * [`nats`] and [`rabbitmq`] take a message from the broker's consumer, process it through the
-//!   inbox, and only then acknowledge it.
+//! * [`nats`], [`rabbitmq`], [`redis`], [`mqtt`] and [`kafka`] take a message from the broker's
+//!   consumer, process it through the inbox, and only then acknowledge it.
+//! * [`Offsets`] is the other way for a partitioned log (Kafka): no id per message, the
+//!   partition's next offset committed with the side effects, and the consumer resuming from it
+//!   ([`kafka::OffsetConsumer`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,14 +50,19 @@ use std::time::Duration;
 
 use crate::{Dialect, Error, OutboxConnection, TableName};
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+mod offsets;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+pub use offsets::{Offsets, Position};
 
 /// Longest consumer name or message id: the width of the MySQL columns.
 const MAX_KEY_LEN: usize = 255;
@@ -113,7 +121,7 @@ pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no message id the inbox can deduplicate on",
     label = "`{Self}` does not implement `InboxMessage`",
-    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message`, `lapin::message::Delivery`, a Redis Streams `outbox::inbox::redis::Entry` or an MQTT `Publish`, or its id as `&str`",
+    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message`, `lapin::message::Delivery`, a Redis Streams `outbox::inbox::redis::Entry`, an MQTT `Publish` or a Kafka `OwnedMessage`, or its id as `&str`",
     note = "or implement `outbox::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
 )]
 pub trait InboxMessage {
@@ -313,7 +321,8 @@ impl Inbox {
     feature = "nats",
     feature = "rabbitmq",
     feature = "redis",
-    feature = "mqtt"
+    feature = "mqtt",
+    feature = "kafka"
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn process_then_acknowledge<DB, M, T, E, F, A, N>(

@@ -46,6 +46,29 @@ macro_rules! forward_to_modules {
             inbox::purge(pool, table, older_than, batch).await
         }
 
+        async fn __offsets_migrate(conn: &mut $conn, table: &TableName) -> Result<(), sqlx::Error> {
+            inbox::offsets_migrate(conn, table).await
+        }
+
+        async fn __offsets_load(
+            conn: &mut $conn,
+            table: &TableName,
+            group: &str,
+            topic: &str,
+        ) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+            inbox::offsets_load(conn, table, group, topic).await
+        }
+
+        async fn __offsets_advance(
+            conn: &mut $conn,
+            table: &TableName,
+            partition: (&str, &str, i32),
+            offset: i64,
+            next: i64,
+        ) -> Result<bool, sqlx::Error> {
+            inbox::offsets_advance(conn, table, partition, offset, next).await
+        }
+
         async fn __dead_letters(
             pool: &$pool,
             table: &TableName,
@@ -231,6 +254,33 @@ pub trait Dialect:
         older_than: Duration,
         batch: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Creates the consumer offsets table of [`Offsets`](crate::inbox::Offsets) if missing.
+    #[doc(hidden)]
+    fn __offsets_migrate<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// The stored next offset of each partition of `topic` for `group`.
+    #[doc(hidden)]
+    fn __offsets_load<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        group: &'a str,
+        topic: &'a str,
+    ) -> impl Future<Output = Result<Vec<(i32, i64)>, sqlx::Error>> + Send + 'a;
+
+    /// Moves the next offset of (group, topic, partition) to `next` unless the record at
+    /// `offset` was applied already; true when moved. Locks the partition's row.
+    #[doc(hidden)]
+    fn __offsets_advance<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        partition: (&'a str, &'a str, i32),
+        offset: i64,
+        next: i64,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
 
     #[doc(hidden)]
     fn __source(pool: sqlx::Pool<Self>, config: &SourceConfig) -> Self::Source;

@@ -91,3 +91,91 @@ pub(crate) async fn purge(
     })
     .await
 }
+
+/// The consumer offsets of a partitioned log (Kafka): one row per consumer group, topic and
+/// partition, holding the next offset to apply. Binary keys, as the inbox's.
+pub(crate) async fn offsets_migrate(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             consumer_group VARBINARY(255) NOT NULL,
+             topic          VARBINARY(255) NOT NULL,
+             partition_id   INT            NOT NULL,
+             next_offset    BIGINT         NOT NULL,
+             updated_at     DATETIME(6)    NOT NULL,
+             PRIMARY KEY (consumer_group, topic, partition_id)
+         ) ENGINE = InnoDB",
+        table.quoted('`')
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// The stored next offset of each partition of `topic` for `group`.
+pub(crate) async fn offsets_load(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT partition_id, next_offset FROM {} WHERE consumer_group = ? AND topic = ? \
+         ORDER BY partition_id",
+        table.quoted('`')
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(group)
+        .bind(topic)
+        .fetch_all(conn)
+        .await
+}
+
+/// Moves the partition's next offset to `next` unless it is past `offset` already; true when
+/// moved. MySQL's affected-row count cannot tell an insert from an upsert that changed nothing
+/// (sqlx asks for found rows), so: make sure the row exists, lock it, compare, update.
+pub(crate) async fn offsets_advance(
+    conn: &mut MySqlConnection,
+    table: &TableName,
+    (group, topic, partition): (&str, &str, i32),
+    offset: i64,
+    next: i64,
+) -> Result<bool, sqlx::Error> {
+    let quoted = table.quoted('`');
+    let ensure = format!(
+        "INSERT INTO {quoted} (consumer_group, topic, partition_id, next_offset, updated_at) \
+         VALUES (?, ?, ?, 0, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE next_offset = next_offset"
+    );
+    sqlx::query(AssertSqlSafe(ensure))
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .execute(&mut *conn)
+        .await?;
+    let read = format!(
+        "SELECT next_offset FROM {quoted} WHERE consumer_group = ? AND topic = ? AND partition_id = ? \
+         FOR UPDATE"
+    );
+    let stored: i64 = sqlx::query_scalar(AssertSqlSafe(read))
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .fetch_one(&mut *conn)
+        .await?;
+    if stored > offset {
+        return Ok(false);
+    }
+    let update = format!(
+        "UPDATE {quoted} SET next_offset = ?, updated_at = UTC_TIMESTAMP(6) \
+         WHERE consumer_group = ? AND topic = ? AND partition_id = ?"
+    );
+    sqlx::query(AssertSqlSafe(update))
+        .bind(next)
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}

@@ -79,3 +79,75 @@ pub(crate) async fn purge(
     })
     .await
 }
+
+/// The consumer offsets of a partitioned log (Kafka): one row per consumer group, topic and
+/// partition, holding the next offset to apply.
+pub(crate) async fn offsets_migrate(
+    conn: &mut PgConnection,
+    table: &TableName,
+) -> Result<(), sqlx::Error> {
+    let mut sql = String::new();
+    if let Some(schema) = table.parts().0 {
+        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
+    }
+    sql.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             consumer_group TEXT        NOT NULL,
+             topic          TEXT        NOT NULL,
+             partition_id   INTEGER     NOT NULL,
+             next_offset    BIGINT      NOT NULL,
+             updated_at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+             PRIMARY KEY (consumer_group, topic, partition_id)
+         )",
+        table.quoted('"')
+    ));
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// The stored next offset of each partition of `topic` for `group`.
+pub(crate) async fn offsets_load(
+    conn: &mut PgConnection,
+    table: &TableName,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT partition_id, next_offset FROM {} WHERE consumer_group = $1 AND topic = $2 \
+         ORDER BY partition_id",
+        table.quoted('"')
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(group)
+        .bind(topic)
+        .fetch_all(conn)
+        .await
+}
+
+/// Moves the partition's next offset to `next` unless it is past `offset` already (the record
+/// at `offset` was applied); true when moved. The row lock makes a concurrent advance of the
+/// same partition wait for this transaction, then see its result.
+pub(crate) async fn offsets_advance(
+    conn: &mut PgConnection,
+    table: &TableName,
+    (group, topic, partition): (&str, &str, i32),
+    offset: i64,
+    next: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {} AS o (consumer_group, topic, partition_id, next_offset) \
+         VALUES ($1, $2, $3, $5) ON CONFLICT (consumer_group, topic, partition_id) \
+         DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = clock_timestamp() \
+         WHERE o.next_offset <= $4",
+        table.quoted('"')
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(next)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

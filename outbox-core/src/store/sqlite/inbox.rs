@@ -71,3 +71,71 @@ pub(crate) async fn purge(
     })
     .await
 }
+
+/// The consumer offsets of a partitioned log (Kafka): one row per consumer group, topic and
+/// partition, holding the next offset to apply; `updated_at` in Unix milliseconds.
+pub(crate) async fn offsets_migrate(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             consumer_group TEXT    NOT NULL,
+             topic          TEXT    NOT NULL,
+             partition_id   INTEGER NOT NULL,
+             next_offset    INTEGER NOT NULL,
+             updated_at     INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+             PRIMARY KEY (consumer_group, topic, partition_id)
+         ) WITHOUT ROWID",
+        table.quoted('"')
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// The stored next offset of each partition of `topic` for `group`.
+pub(crate) async fn offsets_load(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT partition_id, next_offset FROM {} WHERE consumer_group = ? AND topic = ? \
+         ORDER BY partition_id",
+        table.quoted('"')
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(group)
+        .bind(topic)
+        .fetch_all(conn)
+        .await
+}
+
+/// Moves the partition's next offset to `next` unless it is past `offset` already; true when
+/// moved. SQLite has one writer at a time: a concurrent advance waits for this transaction.
+pub(crate) async fn offsets_advance(
+    conn: &mut SqliteConnection,
+    table: &TableName,
+    (group, topic, partition): (&str, &str, i32),
+    offset: i64,
+    next: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {} (consumer_group, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?5) \
+         ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE \
+         SET next_offset = excluded.next_offset, \
+             updated_at = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) \
+         WHERE next_offset <= ?4",
+        table.quoted('"')
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(next)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
