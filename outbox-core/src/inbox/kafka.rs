@@ -122,9 +122,19 @@ where
             let mut next = TopicPartitionList::new();
             next.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
                 .map_err(|error| error.to_string())?;
-            kafka
-                .commit(&next, CommitMode::Sync)
-                .map_err(|error| error.to_string())
+            // librdkafka's synchronous commit blocks its thread until the broker answers: off
+            // the runtime's worker where the runtime allows it.
+            let commit = || {
+                kafka
+                    .commit(&next, CommitMode::Sync)
+                    .map_err(|error| error.to_string())
+            };
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(commit)
+                }
+                _ => commit(),
+            }
         },
         || async move {
             kafka
