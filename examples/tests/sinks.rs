@@ -1,5 +1,6 @@
 //! Runs each broker example against the local brokers (`scripts/services.sh` starts them): the
-//! three committed events are published, the rolled-back one is not, the outbox ends empty.
+//! three committed events are published, the rolled-back one is not, the outbox ends empty; where
+//! the example consumes them back, each is applied once and its second delivery skipped.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -30,19 +31,39 @@ fn run(binary: &str) -> String {
     stdout
 }
 
+/// The consuming half of an example: the three accounts applied to the read model through the
+/// inbox, and each message's second delivery skipped by it.
+fn assert_consumed_once(stdout: &str) {
+    for owner in ["Ada", "Grace", "Edsger"] {
+        assert!(
+            stdout.lines().any(
+                |line| line.starts_with("applied AccountOpenedEvent of account")
+                    && line.ends_with(&format!("({owner})"))
+            ),
+            "{owner}'s account was not applied:\n{stdout}"
+        );
+    }
+    let skipped = stdout
+        .lines()
+        .filter(|line| line.ends_with("delivered again: skipped by the inbox"))
+        .count();
+    assert_eq!(skipped, 3, "{stdout}");
+    assert!(stdout.contains("read model: 3 accounts"), "{stdout}");
+}
+
 #[test]
 fn nats_example_publishes_the_committed_events() {
     run(env!("CARGO_BIN_EXE_sink-nats"));
 }
 
 #[test]
-fn redis_example_publishes_the_committed_events() {
-    run(env!("CARGO_BIN_EXE_sink-redis"));
+fn redis_example_publishes_the_committed_events_and_consumes_them_once() {
+    assert_consumed_once(&run(env!("CARGO_BIN_EXE_sink-redis")));
 }
 
 #[test]
-fn kafka_example_publishes_the_committed_events() {
-    run(env!("CARGO_BIN_EXE_sink-kafka"));
+fn kafka_example_publishes_the_committed_events_and_consumes_them_once() {
+    assert_consumed_once(&run(env!("CARGO_BIN_EXE_sink-kafka")));
 }
 
 #[test]
@@ -55,8 +76,8 @@ fn rabbitmq_example_publishes_the_committed_events() {
 }
 
 #[test]
-fn mqtt_example_publishes_the_committed_events() {
-    run(env!("CARGO_BIN_EXE_sink-mqtt"));
+fn mqtt_example_publishes_the_committed_events_and_consumes_them_once() {
+    assert_consumed_once(&run(env!("CARGO_BIN_EXE_sink-mqtt")));
 }
 
 #[test]

@@ -44,7 +44,7 @@
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{Mutex, mpsc};
 
@@ -102,7 +102,8 @@ impl Drop for MqttConsumer {
 impl MqttConsumer {
     /// Connects to `url` (`mqtt://[user:password@]host[:port]?client_id=…`; the client id is
     /// required: it names the session), resumes or starts the session, and subscribes to
-    /// `topic` (a filter, wildcards allowed) with QoS 1.
+    /// `topic` (a filter, wildcards allowed) with QoS 1. Returns once the broker acknowledged
+    /// the subscription: what is published after that reaches the session.
     pub async fn connect(url: &str, topic: &str) -> Result<MqttConsumer, SetupError> {
         if !url.contains("client_id=") {
             return Err(SetupError::new(
@@ -168,6 +169,33 @@ impl MqttConsumer {
         // Unbounded: the event loop must never wait for the consumer, which waits for the event
         // loop to send its acknowledgements (the broker bounds what is in flight).
         let (sender, messages) = mpsc::unbounded_channel();
+        // Subscribed once the broker says so: what is published after `connect` returns reaches
+        // this session. A resumed session's messages may come first; they are kept.
+        let subscribed = tokio::time::timeout(timeout, async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => return Ok(ack),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let _ = sender.send(publish);
+                    }
+                    Ok(_) => {}
+                    Err(error) => return Err(error.to_string()),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no SUBACK within {}s", timeout.as_secs())))
+        .map_err(|error| SetupError::new(BROKER, format!("subscribe to {topic}: {error}")))?;
+        if let Some(refused) = subscribed
+            .return_codes
+            .iter()
+            .find(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+        {
+            return Err(SetupError::new(
+                BROKER,
+                format!("the broker refused the subscription to {topic}: {refused:?}"),
+            ));
+        }
         let task = tokio::spawn(drive(events, sender));
         Ok(MqttConsumer {
             client,
