@@ -449,13 +449,16 @@ where
 }
 
 /// A TCP proxy on 127.0.0.1 in front of a server, for connection-loss tests: [`Proxy::cut`]
-/// closes every connection through it and refuses new ones until [`Proxy::restore`]. Only the
-/// clients of this proxy are affected, so tests running alongside keep their connections.
+/// closes every connection through it and refuses new ones until [`Proxy::restore`];
+/// [`Proxy::hold`] keeps what the server sends from its clients until [`Proxy::release`] (a
+/// server that is slow to answer). Only the clients of this proxy are affected, so tests
+/// running alongside keep their connections.
 #[derive(Debug)]
 pub struct Proxy {
     pub addr: std::net::SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: tokio::sync::watch::Sender<u64>,
+    held: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -472,6 +475,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (generation, watcher) = tokio::sync::watch::channel(0_u64);
+        let (held, holding) = tokio::sync::watch::channel(false);
         let accepting = up.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -483,12 +487,32 @@ impl Proxy {
                 }
                 let mut cut = watcher.clone();
                 cut.mark_unchanged();
+                let mut holding = holding.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (mut client_in, mut client_out) = client.split();
+                    let (mut server_in, mut server_out) = server.into_split();
+                    let upstream = tokio::io::copy(&mut client_in, &mut server_out);
+                    let downstream = async {
+                        let mut buffer = vec![0_u8; 64 * 1024];
+                        loop {
+                            let read = match server_in.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => read,
+                            };
+                            if holding.wait_for(|held| !*held).await.is_err()
+                                || client_out.write_all(&buffer[..read]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = upstream => {}
+                        () = downstream => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -498,8 +522,19 @@ impl Proxy {
             addr,
             up,
             generation,
+            held,
             task,
         }
+    }
+
+    /// Keeps what the server sends from its clients (their requests still reach it).
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets what the server sent through again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Closes every open connection and refuses new ones.

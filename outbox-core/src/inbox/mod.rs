@@ -291,7 +291,7 @@ impl Inbox {
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {
         let wrap = |source| Error::database("process", &self.table, DB::NAME, source);
-        let mut tx = pool.begin().await.map_err(wrap)?;
+        let mut tx = crate::store::begin(pool, None).await.map_err(wrap)?;
         match self.record(&mut *tx, consumer, message_id).await? {
             Recorded::Duplicate => {
                 tx.rollback().await.map_err(wrap)?;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Transaction};
+use sqlx::Transaction;
 
 use super::table::{ByteBudget, LowWater};
 use crate::message::Message;
@@ -330,9 +330,7 @@ impl<DB: RowLocking> Source for TableSource<DB> {
     type Claim = TableClaim<DB>;
 
     async fn claim(&self, max: usize) -> Result<Option<TableClaim<DB>>, Error> {
-        let mut tx = self
-            .pool
-            .begin_with(AssertSqlSafe(DB::BEGIN_CLAIM))
+        let mut tx = super::begin(&self.pool, Some(DB::BEGIN_CLAIM))
             .await
             .map_err(self.database_error("claim"))?;
         let messages = match self.claim_in(&mut tx, max).await {
@@ -433,7 +431,7 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
             tracing::debug!(table = %table, tries, "settlement deadlocked; settling again");
             outcome = async {
                 // In the claim's isolation (MySQL: READ COMMITTED, no gap locks).
-                let mut tx = pool.begin_with(AssertSqlSafe(DB::BEGIN_CLAIM)).await?;
+                let mut tx = super::begin(&pool, Some(DB::BEGIN_CLAIM)).await?;
                 DB::settle(&mut tx, &table, retain, &settlement).await?;
                 tx.commit().await
             }

@@ -377,6 +377,28 @@ impl<DB: Dialect> IntoSource for sqlx::Pool<DB> {
     }
 }
 
+/// Begins a transaction on a connection of `pool` (with `statement` in place of `BEGIN` when
+/// given) in a task of its own. sqlx counts a transaction only once the server has answered its
+/// `BEGIN`: a caller cancelled while waiting for that answer — a relay task aborted, a
+/// consumer's `select!` or timeout — would hand the connection back to the pool inside a
+/// transaction nobody ends, where its next user's statements would run, never commit and keep
+/// their locks. Run apart, the `BEGIN` completes whatever becomes of the caller, and a
+/// transaction nobody takes is rolled back when the task drops it.
+pub(crate) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        match statement {
+            Some(statement) => pool.begin_with(sqlx::AssertSqlSafe(statement)).await,
+            None => pool.begin().await,
+        }
+    })
+    .await
+    .map_err(|_| sqlx::Error::WorkerCrashed)?
+}
+
 pub(crate) mod sealed {
     /// Only the library implements `Dialect` and `OutboxConnection`.
     pub trait Sealed {}

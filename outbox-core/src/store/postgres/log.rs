@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
 use tokio::sync::Mutex;
 
 use super::relay::{PgClaim, PgSource};
@@ -576,11 +576,12 @@ impl Inner {
         if outcome.is_empty() {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await?;
         if !outcome.xids.is_empty() {
+            // Visible to this connection's next snapshot, so to any later one.
+            let mut conn = self.pool.acquire().await?;
             wait_visible(&mut conn, &outcome.xids).await?;
         }
-        let mut tx = conn.begin().await?;
+        let mut tx = crate::store::begin(&self.pool, None).await?;
         let rows = Settlement {
             published: outcome.published_rows.clone(),
             retry: outcome.retry_rows.clone(),

@@ -273,7 +273,7 @@ impl Claim for SqliteClaim {
     async fn settle(self, settlement: Settlement) -> Result<(), Error> {
         let wrap = |source| Error::database("settle", &self.table, DIALECT, source);
         let t = self.table.quoted('"');
-        let mut tx = self.pool.begin().await.map_err(wrap)?;
+        let mut tx = crate::store::begin(&self.pool, None).await.map_err(wrap)?;
         let held = sqlx::query(AssertSqlSafe(self.renew.as_str()))
             .bind(&self.holder)
             .bind(now_ms().saturating_add(millis(self.lease_ttl)))
