@@ -603,46 +603,35 @@ async fn cancelled_while_beginning<D: TestDb>(
     fixture.drop_tables().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_cancelled_while_beginning_leaves_no_transaction_open_on_postgres() {
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    let fixture = Fixture::<Pg>::new().await;
-    let options: PgConnectOptions = outbox_tests::postgres_url().parse().unwrap();
-    let target = (options.get_host(), options.get_port());
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = outbox_tests::Proxy::start(target).await;
-    let proxied = PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
-        .await
-        .unwrap();
-    cancelled_while_beginning(fixture, proxied, &proxy).await;
+/// The cancelled-`BEGIN` test on each database with row locks: a pool of one connection that
+/// reaches the server through a proxy.
+macro_rules! cancelled_while_beginning_tests {
+    ($($test:ident: $db:ty, $url:path, $options:ty;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let fixture = Fixture::<$db>::new().await;
+                let options: $options = $url().parse().unwrap();
+                let target = (options.get_host(), options.get_port());
+                let target = tokio::net::lookup_host(target).await.unwrap().next().unwrap();
+                let proxy = outbox_tests::Proxy::start(target).await;
+                let proxied = sqlx::pool::PoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
+                    .await
+                    .unwrap();
+                cancelled_while_beginning(fixture, proxied, &proxy).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_cancelled_while_beginning_leaves_no_transaction_open_on_mysql() {
-    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-    let fixture = Fixture::<My>::new().await;
-    let options: MySqlConnectOptions = outbox_tests::mysql_url().parse().unwrap();
-    let target = (options.get_host(), options.get_port());
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = outbox_tests::Proxy::start(target).await;
-    let proxied = MySqlPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
-        .await
-        .unwrap();
-    cancelled_while_beginning(fixture, proxied, &proxy).await;
+cancelled_while_beginning_tests! {
+    a_consumer_cancelled_while_beginning_leaves_no_transaction_open_on_postgres:
+        Pg, outbox_tests::postgres_url, sqlx::postgres::PgConnectOptions;
+    a_consumer_cancelled_while_beginning_leaves_no_transaction_open_on_mysql:
+        My, outbox_tests::mysql_url, sqlx::mysql::MySqlConnectOptions;
 }
 
 /// An inbox table made by the earlier migration on MariaDB (text keys under `utf8mb4_bin`, which
