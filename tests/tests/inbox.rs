@@ -1344,20 +1344,44 @@ async fn five_thousand_events_through_mqtt_with_killed_relays_and_consumers_are_
     producer.drop_table().await;
 }
 
-/// The Kafka sink of the consumer tests, one record per produced batch. tansu 0.6 answers a
-/// fetch from an offset inside a record batch with the batches that *start* at or after it
-/// (its storage lists batches by base offset), so a consumer resuming from an offset in the
-/// middle of a batch never sees that batch's remaining records; Apache Kafka returns the batch
-/// that holds the offset and the client drops what comes before it. With one record per batch
-/// every offset starts a batch, and a resumed consumer reads exactly what Kafka would give it.
-async fn tansu_sink(bootstrap: &str) -> outbox::sinks::kafka::KafkaSink {
+/// A tansu broker of the test's own (stopped when dropped) and, on it, a three-partition topic
+/// for the account events of `producer`, which holds the 5,000 deposits: returns the broker, its
+/// bootstrap address, the topic and the deposits expected per account.
+async fn kafka_run(
+    producer: &outbox_tests::RelayTable<Pg>,
+) -> (
+    outbox_tests::Tansu,
+    String,
+    String,
+    std::collections::HashMap<String, i64>,
+) {
+    let port = outbox_tests::free_port();
+    let broker = outbox_tests::Tansu::start(port, ([127, 0, 0, 1], port).into());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let expected = record_deposits(producer).await;
+    let topic = format!("{}.account", producer.name);
+    outbox_tests::kafka_topic(&bootstrap, &topic, 3).await;
+    (broker, bootstrap, topic, expected)
+}
+
+/// The Kafka sink of the consumer tests: to `<prefix>.<aggregate type>`, one record per produced
+/// batch. tansu 0.6 answers a fetch from an offset inside a record batch with the batches that
+/// *start* at or after it (its storage lists batches by base offset), so a consumer resuming
+/// from an offset in the middle of a batch never sees that batch's remaining records; Apache
+/// Kafka returns the batch that holds the offset and the client drops what comes before it.
+/// With one record per batch every offset starts a batch, and a resumed consumer reads exactly
+/// what Kafka would give it.
+async fn tansu_sink(bootstrap: &str, prefix: &str) -> outbox::sinks::kafka::KafkaSink {
     let mut config = outbox::sinks::kafka::rdkafka::ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("batch.num.messages", "1");
+    let routing =
+        outbox::sinks::Routing::template(&format!("{prefix}.{{aggregate_type}}")).unwrap();
     outbox::sinks::kafka::KafkaSink::with_config(config)
         .await
         .unwrap()
+        .routing(routing)
 }
 
 /// Kafka: 5,000 events relayed to a three-partition topic by a relay killed twice right after
@@ -1367,21 +1391,14 @@ async fn tansu_sink(bootstrap: &str) -> outbox::sinks::kafka::KafkaSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_events_through_kafka_with_killed_relays_and_consumers_are_applied_once() {
     use outbox::inbox::InboxMessage;
-    use outbox::sinks::Routing;
     use outbox::sinks::kafka::rdkafka;
-    use outbox_tests::{RelayTable, Tansu, free_port, kafka_topic};
+    use outbox_tests::RelayTable;
     use rdkafka::Message as _;
     use rdkafka::consumer::{Consumer, StreamConsumer};
 
-    let port = free_port();
-    let _broker = Tansu::start(port, ([127, 0, 0, 1], port).into());
-    let bootstrap = format!("127.0.0.1:{port}");
     let producer = RelayTable::<Pg>::new().await;
-    let expected = record_deposits(&producer).await;
-    let topic = format!("{}.account", producer.name);
-    kafka_topic(&bootstrap, &topic, 3).await;
-    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
-    let sink = || async { tansu_sink(&bootstrap).await.routing(routing.clone()) };
+    let (_broker, bootstrap, topic, expected) = kafka_run(&producer).await;
+    let sink = || tansu_sink(&bootstrap, &producer.name);
     let model = Arc::new(ReadModel::new("kafka").await);
     let duplicates = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(tokio::sync::watch::channel(false).0);
@@ -1474,20 +1491,13 @@ async fn five_thousand_events_through_kafka_with_killed_relays_and_consumers_are
 async fn kafka_offset_mode_applies_every_record_once_across_deaths_and_rebalances() {
     use outbox::inbox::Offsets;
     use outbox::inbox::kafka::OffsetConsumer;
-    use outbox::sinks::Routing;
     use outbox::sinks::kafka::rdkafka;
-    use outbox_tests::{RelayTable, Tansu, free_port, kafka_topic};
+    use outbox_tests::RelayTable;
     use rdkafka::Message as _;
 
-    let port = free_port();
-    let _broker = Tansu::start(port, ([127, 0, 0, 1], port).into());
-    let bootstrap = format!("127.0.0.1:{port}");
     let producer = RelayTable::<Pg>::new().await;
-    let expected = record_deposits(&producer).await;
-    let topic = format!("{}.account", producer.name);
-    kafka_topic(&bootstrap, &topic, 3).await;
-    let routing = Routing::template(&format!("{}.{{aggregate_type}}", producer.name)).unwrap();
-    let sink = || async { tansu_sink(&bootstrap).await.routing(routing.clone()) };
+    let (_broker, bootstrap, topic, expected) = kafka_run(&producer).await;
+    let sink = || tansu_sink(&bootstrap, &producer.name);
     let model = Arc::new(ReadModel::new("kafka_offsets").await);
     let offsets = Offsets::for_table(TableName::new(format!("offsets_{}", run_id())).unwrap());
     offsets.migrate(model.db.pool()).await.unwrap();
