@@ -52,8 +52,8 @@ fn assert_consumed_once(stdout: &str) {
 }
 
 #[test]
-fn nats_example_publishes_the_committed_events() {
-    run(env!("CARGO_BIN_EXE_sink-nats"));
+fn nats_example_publishes_the_committed_events_and_consumes_them_once() {
+    assert_consumed_once(&run(env!("CARGO_BIN_EXE_sink-nats")));
 }
 
 #[test]
@@ -67,10 +67,11 @@ fn kafka_example_publishes_the_committed_events_and_consumes_them_once() {
 }
 
 #[test]
-fn rabbitmq_example_publishes_the_committed_events() {
+fn rabbitmq_example_publishes_the_committed_events_and_consumes_them_once() {
     let stdout = run(env!("CARGO_BIN_EXE_sink-rabbitmq"));
+    assert_consumed_once(&stdout);
     assert!(
-        stdout.contains("queue bank-audit held 3 messages"),
+        stdout.contains("queue bank-audit held 0 messages not acknowledged"),
         "{stdout}"
     );
 }

@@ -1,4 +1,6 @@
-//! Relays the outbox into RabbitMQ, with publisher confirms.
+//! Relays the outbox into RabbitMQ, with publisher confirms, then consumes the queue exactly
+//! once: each delivery is applied through the inbox and acknowledged only after the commit. A
+//! second delivery of each message is skipped by the inbox.
 //!
 //! ```text
 //! cargo run -p outbox-examples --features rabbitmq --bin sink-rabbitmq    # RabbitMQ on 127.0.0.1:5672
@@ -8,12 +10,15 @@
 //! broker, retried and finally dead-lettered, never dropped. So this example first binds the
 //! queue a consumer would read (`bank-audit`) to the exchange, as a consumer's deployment would.
 
+use futures_util::StreamExt;
+use outbox::inbox::{InboxMessage, rabbitmq::process};
 use outbox::sinks::rabbitmq::lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use outbox::sinks::rabbitmq::lapin::{self, types::FieldTable};
 use outbox::sinks::{Routing, rabbitmq::RabbitMqSink};
-use outbox_examples::sink_demo::{bank_with_events, database_path, relay_until_empty};
+use outbox_examples::sink_demo::{ReadModel, bank_with_events, database_path, relay_until_empty};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,11 +62,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .exchange(Routing::template("bank")?) // one topic exchange, declared by the sink
         .routing_key(Routing::template("{aggregate_type}.{event_type}")?);
-    relay_until_empty(&pool, sink).await?;
+    let published = relay_until_empty(&pool, sink).await?;
+
+    // The consuming service: manual acknowledgements, each sent after its commit.
+    let mut deliveries = channel
+        .basic_consume(
+            "bank-audit".into(),
+            ReadModel::CONSUMER.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut model = ReadModel::new(&pool, published).await?;
+    tokio::time::timeout(ReadModel::PATIENCE, async {
+        while !model.has_all() {
+            let delivery = deliveries
+                .next()
+                .await
+                .ok_or("the RabbitMQ consumer closed")??;
+            let (id, payload) = (delivery.message_id()?, delivery.data.clone());
+            let handler = model.apply(&id, &payload);
+            let inbox = &ReadModel::INBOX;
+            let outcome =
+                process(inbox, model.pool(), ReadModel::CONSUMER, &delivery, handler).await?;
+            if outcome.is_duplicate() {
+                println!("message {id} came twice: skipped by the inbox");
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+    .await
+    .map_err(|_| "RabbitMQ did not deliver every published event in time")??;
+    model.redeliver_and_print().await?;
 
     let waiting = channel
         .queue_delete("bank-audit".into(), QueueDeleteOptions::default())
         .await?;
-    println!("queue bank-audit held {waiting} messages");
+    println!("queue bank-audit held {waiting} messages not acknowledged");
     Ok(())
 }
