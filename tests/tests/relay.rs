@@ -851,6 +851,89 @@ async fn enrichment_rewrites_messages_and_fails_like_a_sink() {
     table.drop_table().await;
 }
 
+/// A relay aborted while its claim's `BEGIN` waits for the server's answer leaves no transaction
+/// open on the pool's connection: the pool's next user's write is committed. The server's
+/// answers are held at a proxy, again and again until the request held is the claim's `BEGIN`
+/// (the server ran it: `idle in transaction`), and the relay is aborted then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_aborted_while_beginning_a_claim_leaves_no_transaction_open() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let table = RelayTable::<Pg>::new().await;
+    let tag = format!("b{}", &table.name[table.name.len() - 10..]);
+    let options: PgConnectOptions = table.db.url().parse().unwrap();
+    let target = (options.get_host(), options.get_port());
+    let target = tokio::net::lookup_host(target)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = outbox_tests::Proxy::start(target).await;
+    let proxied = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(
+            options
+                .host("127.0.0.1")
+                .port(proxy.addr.port())
+                .application_name(&tag),
+        )
+        .await
+        .unwrap();
+    let written = format!("{}_written", table.name);
+    table
+        .db
+        .execute(format!("CREATE TABLE {written} (n BIGINT NOT NULL)"))
+        .await;
+    let sink = HandlerSink::new(|_: Message| async { Ok(()) });
+    let relay = tokio::spawn(
+        relay(&table, proxied.clone(), sink)
+            .poll_interval(Duration::from_millis(5))
+            .build()
+            .run(std::future::pending()),
+    );
+    let held = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{tag}' \
+         AND state = 'idle in transaction' AND query LIKE 'BEGIN%'"
+    );
+    let mut caught = false;
+    for _ in 0..50 {
+        proxy.hold();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if table.db.scalar(held.clone()).await == 1 {
+            caught = true;
+            break;
+        }
+        proxy.release();
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+    }
+    assert!(
+        caught,
+        "the claim's BEGIN was never the request held, in 50 tries"
+    );
+    relay.abort();
+    let _ = relay.await;
+    proxy.release();
+    let write = format!("INSERT INTO {written} (n) VALUES (1)");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::raw_sql(sqlx::AssertSqlSafe(write)).execute(&proxied),
+    )
+    .await
+    .expect("the connection came back to the pool")
+    .unwrap();
+    assert_eq!(
+        table
+            .db
+            .scalar(format!("SELECT count(*) FROM {written}"))
+            .await,
+        1,
+        "the write ran in the transaction the aborted claim's BEGIN left open, and was never committed"
+    );
+    proxied.close().await;
+    table.db.execute(format!("DROP TABLE {written}")).await;
+    table.drop_table().await;
+}
+
 /// Dead letters are selected and counted by the database: by id, event type, aggregate and
 /// age, with the limit applied there.
 async fn dead_letters_are_filtered_and_counted_by_the_database<D: TestDb>() {
