@@ -144,6 +144,8 @@ impl ReadModel {
     pub const INBOX: Inbox = Inbox::for_table(TableName::from_static("read_model_inbox"));
     /// The consumer's name in the inbox (and its group or session at the broker).
     pub const CONSUMER: &'static str = "bank-read-model";
+    /// How long the examples wait for the broker to deliver what the relay published.
+    pub const PATIENCE: Duration = Duration::from_secs(30);
 
     /// Creates the read model's tables in `pool`; it waits for the events `published`.
     pub async fn new(pool: &SqlitePool, published: HashSet<String>) -> Result<Self, BankError> {
@@ -213,11 +215,9 @@ impl ReadModel {
         self.awaited.is_empty()
     }
 
-    /// How long the examples wait for the broker to deliver what the relay published.
-    pub const PATIENCE: Duration = Duration::from_secs(30);
-
     /// What a broker's redelivery of each message this run published would do: the inbox finds
-    /// it and skips the handler. Then prints the read model: one line per account, and how many there are.
+    /// it and skips the handler. Then prints the read model: one line per account, and how many
+    /// there are.
     pub async fn redeliver_and_print(self) -> Result<(), BankError> {
         for (id, payload) in &self.delivered {
             let handler = Self::record_owner(payload);

@@ -576,12 +576,11 @@ impl Inner {
         if outcome.is_empty() {
             return Ok(());
         }
+        let mut conn = self.pool.acquire().await?;
         if !outcome.xids.is_empty() {
-            // Visible to this connection's next snapshot, so to any later one.
-            let mut conn = self.pool.acquire().await?;
             wait_visible(&mut conn, &outcome.xids).await?;
         }
-        let mut tx = crate::store::begin(&self.pool, None).await?;
+        let mut tx = crate::store::begin_on(conn, None).await?;
         let rows = Settlement {
             published: outcome.published_rows.clone(),
             retry: outcome.retry_rows.clone(),
