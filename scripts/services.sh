@@ -172,7 +172,15 @@ mosquitto() {
   done
   if port_open 1883 && $restart; then
     log "restarting Mosquitto for the new setting"
-    as_root pkill -x mosquitto || true
+    # Stopped by its pid (the service's own pid file), never by name.
+    local pid_file
+    pid_file=$(awk '$1 == "pid_file" { print $2 }' "$MOSQUITTO_CONF")
+    if [ -n "$pid_file" ] && [ -s "$pid_file" ]; then
+      as_root kill "$(cat "$pid_file")" || true
+    else
+      log "Mosquitto has no pid file to stop it by: restart it by hand for the new settings"
+      return 1
+    fi
     wait_for "Mosquitto to stop" 30 bash -c '! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null'
   fi
   if ! port_open 1883; then

@@ -43,7 +43,7 @@ pub(crate) struct Measured {
 }
 
 const PREFIX: &str = "outbox_bench";
-const SECRET: &str = "whsec_b3V0Ym94LWJlbmNoLXNlY3JldA==";
+const SECRET: &str = "whsec_b3V0Ym94LWJlbmNoLXNlY3JldC1vZi0yNGI=";
 
 /// Events of the hot-aggregate run: all of one aggregate.
 const HOT_EVENTS: i64 = 5_000;

@@ -225,6 +225,9 @@ pub fn webhook_signature(data: &[u8]) {
         Err(SignatureError::Refused(reason)) => {
             assert!(!reason.trim().is_empty(), "a refusal with no reason");
         }
+        Err(SignatureError::SecretTooShort { bytes }) => {
+            panic!("a receiver's check refused a secret of {bytes} bytes: only signing asks for 24")
+        }
     }
     // Ids our sink sends are event UUIDs, but a receiver may sign its own: any id a header can
     // carry as text.

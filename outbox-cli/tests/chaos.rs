@@ -1,7 +1,8 @@
 //! The fault-injection run: 8 writers commit and roll back at random while three `outbox relay`
 //! processes publish to NATS JetStream, and faults are thrown at them — relays SIGKILLed,
 //! relays SIGSTOPped for 4 s then SIGCONTinued, their database connections terminated,
-//! PostgreSQL restarted, the NATS server restarted, the relays' broker connections cut for 2 s
+//! PostgreSQL restarted, the NATS server restarted (a server of the run's own, on its own port
+//! and store, stopped by its pid), the relays' broker connections cut for 2 s
 //! through a proxy. Then the relays drain and `outbox audit` compares the table with the
 //! stream: nothing lost, no phantom, every aggregate in order, duplicates within the bound.
 //! A second configuration publishes to Kafka instead: a tansu broker of the run's own,
@@ -10,12 +11,12 @@
 //! every other fault is the same. A lighter run does the first on MariaDB, without restarting
 //! the database.
 //!
-//! They restart shared servers, so they are ignored here and `scripts/test.sh` runs them alone,
+//! The PostgreSQL runs restart the shared PostgreSQL server, so they are ignored here and `scripts/test.sh` runs them alone,
 //! in the step of tests that restart servers; by hand:
 //! `cargo nextest run -p outbox-cli --all-features --run-ignored only -E 'test(chaos)'`.
 //! `OUTBOX_CHAOS_SECONDS` sets how long faults are injected (default 60 on PostgreSQL with NATS;
-//! the Kafka and MariaDB runs take half as long). Whatever happens, they leave PostgreSQL and
-//! NATS running.
+//! the Kafka and MariaDB runs take half as long). Whatever happens, they leave PostgreSQL
+//! running.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -240,72 +241,17 @@ fn pg_ctlcluster(action: &str) -> bool {
     ))
 }
 
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// The running NATS server's command line, to start it again the same way.
-fn nats_command_line() -> Vec<String> {
-    let pid = String::from_utf8(
-        Command::new("pgrep")
-            .args(["-o", "-x", "nats-server"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let pid = pid.trim();
-    assert!(!pid.is_empty(), "no nats-server process; {HINT}");
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split(|byte| *byte == 0)
-        .filter(|part| !part.is_empty())
-        .map(|part| String::from_utf8_lossy(part).into_owned())
-        .collect()
-}
-
-fn start_nats(command_line: &[String]) {
-    // `setsid -f`: the server is not this process's child, so that it is never left a zombie
-    // of the test, and outlives it.
-    Command::new("setsid")
-        .arg("-f")
-        .args(command_line)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !port_open(4222) {
-        assert!(Instant::now() < deadline, "NATS did not come back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Stops the NATS server (SIGTERM, as a service manager does) and starts it again.
-fn restart_nats(command_line: &[String]) {
-    sh("pkill -TERM -x nats-server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sh("pgrep -x nats-server >/dev/null") {
-        assert!(Instant::now() < deadline, "NATS did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start_nats(command_line);
-}
-
 /// The broker the relays publish to, and how it is restarted and audited.
 enum Broker {
-    /// The machine's NATS server, restarted with the command line it runs with.
-    Nats { command_line: Vec<String> },
+    /// A NATS server of the run's own (its port, its store), restarted by its pid.
+    Nats(outbox_tests::NatsServer),
     /// A tansu broker of the run's own, behind the proxy, in memory: never restarted.
     Kafka(outbox_tests::Tansu),
 }
 
 impl Broker {
     fn nats() -> Broker {
-        Broker::Nats {
-            command_line: nats_command_line(),
-        }
+        Broker::Nats(outbox_tests::NatsServer::start())
     }
 
     /// A tansu broker advertising `proxy`.
@@ -328,7 +274,7 @@ impl Broker {
     /// Where the proxy forwards to.
     fn addr(&self) -> std::net::SocketAddr {
         let port = match self {
-            Broker::Nats { .. } => 4222,
+            Broker::Nats(server) => server.port(),
             Broker::Kafka(tansu) => tansu.port(),
         };
         ([127, 0, 0, 1], port).into()
@@ -381,27 +327,14 @@ impl Broker {
 
     /// Stops the broker as a service manager does and starts it again (blocking).
     fn restart(&mut self) {
-        if let Broker::Nats { command_line } = self {
-            restart_nats(command_line);
-        }
-    }
-
-    /// Starts it again if a failed run left it stopped.
-    fn ensure_running(&mut self) {
-        match self {
-            Broker::Nats { command_line } => {
-                if !port_open(4222) && !command_line.is_empty() {
-                    start_nats(command_line);
-                }
-            }
-            // The run's own broker ends with the run.
-            Broker::Kafka(_) => {}
+        if let Broker::Nats(server) = self {
+            server.restart();
         }
     }
 }
 
 /// The relay processes, and what the run leaves behind whatever happens: every relay killed,
-/// PostgreSQL and NATS running.
+/// PostgreSQL running (the run's own broker ends with it).
 struct Relays {
     children: Vec<Child>,
     config: std::path::PathBuf,
@@ -460,7 +393,6 @@ impl Drop for Relays {
         if !sh("pg_isready -q -h 127.0.0.1 -p 5432") {
             pg_ctlcluster("start");
         }
-        self.broker.ensure_running();
         let _ = std::fs::remove_file(&self.config);
     }
 }
@@ -491,7 +423,7 @@ async fn writer(db: Db, outbox: Outbox, counters: String, until: Instant, tally:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts PostgreSQL and NATS: run alone (see the module docs)"]
+#[ignore = "restarts PostgreSQL: run alone (see the module docs)"]
 async fn chaos_run_loses_nothing_invents_nothing_and_keeps_order() {
     chaos(Db::postgres().await, |_| Broker::nats(), chaos_seconds()).await;
 }
@@ -503,7 +435,7 @@ async fn chaos_run_to_kafka_loses_nothing_invents_nothing_and_keeps_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts NATS: run alone (see the module docs)"]
+#[ignore = "a fault run that loads the machine for 30 s: run alone (see the module docs)"]
 async fn chaos_run_on_mariadb_loses_nothing_invents_nothing_and_keeps_order() {
     chaos(Db::mariadb().await, |_| Broker::nats(), chaos_seconds() / 2).await;
 }

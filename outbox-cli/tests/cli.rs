@@ -1381,7 +1381,7 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
             .env_remove("OUTBOX_LOG")
             .env(
                 "OUTBOX_WEBHOOK_SECRET",
-                "whsec_czNjcmV0LXMzY3JldC1zM2NyZXQ=",
+                "whsec_czNjcmV0LXMzY3JldC1zM2NyZXQtczNjcmV0",
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

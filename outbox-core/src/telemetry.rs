@@ -96,6 +96,18 @@ fn destination_attributes(destination: Option<&Destination>, into: &mut Vec<KeyV
             "messaging.destination.name",
             destination.name.clone(),
         ));
+        if let Some(template) = &destination.template {
+            into.push(KeyValue::new(
+                "messaging.destination.template",
+                template.clone(),
+            ));
+        }
+        if let Some(address) = &destination.server_address {
+            into.push(KeyValue::new("server.address", address.clone()));
+        }
+        if let Some(port) = destination.server_port {
+            into.push(KeyValue::new("server.port", i64::from(port)));
+        }
         if let Some(key) = &destination.routing_key {
             into.push(KeyValue::new(
                 "messaging.rabbitmq.destination.routing_key",
@@ -105,9 +117,14 @@ fn destination_attributes(destination: Option<&Destination>, into: &mut Vec<KeyV
     }
 }
 
+/// `send <destination>`, the destination being its template when the name holds the aggregate
+/// id: span names stay as few as the routes (OpenTelemetry's messaging conventions).
 fn span_name(operation: &str, destination: Option<&Destination>) -> String {
     match destination {
-        Some(destination) => format!("{operation} {}", destination.name),
+        Some(destination) => format!(
+            "{operation} {}",
+            destination.template.as_ref().unwrap_or(&destination.name)
+        ),
         None => operation.to_owned(),
     }
 }

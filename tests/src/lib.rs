@@ -785,6 +785,92 @@ impl Drop for Tansu {
     }
 }
 
+/// A NATS server with JetStream of a test's own: its own port and its own store directory, so
+/// that a test that restarts it never touches the machine's server on 4222 (or anyone else's).
+/// [`NatsServer::restart`] stops it by its pid, as a service manager does (SIGTERM), and starts
+/// it again on the same port and store. Killed, and its directory removed, when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    store: std::path::PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port and waits (up to 30 s) until it listens.
+    pub fn start() -> NatsServer {
+        let port = free_port();
+        let store = std::env::temp_dir().join(format!("outbox-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&store).unwrap();
+        let child = Self::spawn(port, &store);
+        let mut server = NatsServer { child, port, store };
+        server.wait_listening();
+        server
+    }
+
+    fn spawn(port: u16, store: &std::path::Path) -> std::process::Child {
+        let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap_or("nats-server");
+        std::process::Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program}: {e}; run `scripts/services.sh` (it installs nats-server)")
+            })
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "nats-server exited ({status}) before listening on {}",
+                    self.port
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {} within 30 s",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server with SIGTERM, sent to its own pid, waits for it to exit, and starts it
+    /// again on the same port with the same store (blocking).
+    pub fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "kill -TERM {pid}");
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, &self.store);
+        self.wait_listening();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
 /// Creates Kafka topic `topic` with `partitions` partitions at `bootstrap`.
 pub async fn kafka_topic(bootstrap: &str, topic: &str, partitions: i32) {
     use outbox::sinks::kafka::rdkafka;

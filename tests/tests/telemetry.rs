@@ -29,6 +29,8 @@ const AMQP_OUTBOX: Outbox =
     Outbox::for_table(TableName::from_static("outbox_trace_amqp")).record_trace_context();
 const FAILING_OUTBOX: Outbox =
     Outbox::for_table(TableName::from_static("outbox_trace_failing")).record_trace_context();
+const PER_AGGREGATE_OUTBOX: Outbox =
+    Outbox::for_table(TableName::from_static("outbox_trace_per_aggregate")).record_trace_context();
 const INBOX: Inbox = Inbox::for_table(TableName::from_static("inbox_trace_test"));
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,14 @@ async fn open_account_on_rabbitmq(
 
 #[outbox_event(outbox = FAILING_OUTBOX)]
 async fn open_account_refused(
+    _tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+) -> Result<Account, AppError> {
+    Ok(Account { id: id.to_owned() })
+}
+
+#[outbox_event(outbox = PER_AGGREGATE_OUTBOX)]
+async fn open_account_per_aggregate(
     _tx: &mut Transaction<'_, Postgres>,
     id: &str,
 ) -> Result<Account, AppError> {
@@ -169,7 +179,12 @@ fn one<'a>(spans: &[&'a SpanData], what: &str, test: impl Fn(&SpanData) -> bool)
 
 /// The relations of one trace: request → send → two process spans (the helper's and the
 /// handler's own) → the handler's span, with the messaging attributes, the baggage seen.
-fn assert_one_trace(trace_id: TraceId, destination: &str, system: &str, message_id: &str) {
+fn assert_one_trace(
+    trace_id: TraceId,
+    destination: &str,
+    (system, port): (&str, u16),
+    message_id: &str,
+) {
     let (provider, exporter) = exporter();
     provider.force_flush().unwrap();
     let finished = exporter.get_finished_spans().unwrap();
@@ -190,6 +205,16 @@ fn assert_one_trace(trace_id: TraceId, destination: &str, system: &str, message_
         attribute(send, "messaging.destination.name").as_deref(),
         Some(destination)
     );
+    // Required by the messaging conventions when known: the broker the relay sends to.
+    assert_eq!(
+        attribute(send, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        attribute(send, "server.port").as_deref(),
+        Some(port.to_string().as_str())
+    );
+    assert_eq!(attribute(send, "messaging.destination.template"), None);
     assert_eq!(
         attribute(send, "messaging.message.id").as_deref(),
         Some(message_id)
@@ -333,7 +358,7 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_nats_to_the_inbox
     relay.abort();
 
     let id = message.message_id().unwrap();
-    assert_one_trace(trace_id, &format!("{prefix}.account"), "nats", &id);
+    assert_one_trace(trace_id, &format!("{prefix}.account"), ("nats", 4222), &id);
     sink.jetstream()
         .delete_stream(prefix.to_uppercase())
         .await
@@ -402,7 +427,7 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_rabbitmq_to_the_i
     relay.abort();
 
     let id = delivery.message_id().unwrap();
-    assert_one_trace(trace_id, &exchange, "rabbitmq", &id);
+    assert_one_trace(trace_id, &exchange, ("rabbitmq", 5672), &id);
     channel
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
@@ -448,4 +473,55 @@ async fn a_refused_delivery_ends_its_send_span_with_the_error() {
         opentelemetry::trace::Status::error("schema refused")
     );
     assert_eq!(attribute(send, "error.type").as_deref(), Some("permanent"));
+}
+
+/// With the aggregate id in the routing, the span is named after the template, which
+/// `messaging.destination.template` carries, and the name keeps the subject itself: one span
+/// name per route, not one per aggregate (the messaging conventions' low-cardinality names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_per_aggregate_names_its_span_after_the_template() {
+    let pool = setup(&PER_AGGREGATE_OUTBOX).await;
+    let prefix = format!("trace_{}", run_id());
+    let (sink, _stream) = outbox_tests::nats_stream(&prefix).await;
+    let template = format!("{prefix}.{{aggregate_type}}.{{aggregate_id}}");
+    let sink = sink.routing(Routing::template(&template).unwrap());
+    let account = format!("acc-{}", run_id());
+    let trace_id = in_a_request(async {
+        let mut tx = pool.begin().await.unwrap();
+        open_account_per_aggregate(&mut tx, &account).await.unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+    let relay = relay(&pool, &PER_AGGREGATE_OUTBOX, sink.clone());
+    eventually(Duration::from_secs(10), "the send span to end", || async {
+        let (provider, exporter) = exporter();
+        provider.force_flush().unwrap();
+        exporter.get_finished_spans().unwrap().iter().any(|span| {
+            span.span_context.trace_id() == trace_id && span.span_kind == SpanKind::Producer
+        })
+    })
+    .await;
+    relay.abort();
+    let (provider, exporter) = exporter();
+    provider.force_flush().unwrap();
+    let finished = exporter.get_finished_spans().unwrap();
+    let spans: Vec<&SpanData> = finished
+        .iter()
+        .filter(|span| span.span_context.trace_id() == trace_id)
+        .collect();
+    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
+    assert_eq!(send.name, format!("send {template}"));
+    assert_eq!(
+        attribute(send, "messaging.destination.template").as_deref(),
+        Some(template.as_str())
+    );
+    assert_eq!(
+        attribute(send, "messaging.destination.name"),
+        Some(format!("{prefix}.account.{account}"))
+    );
+    assert_eq!(send.status, opentelemetry::trace::Status::Unset);
+    sink.jetstream()
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
 }

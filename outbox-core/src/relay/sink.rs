@@ -55,6 +55,14 @@ pub struct Destination {
     pub name: String,
     /// RabbitMQ: the routing key the message is published with.
     pub routing_key: Option<String>,
+    /// The routing template the name was made from, when the name holds the aggregate id
+    /// (`bank.{aggregate_id}`): OpenTelemetry's `messaging.destination.template`, and the span
+    /// name in place of a name with as many values as there are aggregates.
+    pub template: Option<String>,
+    /// The broker's (or receiver's) host as configured: OpenTelemetry's `server.address`.
+    pub server_address: Option<String>,
+    /// Its port: OpenTelemetry's `server.port`.
+    pub server_port: Option<u16>,
 }
 
 impl Destination {
@@ -64,7 +72,25 @@ impl Destination {
             system,
             name: name.into(),
             routing_key: None,
+            template: None,
+            server_address: None,
+            server_port: None,
         }
+    }
+
+    /// With the routing template the name was made from (see [`Destination::template`]).
+    pub fn with_template(mut self, template: impl Into<String>) -> Self {
+        self.template = Some(template.into());
+        self
+    }
+
+    /// With the server the message is sent to: `(host, port)`, as configured.
+    pub fn with_server(mut self, server: Option<&(String, u16)>) -> Self {
+        if let Some((address, port)) = server {
+            self.server_address = Some(address.clone());
+            self.server_port = Some(*port);
+        }
+        self
     }
 
     /// With the routing key the message is published with (RabbitMQ).

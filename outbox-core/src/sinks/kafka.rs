@@ -49,6 +49,8 @@ pub struct KafkaSink {
     routing: Routing,
     envelope: Envelope,
     create: Option<TopicCreation>,
+    /// The first bootstrap server's host and port, for traces.
+    server: Option<(String, u16)>,
 }
 
 /// Creating missing topics: with what, and which topics are known to exist.
@@ -133,6 +135,7 @@ impl KafkaSink {
             routing: Routing::default(),
             envelope: Envelope::Payload,
             create: None,
+            server: super::server_of(&servers, 9092),
         })
     }
 
@@ -239,7 +242,11 @@ fn failure(error: &KafkaError) -> SinkError {
 
 impl Sink for KafkaSink {
     fn destination(&self, message: &Message) -> Option<Destination> {
-        Some(Destination::new("kafka", self.routing.destination(message)))
+        Some(
+            self.routing
+                .destination_on("kafka", message)
+                .with_server(self.server.as_ref()),
+        )
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {

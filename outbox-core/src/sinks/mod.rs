@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::relay::Message;
+use crate::relay::{Destination, Message};
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -206,11 +206,54 @@ impl Routing {
 
     /// The destination of `message`.
     pub fn destination(&self, message: &Message) -> String {
+        self.template_of(message).render(message)
+    }
+
+    /// The destination of `message` on `system`, as traces name it: with its template when the
+    /// name holds the aggregate id (a value per aggregate is no name for a span).
+    pub fn destination_on(&self, system: &'static str, message: &Message) -> Destination {
+        let template = self.template_of(message);
+        let destination = Destination::new(system, template.render(message));
+        if template.0.contains(&Part::AggregateId) {
+            destination.with_template(template.text())
+        } else {
+            destination
+        }
+    }
+
+    fn template_of(&self, message: &Message) -> &Template {
         self.by_event_type
             .get(&message.event_type)
             .unwrap_or(&self.default)
-            .render(message)
     }
+}
+
+/// The host and port of a broker's URL (`scheme://[user:password@]host[:port][/…]`, or
+/// `host:port[,host:port…]` as Kafka lists them; the first of several), `default_port` when it
+/// names none: what traces report as `server.address` and `server.port`.
+pub(crate) fn server_of(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let authority = rest
+        .split(['/', '?', ','])
+        .next()
+        .filter(|authority| !authority.is_empty())?;
+    let (host, port) = match authority.strip_prefix('[') {
+        // [::1]:4222
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    Some((host.to_owned(), port))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +307,19 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// The template as written.
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => text.as_str(),
+                Part::AggregateType => "{aggregate_type}",
+                Part::EventType => "{event_type}",
+                Part::AggregateId => "{aggregate_id}",
+            })
+            .collect()
+    }
+
     fn render(&self, message: &Message) -> String {
         let mut out = String::new();
         for part in &self.0 {
@@ -286,7 +342,8 @@ pub enum Envelope {
     Payload,
     /// A CloudEvents 1.0 event in structured JSON mode: `specversion`, `id` (event id), `source`
     /// (this string), `type` (event type), `subject` (aggregate id), `datacontenttype`, `data`
-    /// (the payload), plus the extension `aggregatetype`, the recorded trace context, and, for
+    /// (the payload), `time` (when the event was recorded: its UUIDv7 id's time, to the
+    /// millisecond), plus the extension `aggregatetype`, the recorded trace context, and, for
     /// a versioned event type, `dataschema` ([`dataschema`]).
     CloudEvents {
         /// The CloudEvents `source` attribute, e.g. `/bank`.
@@ -312,6 +369,9 @@ impl Envelope {
                     "aggregatetype": message.aggregate_type,
                     "data": data,
                 });
+                if let Some(time) = recorded_at(message) {
+                    event["time"] = serde_json::Value::String(time);
+                }
                 for (name, value) in recorded_headers(message) {
                     if matches!(name.as_str(), "traceparent" | "tracestate") {
                         event[name] = serde_json::Value::String(value);
@@ -333,6 +393,14 @@ impl Envelope {
             Envelope::CloudEvents { .. } => "application/cloudevents+json",
         }
     }
+}
+
+/// When the event was recorded, in RFC 3339 (CloudEvents' `time`): the time its UUIDv7 id
+/// holds, to the millisecond. `None` for an id of another version (a source of your own).
+fn recorded_at(message: &Message) -> Option<String> {
+    let (seconds, nanos) = message.id.get_timestamp()?.to_unix();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos);
+    Some(humantime::format_rfc3339_millis(at).to_string())
 }
 
 /// The headers recorded with the event (a JSON object: trace context, user headers), as pairs.
@@ -369,6 +437,42 @@ pub fn headers(message: &Message) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_host_and_port_are_read_from_its_url() {
+        let server = |host: &str, port| Some((host.to_owned(), port));
+        assert_eq!(
+            server_of("nats://127.0.0.1:4222", 1),
+            server("127.0.0.1", 4222)
+        );
+        assert_eq!(server_of("nats://broker", 4222), server("broker", 4222));
+        assert_eq!(
+            server_of("amqp://guest:p@ss@rabbit.internal:5673/%2f", 5672),
+            server("rabbit.internal", 5673)
+        );
+        assert_eq!(server_of("redis://[::1]:6380/0", 6379), server("::1", 6380));
+        assert_eq!(server_of("k1:9093,k2:9092", 9092), server("k1", 9093));
+        assert_eq!(server_of("mqtt://h?client_id=x", 1883), server("h", 1883));
+        assert_eq!(server_of("nats://h:notaport", 4222), None);
+        assert_eq!(server_of("", 4222), None);
+    }
+
+    #[test]
+    fn a_destination_made_from_the_aggregate_id_carries_its_template() {
+        let routing = Routing::template("bank.{aggregate_type}.{aggregate_id}")
+            .unwrap()
+            .route("Closed", "closures")
+            .unwrap();
+        let mut closed = message();
+        closed.event_type = "Closed".into();
+        let opened = routing.destination_on("nats", &message());
+        assert_eq!(opened.name, "bank.account.42");
+        assert_eq!(
+            opened.template.as_deref(),
+            Some("bank.{aggregate_type}.{aggregate_id}")
+        );
+        assert_eq!(routing.destination_on("nats", &closed).template, None);
+    }
 
     fn message() -> Message {
         Message {
@@ -429,6 +533,29 @@ mod tests {
         assert!(
             event.get("dataschema").is_none(),
             "an unversioned event has no dataschema"
+        );
+        assert!(event.get("time").is_none(), "a nil id holds no time");
+    }
+
+    #[test]
+    fn cloudevents_time_is_when_the_uuidv7_id_was_made() {
+        // 2024-06-01T12:00:00.123Z as a UUIDv7.
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_717_243_200_123);
+        let mut recorded = message();
+        recorded.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1_717_243_200,
+            123_000_000,
+        ));
+        let body = Envelope::CloudEvents {
+            source: "/bank".into(),
+        }
+        .body(&recorded);
+        let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(event["time"], "2024-06-01T12:00:00.123Z");
+        assert_eq!(
+            humantime::parse_rfc3339(event["time"].as_str().unwrap()).unwrap(),
+            at
         );
     }
 

@@ -315,7 +315,12 @@ fn delivery(reason: PubAckReason) -> Delivery {
 
 impl Sink for MqttSink {
     fn destination(&self, message: &Message) -> Option<Destination> {
-        Some(Destination::new("mqtt", self.routing.destination(message)))
+        let (host, port) = self.options.broker_address();
+        Some(
+            self.routing
+                .destination_on("mqtt", message)
+                .with_server(Some(&(host, port))),
+        )
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {

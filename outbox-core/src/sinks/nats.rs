@@ -29,6 +29,8 @@ pub struct NatsSink {
     jetstream: jetstream::Context,
     routing: Routing,
     envelope: Envelope,
+    /// The server's host and port, for traces.
+    server: Option<(String, u16)>,
 }
 
 impl NatsSink {
@@ -53,7 +55,11 @@ impl NatsSink {
                     | Kind::Tls => SetupError::new(SINK, problem),
                 }
             })?;
-        Self::new(client).await
+        let mut sink = Self::new(client).await?;
+        if let Some(server) = super::server_of(url, 4222) {
+            sink.server = Some(server);
+        }
+        Ok(sink)
     }
 
     /// A sink over a client you configured (credentials, TLS, ...). Checks that JetStream is
@@ -71,11 +77,13 @@ impl NatsSink {
                     ),
                 )
             })?;
+        let info = client.server_info();
         let jetstream = jetstream::new(client);
         Ok(NatsSink {
             jetstream,
             routing: Routing::template("{aggregate_type}.{event_type}")?,
             envelope: Envelope::Payload,
+            server: Some((info.host, info.port)),
         })
     }
 
@@ -127,7 +135,11 @@ fn failure(subject: &str, error: &jetstream::context::PublishError) -> SinkError
 
 impl Sink for NatsSink {
     fn destination(&self, message: &Message) -> Option<Destination> {
-        Some(Destination::new("nats", self.routing.destination(message)))
+        Some(
+            self.routing
+                .destination_on("nats", message)
+                .with_server(self.server.as_ref()),
+        )
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {

@@ -242,8 +242,10 @@ impl RabbitMqSink {
 impl Sink for RabbitMqSink {
     fn destination(&self, message: &Message) -> Option<Destination> {
         Some(
-            Destination::new("rabbitmq", self.exchange.destination(message))
-                .with_routing_key(self.routing_key.destination(message)),
+            self.exchange
+                .destination_on("rabbitmq", message)
+                .with_routing_key(self.routing_key.destination(message))
+                .with_server(super::server_of(&self.uri, 5672).as_ref()),
         )
     }
 

@@ -34,6 +34,8 @@ pub struct RedisSink {
     routing: Routing,
     envelope: Envelope,
     max_len: Option<usize>,
+    /// The server's host and port, for traces.
+    server: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -77,6 +79,7 @@ impl RedisSink {
             routing: Routing::default(),
             envelope: Envelope::Payload,
             max_len: None,
+            server: super::server_of(url, 6379),
         })
     }
 
@@ -101,7 +104,11 @@ impl RedisSink {
 
 impl Sink for RedisSink {
     fn destination(&self, message: &Message) -> Option<Destination> {
-        Some(Destination::new("redis", self.routing.destination(message)))
+        Some(
+            self.routing
+                .destination_on("redis", message)
+                .with_server(self.server.as_ref()),
+        )
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {

@@ -51,10 +51,23 @@ pub enum SignatureError {
         "the webhook secret is not `whsec_` followed by base64 (as Standard Webhooks write them)"
     )]
     InvalidSecret,
+    /// The secret decodes to fewer bytes than the specification's minimum for signing.
+    #[error(
+        "the webhook secret is {bytes} bytes long once decoded; Standard Webhooks require at least {MIN_SECRET_BYTES} (and at most 64): generate one with `openssl rand -base64 32` and write it `whsec_<that>`"
+    )]
+    SecretTooShort {
+        /// The decoded length of the secret given.
+        bytes: usize,
+    },
     /// The request's headers or signature do not check out (the official library's reason).
     #[error("the request's signature does not verify: {0}")]
     Refused(String),
 }
+
+/// The fewest bytes a signing secret may hold once decoded: the Standard Webhooks
+/// specification asks for secrets of 24 to 64 random bytes, and a shorter one is easier to
+/// guess than the signature is to forge.
+pub const MIN_SECRET_BYTES: usize = 24;
 
 /// A signing secret: `whsec_<base64>`.
 #[derive(Clone)]
@@ -75,6 +88,23 @@ impl Secret {
         standardwebhooks::Webhook::new(secret)
             .map(|webhook| Secret(std::sync::Arc::new(webhook)))
             .map_err(|_| SignatureError::InvalidSecret)
+    }
+
+    /// Like [`Secret::new`], for a secret that signs: also refuses one that decodes to fewer
+    /// than [`MIN_SECRET_BYTES`] bytes. ([`Secret::new`] and [`verify`] accept a shorter one, so
+    /// that a receiver can still check what an older sender signed.)
+    pub fn for_signing(secret: &str) -> Result<Self, SignatureError> {
+        use base64::Engine as _;
+        let key = secret.strip_prefix("whsec_").unwrap_or(secret);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|_| SignatureError::InvalidSecret)?
+            .len();
+        let checked = Secret::new(secret)?;
+        if bytes < MIN_SECRET_BYTES {
+            return Err(SignatureError::SecretTooShort { bytes });
+        }
+        Ok(checked)
     }
 
     /// The signature of `body` as the request `id` signed at `at`: `v1,<base64>`.
@@ -156,5 +186,24 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_signing_secret_shorter_than_24_bytes_is_refused() {
+        // 23 and 24 bytes of key.
+        let short = "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        assert_eq!(
+            Secret::for_signing(short).map(drop),
+            Err(SignatureError::SecretTooShort { bytes: 23 })
+        );
+        assert!(
+            Secret::new(short).is_ok(),
+            "a receiver may still verify with it"
+        );
+        assert!(Secret::for_signing(SECRET).is_ok());
+        assert_eq!(
+            Secret::for_signing("whsec_not base64!").map(drop),
+            Err(SignatureError::InvalidSecret)
+        );
     }
 }

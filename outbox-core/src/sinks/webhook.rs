@@ -29,6 +29,15 @@
 //! | 5xx, 408, 425, 429, timeout, connection refused or reset | retried in the call (a few times, with backoff, honouring a short `Retry-After`), then left to the relay's retries |
 //! | 400, 404, 405, 410, 411, 413, 414, 415, 422 | refused for good: the request is split to find the event at fault, which is dead-lettered; the others are delivered |
 //! | other 4xx (401, 403, 409…) | retried by the relay: credentials and conflicts can be fixed on the receiver's side |
+//! | 3xx (a redirect) | not followed; retried by the relay, then dead-lettered, with an error naming the status and the `Location` |
+//!
+//! **Redirects are failures.** A redirect is never followed: a `302` or `303` would be
+//! followed as a `GET` without the body, and a `307` or `308` would post the signed events to
+//! a URL nobody configured. Standard Webhooks count only a 2xx as delivered, and so does the
+//! sink: the events stay in the outbox, a warning is logged once per outage, and the URL the
+//! receiver points to goes into the configuration. A client of your own given to
+//! [`WebhookSink::with_client`] that follows redirects is caught too: an answer from another
+//! URL than the configured one is a failed delivery.
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -45,6 +54,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -71,6 +81,8 @@ pub struct WebhookSink {
     max_bytes: usize,
     attempts: u32,
     backoff: Duration,
+    /// Whether the current run of redirects was warned about (reset by a delivery).
+    redirect_warned: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for WebhookSink {
@@ -95,11 +107,13 @@ enum Outcome {
 }
 
 impl WebhookSink {
-    /// A sink POSTing to `url` (`http://` or `https://`) signed with `secret` (`whsec_` and the
-    /// key in base64, as Standard Webhooks write them). Checks that the receiver answers (any
-    /// HTTP status will do) so that a wrong host or port is reported now.
+    /// A sink POSTing to `url` (`http://` or `https://`) signed with `secret` (`whsec_` and at
+    /// least 24 bytes of key in base64, as Standard Webhooks write them). Checks that the
+    /// receiver answers (any HTTP status will do) so that a wrong host or port is reported now.
+    /// The client follows no redirect (see the [module](self) documentation).
     pub async fn connect(url: &str, secret: &str) -> Result<Self, SetupError> {
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -108,7 +122,9 @@ impl WebhookSink {
     }
 
     /// Like [`WebhookSink::connect`], with your own reqwest client (re-exported as
-    /// [`reqwest`]): custom root certificates, client certificates, proxies, timeouts.
+    /// [`reqwest`]): custom root certificates, client certificates, proxies, timeouts. Build it
+    /// with `.redirect(reqwest::redirect::Policy::none())`: an answer that comes from another
+    /// URL than `url` (a redirect your client followed) is counted as a failed delivery.
     pub async fn with_client(
         client: reqwest::Client,
         url: &str,
@@ -122,9 +138,9 @@ impl WebhookSink {
                 format!("{url} is not an http:// or https:// URL"),
             ));
         }
-        let secret =
-            Secret::new(secret).map_err(|error| SetupError::new(SINK, error.to_string()))?;
-        client.head(url.clone()).send().await.map_err(|error| {
+        let secret = Secret::for_signing(secret)
+            .map_err(|error| SetupError::new(SINK, error.to_string()))?;
+        let answer = client.head(url.clone()).send().await.map_err(|error| {
             let problem = format!("{} does not answer: {error}", super::redacted(url.as_str()));
             if error.is_connect() || error.is_timeout() || error.is_request() {
                 SetupError::unreachable(SINK, problem)
@@ -132,6 +148,13 @@ impl WebhookSink {
                 SetupError::new(SINK, problem)
             }
         })?;
+        if answer.status().is_redirection() || answer.url() != &url {
+            tracing::warn!(
+                url = %redacted(url.as_str()),
+                answer = %redirect_text(&answer),
+                "the webhook receiver redirects: the sink follows no redirect, and every delivery will fail until the configured URL is the one the receiver answers at"
+            );
+        }
         Ok(WebhookSink {
             client,
             url,
@@ -141,14 +164,15 @@ impl WebhookSink {
             max_bytes: 1 << 20,
             attempts: 3,
             backoff: Duration::from_millis(200),
+            redirect_warned: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Also signs with `secret`, during a rotation: each request then carries one signature per
     /// secret, and receivers that hold either one accept it.
     pub fn also_signed_with(mut self, secret: &str) -> Result<Self, SetupError> {
-        let secret =
-            Secret::new(secret).map_err(|error| SetupError::new(SINK, error.to_string()))?;
+        let secret = Secret::for_signing(secret)
+            .map_err(|error| SetupError::new(SINK, error.to_string()))?;
         Arc::make_mut(&mut self.secrets).push(secret);
         Ok(self)
     }
@@ -249,7 +273,23 @@ impl WebhookSink {
                 .await;
             let mut retry_after = None;
             match sent {
-                Ok(response) if response.status().is_success() => return Outcome::Delivered,
+                Ok(response)
+                    if response.status().is_redirection() || response.url() != &self.url =>
+                {
+                    let last = format!(
+                        "{} answered {}: a redirect is not a delivery (the sink follows none); configure the URL the receiver answers at",
+                        redacted(self.url.as_str()),
+                        redirect_text(&response)
+                    );
+                    if !self.redirect_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %last, "webhook deliveries fail: the receiver redirects");
+                    }
+                    return Outcome::Failed(last);
+                }
+                Ok(response) if response.status().is_success() => {
+                    self.redirect_warned.store(false, Ordering::Relaxed);
+                    return Outcome::Delivered;
+                }
                 Ok(response) => {
                     let status = response.status();
                     retry_after = response
@@ -361,6 +401,26 @@ impl<'b> Progress<'b> {
     }
 }
 
+/// How a redirecting answer reads in an error: `302 Found to /moved`, or the URL a client
+/// that follows redirects ended at.
+fn redirect_text(response: &reqwest::Response) -> String {
+    let status = response.status();
+    if !status.is_redirection() {
+        return format!(
+            "{status} from {}, after a redirect",
+            redacted(response.url().as_str())
+        );
+    }
+    match response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|location| String::from_utf8_lossy(location.as_bytes()).into_owned())
+    {
+        Some(location) => format!("{status} with Location: {}", redacted(&location)),
+        None => format!("{status} without a Location"),
+    }
+}
+
 /// Statuses that say the request itself is wrong: the same body will never be accepted.
 fn refused_for_good(status: StatusCode) -> bool {
     matches!(
@@ -376,7 +436,12 @@ fn worth_retrying_now(status: StatusCode) -> bool {
 
 impl Sink for WebhookSink {
     fn destination(&self, _message: &Message) -> Option<Destination> {
-        Some(Destination::new("webhook", redacted(self.url.as_str())))
+        let server = self
+            .url
+            .host_str()
+            .zip(self.url.port_or_known_default())
+            .map(|(host, port)| (host.to_owned(), port));
+        Some(Destination::new("webhook", redacted(self.url.as_str())).with_server(server.as_ref()))
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Delivery> {

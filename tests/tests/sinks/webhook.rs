@@ -159,7 +159,7 @@ async fn webhook_sends_one_aggregates_events_together_in_order() {
     let receiver = Receiver::start(0, Arc::default());
     let sink = sinks::webhook::WebhookSink::connect(
         &receiver.url(),
-        "whsec_bmV3IHNlY3JldCBvZiB0aGUgc2luaw==",
+        "whsec_bmV3IHNlY3JldCBvZiB0aGUgc2luaywgMjQr",
     )
     .await
     .unwrap()
@@ -459,7 +459,7 @@ fn verified_by(program: &str, script: &str, requests: &[serde_json::Value]) -> V
 /// (two signatures); refused when tampered with or signed with another secret only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_node_receivers_verify_the_sink_with_their_official_libraries() {
-    const OTHER: &str = "whsec_bmV3IHNlY3JldCBvZiB0aGUgc2luaw==";
+    const OTHER: &str = "whsec_bmV3IHNlY3JldCBvZiB0aGUgc2luaywgMjQr";
     let (url, captured) = capture().await;
     let message = |n: i64| {
         Message::new(
@@ -517,4 +517,176 @@ async fn python_and_node_receivers_verify_the_sink_with_their_official_libraries
         expected,
         "Node.js"
     );
+}
+
+/// A receiver that moved, as web servers and load balancers answer (RFC 9110 §15.4): `/hook`
+/// answers each POST with `status` and `Location: /moved` until `fixed`, then verifies and keeps
+/// the events; `/moved` answers 200 to any method and counts what reaches it (a client that
+/// follows a 301, 302 or 303 comes back as a `GET` without the body; a 307 or 308 re-posts the
+/// signed body to a URL nobody configured).
+async fn moved_receiver(
+    status: u16,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<Mutex<Vec<serde_json::Value>>>,
+) {
+    use axum::http::{StatusCode, header};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let fixed = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicUsize::new(0));
+    let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (is_fixed, kept) = (fixed.clone(), events.clone());
+    let hook = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (is_fixed, kept) = (is_fixed.clone(), kept.clone());
+        async move {
+            if !is_fixed.load(SeqCst) {
+                let status = StatusCode::from_u16(status).unwrap();
+                return (status, [(header::LOCATION, "/moved")]).into_response();
+            }
+            if standardwebhooks::Webhook::new(SECRET)
+                .unwrap()
+                .verify(&body, &headers)
+                .is_err()
+            {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            let batch: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            kept.lock().unwrap().extend(batch);
+            StatusCode::OK.into_response()
+        }
+    };
+    let reached = moved.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(hook).head(|| async { StatusCode::OK }),
+        )
+        .route(
+            "/moved",
+            axum::routing::any(move || {
+                let reached = reached.clone();
+                async move {
+                    reached.fetch_add(1, SeqCst);
+                    StatusCode::OK
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (
+        format!("http://127.0.0.1:{port}/hook"),
+        fixed,
+        moved,
+        events,
+    )
+}
+
+use axum::response::IntoResponse as _;
+
+/// A redirect is a failed delivery, for every redirecting status: nothing reaches the URL it
+/// points to, nothing is deleted, the events end as dead letters whose error names the status
+/// and the `Location`; once the receiver answers again, replaying them delivers each exactly
+/// once, in order. (Before: the sink followed the redirect, the `GET` answered 200, and the
+/// events were deleted undelivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_receiver_gets_no_event_deleted_and_replay_delivers_them_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for status in [301_u16, 302, 303, 307, 308] {
+        let table = RelayTable::<Pg>::new().await;
+        let (url, fixed, moved, events) = moved_receiver(status).await;
+        let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
+            .await
+            .unwrap()
+            .retries(1, Duration::from_millis(10));
+        let committed = record_numbered(&table, 0, 8).await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let relay = tokio::spawn(
+            Relay::builder(table.pool.clone(), sink)
+                .outbox(&table.outbox)
+                .max_attempts(2)
+                .backoff(Backoff::new(
+                    Duration::from_millis(20),
+                    Duration::from_millis(50),
+                ))
+                .build()
+                .run(async move {
+                    let _ = stopped.await;
+                }),
+        );
+        eventually(LIMIT, "every event dead-lettered", || async {
+            table.count("dead_at IS NOT NULL").await == 8
+        })
+        .await;
+        assert_eq!(moved.load(SeqCst), 0, "{status}: the redirect was followed");
+        assert!(events.lock().unwrap().is_empty());
+        assert_eq!(
+            table.count("true").await,
+            8,
+            "{status}: events were deleted"
+        );
+        for dead in table.outbox.dead_letters(&table.pool, 10).await.unwrap() {
+            assert!(
+                dead.last_error.contains(&format!("answered {status} "))
+                    && dead.last_error.contains("Location: /moved"),
+                "{status}: {}",
+                dead.last_error
+            );
+        }
+        fixed.store(true, SeqCst);
+        assert_eq!(
+            table
+                .outbox
+                .replay_all_dead_letters(&table.pool)
+                .await
+                .unwrap(),
+            8
+        );
+        drained(&table).await;
+        stop.send(()).unwrap();
+        relay.await.unwrap();
+        let received: Vec<(String, String, i64)> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                (
+                    event["id"].as_str().unwrap().to_owned(),
+                    event["aggregate_id"].as_str().unwrap().to_owned(),
+                    event["payload"]["n"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(received.len(), 8, "{status}: each event exactly once");
+        assert_eq!(
+            per_aggregate(&first_deliveries(received)),
+            per_aggregate(&committed),
+            "{status}"
+        );
+        assert_eq!(moved.load(SeqCst), 0);
+        table.drop_table().await;
+    }
+}
+
+/// Standard Webhooks ask for secrets of at least 24 bytes: a shorter one is refused when the
+/// sink starts (and when rotating in), with a sentence saying how to make one.
+#[tokio::test]
+async fn a_webhook_secret_shorter_than_24_bytes_is_refused_at_start_up() {
+    let (url, _, _, _) = moved_receiver(302).await;
+    // 23 bytes of key.
+    let short = "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+    let error = sinks::webhook::WebhookSink::connect(&url, short)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("webhook sink: the webhook secret is 23 bytes long once decoded; Standard Webhooks require at least 24"),
+        "{error}"
+    );
+    let sink = sinks::webhook::WebhookSink::connect(&url, SECRET)
+        .await
+        .unwrap();
+    assert!(sink.also_signed_with(short).is_err());
 }
