@@ -84,6 +84,9 @@ pub(crate) struct RelayConfig {
     /// How long an idle relay sleeps between polls, e.g. `"25ms"`.
     #[serde(default, with = "humantime_serde")]
     pub(crate) poll_interval: Option<Duration>,
+    /// The longest one delivery may take before it counts as failed, e.g. `"30s"` (default 60 s).
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) delivery_timeout: Option<Duration>,
     /// Keep published events this long, e.g. `"1d"` (default: delete them at once).
     #[serde(default, with = "humantime_serde")]
     pub(crate) retention: Option<Duration>,

@@ -851,6 +851,97 @@ async fn enrichment_rewrites_messages_and_fails_like_a_sink() {
     table.drop_table().await;
 }
 
+/// A sink whose call never answers when the batch holds event `hang_on` (as a broker call that
+/// hangs), and that keeps every other event it is given.
+struct Hanging {
+    hang_on: i64,
+    delivered: Arc<Mutex<Vec<Message>>>,
+}
+
+impl Sink for Hanging {
+    async fn publish(&self, batch: &[Message]) -> Vec<outbox::relay::Delivery> {
+        if batch.iter().any(|message| n(message) == self.hang_on) {
+            std::future::pending::<()>().await;
+        }
+        self.delivered.lock().unwrap().extend(batch.iter().cloned());
+        vec![Ok(()); batch.len()]
+    }
+}
+
+/// A delivery that hangs — a sink call that never answers, an enrichment step that never
+/// finishes — is a failed delivery after `delivery_timeout`: the event at fault ends a dead
+/// letter after its attempts, with a reason that says so, and every other event is delivered
+/// once, in order per aggregate. (Before, the relay waited for ever, and every aggregate with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_delivery_times_out_and_only_that_event_becomes_a_dead_letter() {
+    let table = RelayTable::<Pg>::new().await;
+    table.preload(60, 6).await; // agg-k holds k, k+6, k+12, ...
+    let (stuck_in_sink, stuck_in_enrichment) = (27, 40); // agg-3 and agg-4
+    let delivered = Arc::new(Mutex::new(Vec::<Message>::new()));
+    let sink = Hanging {
+        hang_on: stuck_in_sink,
+        delivered: delivered.clone(),
+    };
+    let enrich = move |message: Message| async move {
+        if n(&message) == stuck_in_enrichment {
+            std::future::pending::<()>().await;
+        }
+        Ok(message)
+    };
+    let (stop, relay) = spawn(
+        relay(&table, table.pool.clone(), sink)
+            .enrich(enrich)
+            .batch_size(20)
+            .max_attempts(3)
+            .delivery_timeout(Duration::from_millis(200))
+            .backoff(fast_backoff())
+            .build(),
+    );
+    eventually(LIMIT, "both stuck events dead-lettered", || async {
+        table.count("dead_at IS NOT NULL").await == 2
+    })
+    .await;
+    eventually(LIMIT, "every other event delivered", || async {
+        delivered.lock().unwrap().len() >= 58
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+    let delivered: Vec<i64> = delivered.lock().unwrap().iter().map(n).collect();
+    let mut expected: Vec<i64> = (0..60)
+        .filter(|k| ![stuck_in_sink, stuck_in_enrichment].contains(k))
+        .collect();
+    let mut sorted = delivered.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected, "every other event, each once");
+    for aggregate in 0..6 {
+        let order: Vec<i64> = delivered
+            .iter()
+            .copied()
+            .filter(|k| k % 6 == aggregate)
+            .collect();
+        assert!(order.is_sorted(), "agg-{aggregate} out of order: {order:?}");
+    }
+    let dead = table.outbox.dead_letters(&table.pool, 10).await.unwrap();
+    let reason = |k: i64| {
+        let letter = dead.iter().find(|d| n(&d.message) == k).unwrap();
+        assert_eq!(letter.message.attempts, 3, "{k}");
+        letter.last_error.clone()
+    };
+    assert!(
+        reason(stuck_in_sink).contains("the sink did not answer within 200ms"),
+        "{}",
+        reason(stuck_in_sink)
+    );
+    assert!(
+        reason(stuck_in_enrichment).contains("the enrichment step did not finish within 200ms"),
+        "{}",
+        reason(stuck_in_enrichment)
+    );
+    table.drop_table().await;
+}
+
 /// A relay aborted while its claim's `BEGIN` waits for the server's answer leaves no transaction
 /// open on the pool's connection: the pool's next user's write is committed. The server's
 /// answers are held at a proxy, again and again until the request held is the claim's `BEGIN`

@@ -134,6 +134,9 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
             if let Some(interval) = relay_config.poll_interval {
                 builder = builder.poll_interval(interval);
             }
+            if let Some(timeout) = relay_config.delivery_timeout {
+                builder = builder.delivery_timeout(timeout);
+            }
             if let Some(period) = relay_config.retention {
                 builder = builder.retention(period);
             }

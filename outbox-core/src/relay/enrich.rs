@@ -40,6 +40,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Message, SinkError};
 
@@ -92,15 +93,24 @@ impl Enricher {
     }
 
     /// Each message of `wave`, enriched, in order, a few at a time. The relay's own fields
-    /// (id, `seq`, attempts) are restored on what the step returns.
-    pub(crate) async fn enrich(&self, wave: &[Message]) -> Vec<Result<Message, SinkError>> {
+    /// (id, `seq`, attempts) are restored on what the step returns. A step that takes longer
+    /// than `timeout` fails that message (a transient failure, retried and then dead-lettered).
+    pub(crate) async fn enrich(
+        &self,
+        wave: &[Message],
+        timeout: Duration,
+    ) -> Vec<Result<Message, SinkError>> {
         use futures_util::StreamExt;
         futures_util::stream::iter(wave.iter().cloned())
             .map(|message| {
                 let (id, seq, attempts) = (message.id, message.seq, message.attempts);
                 let step = self.0.enrich_boxed(message);
                 async move {
-                    let mut enriched = step.await?;
+                    let mut enriched = tokio::time::timeout(timeout, step).await.map_err(|_| {
+                        SinkError::transient(format!(
+                            "the enrichment step did not finish within {timeout:?} (the relay's delivery_timeout)"
+                        ))
+                    })??;
                     enriched.id = id;
                     enriched.seq = seq;
                     enriched.attempts = attempts;

@@ -64,6 +64,9 @@ pub use backoff::Backoff;
 pub use enrich::Enrich;
 use enrich::Enricher;
 
+/// The default bound of one delivery ([`RelayBuilder::delivery_timeout`]): 60 s.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default byte budget of a batch ([`RelayBuilder::max_batch_bytes`]): 16 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 pub use sink::{ChannelSink, Delivery, Destination, HandlerSink, Message, Sink, SinkError};
@@ -97,6 +100,8 @@ struct Config {
     ordering: Ordering,
     maintenance_interval: Duration,
     lease_ttl: Duration,
+    /// The longest one call of the sink, or one message's enrichment, may take.
+    delivery_timeout: Duration,
     /// The step between claim and sink, if any.
     enrich: Option<Enricher>,
 }
@@ -211,6 +216,19 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
         self
     }
 
+    /// The longest one delivery may take (default 60 s): a sink call that has not answered by
+    /// then, or an enrichment step that has not finished, is a failed delivery — retried with
+    /// backoff, then dead-lettered — rather than a relay stalled for ever. When a call of
+    /// several messages times out, the relay looks for the one at fault by halves (each half
+    /// with the same bound, at most log2(batch) + 1 calls): the others are delivered, the one
+    /// that hangs fails alone, and what was not tried yet is released untouched. Make it
+    /// longer than the sink's own timeouts and retries (the webhook sink's are 10 s a request,
+    /// 3 tries), so that their answer, not this bound, says what went wrong.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.config.delivery_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// The relay, ready to [`run`](Relay::run).
     pub fn build(self) -> Relay<F::Source, K> {
         let source = self.from.__into_source(&SourceConfig {
@@ -310,6 +328,7 @@ impl Relay<(), ()> {
                 ordering: Ordering::PerAggregate,
                 maintenance_interval: Duration::from_secs(2),
                 lease_ttl: Duration::from_secs(10),
+                delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
                 enrich: None,
             },
         }
@@ -413,12 +432,17 @@ impl<S: Source, K: Sink> Relay<S, K> {
         let together = self.sink.keeps_order();
         let mut settlement = Settlement::default();
         let mut blocked: HashSet<(String, String)> = HashSet::new();
+        let mut stalled = false;
         let waves = if ordered && !together {
             waves(messages)
         } else {
             vec![messages]
         };
         for wave in waves {
+            if stalled {
+                // A delivery timed out: the rest of the batch is released untried.
+                break;
+            }
             let wave: Vec<Message> = if blocked.is_empty() {
                 wave
             } else {
@@ -436,7 +460,8 @@ impl<S: Source, K: Sink> Relay<S, K> {
             let (wave, mut to_sink, refused) = match &self.config.enrich {
                 None => (None, wave, None),
                 Some(enricher) => {
-                    let (to_sink, refused) = prepare(enricher, &wave, ordered).await;
+                    let (to_sink, refused) =
+                        prepare(enricher, &wave, ordered, self.config.delivery_timeout).await;
                     (Some(wave), to_sink, Some(refused))
                 }
             };
@@ -446,21 +471,31 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 self.config.table.as_str(),
                 &mut to_sink,
             );
-            let results = self.sink.publish(&to_sink).await;
+            let bounded = within(self.config.delivery_timeout, &self.sink, &to_sink).await;
+            stalled = bounded.iter().any(Option::is_none);
+            // Untried messages are reported to the spans as failures; they are settled as
+            // nothing (released untouched).
+            let untried = || {
+                Err(SinkError::transient(
+                    "not tried: a delivery before it timed out",
+                ))
+            };
             #[cfg(feature = "opentelemetry")]
-            spans.finish(&results);
+            spans.finish(
+                &bounded
+                    .iter()
+                    .map(|result| result.clone().unwrap_or_else(untried))
+                    .collect::<Vec<Delivery>>(),
+            );
+            let results = bounded;
             let (wave, results) = match (wave, refused) {
                 (Some(wave), Some(refused)) => {
                     let mut sent = results.into_iter();
                     let merged = refused
                         .into_iter()
                         .map(|refusal| match refusal {
-                            Some(error) => Err(error),
-                            None => sent.next().unwrap_or_else(|| {
-                                Err(SinkError::transient(
-                                    "the sink returned no result for this message",
-                                ))
-                            }),
+                            Some(error) => Some(Err(error)),
+                            None => sent.next().unwrap_or_else(|| Some(no_result())),
                         })
                         .collect();
                     (wave, merged)
@@ -469,11 +504,10 @@ impl<S: Source, K: Sink> Relay<S, K> {
             };
             let mut results = results.into_iter();
             for message in wave {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(SinkError::transient(
-                        "the sink returned no result for this message",
-                    ))
-                });
+                let Some(result) = results.next().unwrap_or_else(|| Some(no_result())) else {
+                    // Not tried: a delivery before it timed out. Released untouched.
+                    continue;
+                };
                 match result {
                     Ok(()) => settlement.published.push(message.seq),
                     Err(error) => {
@@ -513,6 +547,58 @@ impl<S: Source, K: Sink> Relay<S, K> {
     }
 }
 
+fn no_result() -> Delivery {
+    Err(SinkError::transient(
+        "the sink returned no result for this message",
+    ))
+}
+
+/// Publishes `messages` to `sink`, each call bounded by `timeout`: one result per message,
+/// `None` for a message not tried. When a call of several times out, its first half is tried
+/// alone, then (if that answered) its second, each bounded the same way, down to the one
+/// message whose call times out alone: that one fails, and the messages after it are left
+/// untried. Whatever hangs, at most log2(n) + 1 calls time out.
+async fn within<K: Sink>(
+    timeout: Duration,
+    sink: &K,
+    messages: &[Message],
+) -> Vec<Option<Delivery>> {
+    let mut results: Vec<Option<Delivery>> = vec![None; messages.len()];
+    let mut parts = vec![(0, messages.len())];
+    while let Some((from, to)) = parts.pop() {
+        if from == to {
+            continue;
+        }
+        match tokio::time::timeout(timeout, sink.publish(&messages[from..to])).await {
+            Ok(answered) => {
+                let mut answered = answered.into_iter();
+                for result in &mut results[from..to] {
+                    *result = Some(answered.next().unwrap_or_else(no_result));
+                }
+            }
+            Err(_) if to - from == 1 => {
+                let message = &messages[from];
+                tracing::warn!(
+                    event_id = %message.id,
+                    event_type = %message.event_type,
+                    ?timeout,
+                    "the sink did not answer within the delivery timeout: a failed delivery"
+                );
+                results[from] = Some(Err(SinkError::transient(format!(
+                    "the sink did not answer within {timeout:?} (the relay's delivery_timeout)"
+                ))));
+                break;
+            }
+            Err(_) => {
+                let middle = from + (to - from) / 2;
+                parts.push((middle, to));
+                parts.push((from, middle));
+            }
+        }
+    }
+    results
+}
+
 /// `wave` through the enrichment step: the messages for the sink, and for each message of the
 /// wave, the error that keeps it from the sink (`None`: it goes). In per-aggregate order, an
 /// aggregate whose event failed sends none of its later ones.
@@ -520,8 +606,9 @@ async fn prepare(
     enricher: &Enricher,
     wave: &[Message],
     ordered: bool,
+    timeout: Duration,
 ) -> (Vec<Message>, Vec<Option<SinkError>>) {
-    let enriched = enricher.enrich(wave).await;
+    let enriched = enricher.enrich(wave, timeout).await;
     let mut failed = HashSet::new();
     let mut to_sink = Vec::with_capacity(wave.len());
     let mut refused = Vec::with_capacity(wave.len());
