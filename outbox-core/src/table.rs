@@ -65,6 +65,15 @@ impl TableName {
         }
     }
 
+    /// The table beside this one named `<table><suffix>` (in the same schema), quoted with `"`:
+    /// where the library keeps what belongs to this outbox (a lease, the log's position).
+    pub(crate) fn companion(&self, suffix: &str) -> String {
+        match self.parts() {
+            (Some(schema), name) => format!("\"{schema}\".\"{name}{suffix}\""),
+            (None, name) => format!("\"{name}{suffix}\""),
+        }
+    }
+
     /// The name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL), part by
     /// part, for SQL that names the table (tools, migrations of your own). Safe because
     /// validation admits no quote characters.

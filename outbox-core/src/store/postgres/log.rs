@@ -17,6 +17,19 @@
 //! flight holds back the confirmation of every later one. A relay that restarts streams again
 //! from the confirmed position: at least once, the duplicates bounded by what was in flight.
 //!
+//! # The relay's own record of its position
+//!
+//! The slot's `confirmed_flush_lsn` is the server's record of how far the relay got, and it can
+//! move back: PostgreSQL 15 writes it to disk only when the slot's `restart_lsn` advances too,
+//! so a restart of the server may hand a relay transactions it settled long ago (every one of
+//! them, for a slot of a quiet table). The relay therefore keeps its own durable record, in the
+//! table `<table>_log_position` (one row per slot): the end of the last transaction it settled,
+//! written in the settlement's own transaction in table mode, and at most every 50 ms (and when
+//! it stops) in WAL mode, where a settlement writes nothing else. A relay starts streaming from
+//! that record and skips every transaction that ended at or before it, whatever the server
+//! replays: a graceful stop, a server restart or a standby's takeover republish nothing, and a
+//! crash republishes at most the batch in flight and (WAL mode) the last 50 ms.
+//!
 //! # Failures: parking
 //!
 //! An event that fails is *parked*: its row is marked `parked` (table mode) or a row is
@@ -192,6 +205,11 @@ struct Inner {
     /// A claim was dropped unsettled or failed to settle: the stream starts again from the
     /// slot, which still holds its events.
     broken: AtomicBool,
+    /// The quoted table of the relay's own position (see the [module](self) documentation).
+    position: String,
+    /// The settled position not yet written to it (WAL mode writes it at most every
+    /// [`STATUS_INTERVAL`]), and when it was last written.
+    unrecorded: std::sync::Mutex<(Option<Lsn>, Option<Instant>)>,
 }
 
 #[derive(Debug, Default)]
@@ -227,6 +245,9 @@ struct Stream {
     committed_at: i64,
     /// The id of the transaction being received.
     xid: u32,
+    /// The relay's durable record of its position: transactions that ended at or before it
+    /// were settled already, and are skipped if the server sends them again.
+    settled: Lsn,
 }
 
 impl std::fmt::Debug for Stream {
@@ -310,6 +331,8 @@ impl LogSource {
                 parked,
                 state: Mutex::new(State::default()),
                 broken: AtomicBool::new(false),
+                position: wal::position_table(&config.table),
+                unrecorded: std::sync::Mutex::new((None, None)),
             }),
         }
     }
@@ -373,8 +396,14 @@ impl Inner {
             }
             Some(_) => {}
         }
+        let settled = self.recorded_position().await?;
+        let mut replication = self.replication.clone();
+        if let Some(settled) = settled {
+            // The server skips what ended before it, and confirms it at once.
+            replication.start_lsn = settled;
+        }
         let started = async {
-            let mut client = ReplicationClient::connect(self.replication.clone()).await?;
+            let mut client = ReplicationClient::connect(replication).await?;
             client.wait_started().await?;
             Ok::<_, pgwire_replication::PgWireError>(client)
         };
@@ -418,7 +447,72 @@ impl Inner {
             in_flight: false,
             committed_at: 0,
             xid: 0,
+            settled: settled.unwrap_or(Lsn(0)),
         }))
+    }
+
+    /// The relay's record of the end of the last transaction it settled, if any.
+    async fn recorded_position(&self) -> Result<Option<Lsn>, Error> {
+        let sql = format!(
+            "SELECT settled_lsn::text FROM {} WHERE slot = $1",
+            self.position
+        );
+        let recorded: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(&self.names.slot)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => self
+                    .log_error(format!(
+                        "the table {} where the relay records its position does not exist: \
+                         run `migrate` (or `outbox migrate`) again with this version",
+                        self.position
+                    )),
+                _ => self.database_error("read the relay's position")(error),
+            })?;
+        recorded
+            .map(|text| {
+                Lsn::parse(&text).map_err(|error| {
+                    self.log_error(format!("the recorded position {text:?}: {error}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes `settled` as the relay's position, in `conn`'s transaction or on its own. Never
+    /// moves it back.
+    async fn record_position(
+        &self,
+        conn: &mut PgConnection,
+        settled: Lsn,
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {p} (slot, settled_lsn) VALUES ($1, $2::pg_lsn) \
+             ON CONFLICT (slot) DO UPDATE SET settled_lsn = greatest({p}.settled_lsn, excluded.settled_lsn), \
+             settled_at = clock_timestamp()",
+            p = self.position
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(&self.names.slot)
+            .bind(settled.to_pg_string())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the position a WAL-mode settlement left unrecorded (when the relay stops).
+    async fn flush_position(&self) -> Result<(), sqlx::Error> {
+        let pending = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .0
+            .take();
+        if let Some(settled) = pending {
+            let mut conn = self.pool.acquire().await?;
+            self.record_position(&mut conn, settled).await?;
+        }
+        Ok(())
     }
 
     /// The stream, connecting when due. `None`: standby, or waiting to connect again.
@@ -523,7 +617,17 @@ impl Inner {
                 stream.open.push(event);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                if let Some(last) = stream.open.last_mut() {
+                if end_lsn <= stream.settled {
+                    // Settled before: the server sent it again (its position moved back).
+                    if !stream.open.is_empty() {
+                        tracing::debug!(table = %self.table, %end_lsn, settled = %stream.settled,
+                            events = stream.open.len(), "skipping a transaction the relay settled before");
+                    }
+                    stream.open.clear();
+                    if stream.queue.is_empty() && !stream.in_flight {
+                        stream.client.update_applied_lsn(end_lsn);
+                    }
+                } else if let Some(last) = stream.open.last_mut() {
                     last.commit_end = Some(end_lsn);
                     stream.queued_bytes += stream.open.iter().map(Event::size).sum::<usize>();
                     stream.queue.extend(stream.open.drain(..));
@@ -571,9 +675,33 @@ impl Inner {
     }
 
     /// Writes what a settled batch of the log leaves to the table, in one transaction: deletes
-    /// (or marks) the published rows, parks the rest. Returns the aggregates parked.
-    async fn write(&self, outcome: &Outcome) -> Result<(), sqlx::Error> {
+    /// (or marks) the published rows, parks the rest, and records `settled` as the relay's
+    /// position. A batch that leaves nothing else to write (WAL mode) records its position on
+    /// its own, at most every [`STATUS_INTERVAL`].
+    async fn write(&self, outcome: &Outcome, settled: Option<Lsn>) -> Result<(), sqlx::Error> {
         if outcome.is_empty() {
+            let Some(settled) = settled else {
+                return Ok(());
+            };
+            let due = {
+                let mut unrecorded = self
+                    .unrecorded
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                let due = unrecorded
+                    .1
+                    .is_none_or(|at| at.elapsed() >= STATUS_INTERVAL);
+                if due {
+                    *unrecorded = (None, Some(Instant::now()));
+                } else {
+                    unrecorded.0 = Some(settled);
+                }
+                due
+            };
+            if due {
+                let mut conn = self.pool.acquire().await?;
+                self.record_position(&mut conn, settled).await?;
+            }
             return Ok(());
         }
         let mut conn = self.pool.acquire().await?;
@@ -597,6 +725,13 @@ impl Inner {
         }
         if !outcome.parked_messages.is_empty() {
             park_messages(&mut tx, &t, &outcome.parked_messages).await?;
+        }
+        if let Some(settled) = settled {
+            self.record_position(&mut tx, settled).await?;
+            *self
+                .unrecorded
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = (None, Some(Instant::now()));
         }
         tx.commit().await
     }
@@ -808,6 +943,11 @@ impl Source for LogSource {
 
     async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
         let inner = &self.inner;
+        // A WAL-mode position left unrecorded at the end of a burst: written now (every 2 s).
+        inner
+            .flush_position()
+            .await
+            .map_err(inner.database_error("record the relay's position"))?;
         let table_lag = inner.parked.maintain(retention).await?;
         let slot = wal::slot(&inner.pool, &inner.table)
             .await
@@ -836,6 +976,10 @@ impl Source for LogSource {
     }
 
     async fn close(&self) {
+        if let Err(error) = self.inner.flush_position().await {
+            tracing::warn!(%error, table = %self.inner.table,
+                "could not record the relay's last position: a restart may publish the last 50 ms again");
+        }
         let mut state = self.inner.state.lock().await;
         if let Some(mut stream) = state.stream.take() {
             // The worker sends no last status with CopyDone: let the latest confirmation go
@@ -1007,7 +1151,9 @@ impl Claim for LogClaim {
                 let outcome = claim.outcome(settlement);
                 let inner = Arc::clone(&claim.inner);
                 let written =
-                    match tokio::time::timeout(SETTLE_TIMEOUT, inner.write(&outcome)).await {
+                    match tokio::time::timeout(SETTLE_TIMEOUT, inner.write(&outcome, claim.ack))
+                        .await
+                    {
                         Ok(written) => written.map_err(inner.database_error("settle")),
                         Err(_) => Err(inner.log_error(format!(
                             "the batch's writes took longer than {SETTLE_TIMEOUT:?}"

@@ -112,17 +112,30 @@ pub(crate) async fn emit(
     Ok(())
 }
 
+/// The table beside a log-tailed outbox where the relay records, per slot, the end of the last
+/// transaction it settled (`<table>_log_position`): the server's own record of it
+/// (`confirmed_flush_lsn`) can move back across a restart.
+pub(crate) fn position_table(table: &TableName) -> String {
+    table.companion("_log_position")
+}
+
 /// The DDL of a log-tailed table, run in `migrate`'s transaction: the `parked` column and its
 /// partial index, where the log source keeps the events it could not deliver (empty while all
-/// goes well: recording never touches the index).
+/// goes well: recording never touches the index), and the table of the relay's position.
 pub(crate) fn table_ddl(table: &TableName) -> String {
     let quoted = table.quoted('"');
     let (_, name) = table.parts();
+    let position = position_table(table);
     format!(
         "ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS parked BOOLEAN NOT NULL DEFAULT false;
          CREATE INDEX IF NOT EXISTS \"{name}_parked_idx\" ON {quoted} (aggregate_type, aggregate_id, seq) WHERE parked;
          CREATE INDEX IF NOT EXISTS \"{name}_dead_idx\" ON {quoted} (seq) WHERE dead_at IS NOT NULL;
-         DROP TRIGGER IF EXISTS \"{name}_notify\" ON {quoted};"
+         DROP TRIGGER IF EXISTS \"{name}_notify\" ON {quoted};
+         CREATE TABLE IF NOT EXISTS {position} (
+             slot        TEXT        PRIMARY KEY,
+             settled_lsn PG_LSN      NOT NULL,
+             settled_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+         );"
     )
 }
 

@@ -27,10 +27,7 @@ pub(super) const COLUMNS: &str =
 
 /// A table beside the outbox table, in its schema: `<table><suffix>`, quoted.
 pub(crate) fn companion(table: &TableName, suffix: &str) -> String {
-    match table.parts() {
-        (Some(schema), name) => format!("\"{schema}\".\"{name}{suffix}\""),
-        (None, name) => format!("\"{name}{suffix}\""),
-    }
+    table.companion(suffix)
 }
 
 /// SQL run by `migrate`: the index behind per-aggregate order, the dead letters' index (which
