@@ -790,6 +790,97 @@ async fn a_postgres_restart_republishes_nothing_the_relay_settled(mode: Mode) {
     }
 }
 
+/// The audit judges a log relay by commit order, which is the order it delivers in: with
+/// `retention`, transaction A records an event of aggregate `x`, transaction B records one of
+/// `x` and commits, then A commits — the relay rightly publishes B's before A's (B committed
+/// first), and `outbox audit` finds nothing wrong (it used to report an order violation, taking
+/// insertion order for commit order). A real inversion of commit order planted in the stream —
+/// two events of aggregate `y`, committed one after the other, put on the broker in the
+/// opposite order with its own client before the relay publishes them — is still reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_judges_a_log_relay_by_commit_order() {
+    use outbox::audit::{self, IdRange};
+    let table = LogTable::new(Mode::Table).await;
+    let prefix = format!("audit_{}", run_id());
+    let (sink, _stream) = outbox_tests::nats_stream(&prefix).await;
+    let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    let subject = format!("{prefix}.test");
+
+    // B commits before A, although A recorded first.
+    let mut a = table.pool.begin().await.unwrap();
+    let first = table.record(&mut a, 1, "x").await;
+    let mut b = table.pool.begin().await.unwrap();
+    let second = table.record(&mut b, 2, "x").await;
+    b.commit().await.unwrap();
+    a.commit().await.unwrap();
+    // y: committed in order, then put on the stream in the opposite order.
+    let mut ids = Vec::new();
+    for n in [3, 4] {
+        let mut tx = table.pool.begin().await.unwrap();
+        ids.push(table.record(&mut tx, n, "y").await);
+        tx.commit().await.unwrap();
+    }
+    let jetstream = async_nats::jetstream::new(client.clone());
+    for id in ids.iter().rev() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(outbox::sinks::EVENT_ID, id.to_string().as_str());
+        jetstream
+            .publish_with_headers(subject.clone(), headers, "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let (stop, relay) = spawn(
+        table
+            .relay(sink.clone())
+            .retention(Duration::from_secs(3600))
+            .build(),
+    );
+    eventually(LIMIT, "the four events published and kept", || async {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE published_at IS NOT NULL",
+            table.name
+        );
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&table.pool)
+            .await
+            .unwrap()
+            == 4
+    })
+    .await;
+    stop.send(()).unwrap();
+    relay.await.unwrap();
+
+    let range = IdRange::all();
+    let committed = table.outbox.committed(&table.pool, &range).await.unwrap();
+    let position = |id| {
+        committed
+            .iter()
+            .find(|event| event.id == id)
+            .and_then(|event| event.commit_position)
+            .unwrap()
+    };
+    assert!(position(second) < position(first), "B committed first");
+    let observed = audit::read::nats(&client, &prefix.to_uppercase(), None)
+        .await
+        .unwrap();
+    let report = audit::compare(&committed, &observed, &range);
+    println!("{report}");
+    assert_eq!(report.missing, 0);
+    assert_eq!(report.phantoms, 0);
+    assert_eq!(report.duplicates, 2, "the planted copies");
+    assert_eq!(report.order_violations, 1, "{report}");
+    assert_eq!(report.violations[0].aggregate_id, "y");
+    assert_eq!(report.violations[0].late, ids[0]);
+    sink.jetstream()
+        .delete_stream(prefix.to_uppercase())
+        .await
+        .unwrap();
+    table.cleanup().await;
+}
+
 /// The relay's replication connection needs only the `REPLICATION` attribute, not a superuser;
 /// a role without it is told so when the relay starts streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

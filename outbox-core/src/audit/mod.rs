@@ -78,6 +78,11 @@ pub struct Committed {
     pub aggregate_id: String,
     /// Pending, published or dead.
     pub state: CommittedState,
+    /// Where its transaction committed, when the relay delivered it in commit order from the
+    /// database's log (PostgreSQL's log relay, table mode with retention: the commit's end
+    /// LSN). The audit then judges its aggregate's order by it, and by `seq` within one
+    /// transaction; events without one come first, in `seq` order.
+    pub commit_position: Option<u64>,
 }
 
 impl Committed {
@@ -96,7 +101,21 @@ impl Committed {
             aggregate_type: aggregate_type.into(),
             aggregate_id: aggregate_id.into(),
             state,
+            commit_position: None,
         }
+    }
+
+    /// With the position of its commit in the database's log (see
+    /// [`Committed::commit_position`]).
+    pub fn with_commit_position(mut self, position: u64) -> Self {
+        self.commit_position = Some(position);
+        self
+    }
+
+    /// The order the relay delivers an aggregate's events in: commit order where it is known,
+    /// then insertion order.
+    fn order(&self) -> (u64, i64) {
+        (self.commit_position.unwrap_or(0), self.seq)
     }
 }
 
@@ -267,7 +286,9 @@ impl AuditReport {
 ///
 /// Order is checked on first sightings: under at least once a redelivered copy may come after
 /// later events of its aggregate, but an aggregate's events must first reach the broker in
-/// their committed order (`seq`).
+/// their committed order: commit order where the table knows it
+/// ([`Committed::commit_position`], the log relay), else insertion order (`seq`), the order
+/// the polling relay delivers in.
 pub fn compare(committed: &[Committed], observed: &[Observed], range: &IdRange) -> AuditReport {
     let committed: Vec<&Committed> = committed
         .iter()
@@ -301,8 +322,8 @@ pub fn compare(committed: &[Committed], observed: &[Observed], range: &IdRange) 
     };
 
     let mut copies: HashMap<uuid::Uuid, u64> = HashMap::new();
-    // Per aggregate, the highest `seq` first seen so far and its event.
-    let mut latest: HashMap<(&str, &str), (i64, uuid::Uuid)> = HashMap::new();
+    // Per aggregate, the latest committed place first seen so far and its event.
+    let mut latest: HashMap<(&str, &str), ((u64, i64), uuid::Uuid)> = HashMap::new();
     let mut phantoms = HashSet::new();
     for message in observed {
         let Some(id) = message.id else {
@@ -329,7 +350,7 @@ pub fn compare(committed: &[Committed], observed: &[Observed], range: &IdRange) 
         report.delivered += 1;
         let key = (event.aggregate_type.as_str(), event.aggregate_id.as_str());
         match latest.get(&key) {
-            Some(&(seq, later)) if seq > event.seq => {
+            Some(&(place, later)) if place > event.order() => {
                 report.order_violations += 1;
                 if report.violations.len() < LISTED {
                     report.violations.push(OrderViolation {
@@ -342,7 +363,7 @@ pub fn compare(committed: &[Committed], observed: &[Observed], range: &IdRange) 
                 }
             }
             _ => {
-                latest.insert(key, (event.seq, id));
+                latest.insert(key, (event.order(), id));
             }
         }
     }

@@ -103,13 +103,23 @@ where
                 1 => CommittedState::Published,
                 _ => CommittedState::Dead,
             };
-            Ok(Committed::new(
+            let committed = Committed::new(
                 id,
                 row.try_get("seq")?,
                 row.try_get::<String, _>("aggregate_type")?,
                 row.try_get::<String, _>("aggregate_id")?,
                 state,
-            ))
+            );
+            // Only PostgreSQL's log-tailed tables have the column (the query names it then).
+            let position = row
+                .try_get::<Option<i64>, _>("commit_position")
+                .ok()
+                .flatten()
+                .and_then(|position| u64::try_from(position).ok());
+            Ok(match position {
+                Some(position) => committed.with_commit_position(position),
+                None => committed,
+            })
         })
         .collect()
 }

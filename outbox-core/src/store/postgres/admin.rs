@@ -195,8 +195,21 @@ pub(super) async fn committed(
     after: i64,
     limit: i64,
 ) -> Result<Vec<crate::audit::Committed>, sqlx::Error> {
+    // A log-tailed table records where each event it kept was committed (`commit_lsn`).
+    let logged: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass \
+         AND attname = 'commit_lsn' AND NOT attisdropped)",
+    )
+    .bind(table.quoted('"'))
+    .fetch_one(pool)
+    .await?;
+    let position = if logged {
+        ", (o.commit_lsn - '0/0'::pg_lsn)::int8 AS commit_position"
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT o.seq AS seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, ({STATE})::bigint AS state \
+        "SELECT o.seq AS seq, o.id::text AS id, o.aggregate_type, o.aggregate_id, ({STATE})::bigint AS state{position} \
          FROM {} o WHERE o.seq > $1 ORDER BY o.seq LIMIT $2",
         table.quoted('"'),
         STATE = table::STATE,

@@ -285,6 +285,9 @@ struct Event {
     row: bool,
     /// Set on the last event of its transaction: the position to confirm once it is settled.
     commit_end: Option<Lsn>,
+    /// The end of its transaction's commit: its place in commit order (kept with a row the
+    /// table keeps, for the audit).
+    commit: Lsn,
     /// When its transaction committed (µs since 2000-01-01).
     committed_at: i64,
     /// Its transaction's id: its row is visible to others only once that transaction is.
@@ -571,6 +574,7 @@ impl Inner {
                             message,
                             row: true,
                             commit_end: None,
+                            commit: Lsn(0),
                             committed_at: stream.committed_at,
                             xid: stream.xid,
                             undecodable: None,
@@ -592,6 +596,7 @@ impl Inner {
                         message,
                         row: false,
                         commit_end: None,
+                        commit: Lsn(0),
                         committed_at: stream.committed_at,
                         xid: stream.xid,
                         undecodable: None,
@@ -607,6 +612,7 @@ impl Inner {
                         ),
                         row: false,
                         commit_end: None,
+                        commit: Lsn(0),
                         committed_at: stream.committed_at,
                         xid: stream.xid,
                         undecodable: Some(format!(
@@ -629,6 +635,9 @@ impl Inner {
                     }
                 } else if let Some(last) = stream.open.last_mut() {
                     last.commit_end = Some(end_lsn);
+                    for event in &mut stream.open {
+                        event.commit = end_lsn;
+                    }
                     stream.queued_bytes += stream.open.iter().map(Event::size).sum::<usize>();
                     stream.queue.extend(stream.open.drain(..));
                 } else if stream.queue.is_empty() && !stream.in_flight {
@@ -726,6 +735,22 @@ impl Inner {
         if !outcome.parked_messages.is_empty() {
             park_messages(&mut tx, &t, &outcome.parked_messages).await?;
         }
+        if !outcome.commit_positions.is_empty() {
+            let (seqs, positions): (Vec<i64>, Vec<String>) = outcome
+                .commit_positions
+                .iter()
+                .map(|(seq, lsn)| (*seq, lsn.to_pg_string()))
+                .unzip();
+            let sql = format!(
+                "UPDATE {t} o SET commit_lsn = r.lsn::pg_lsn \
+                 FROM unnest($1::int8[], $2::text[]) AS r(seq, lsn) WHERE o.seq = r.seq"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(seqs)
+                .bind(positions)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(settled) = settled {
             self.record_position(&mut tx, settled).await?;
             *self
@@ -786,6 +811,9 @@ struct Outcome {
     held: HashSet<(String, String)>,
     /// The transactions of the rows written to.
     xids: Vec<i64>,
+    /// Rows the table keeps (published in retention mode, parked), with where their
+    /// transactions committed: the audit's commit order.
+    commit_positions: Vec<(i64, Lsn)>,
 }
 
 impl Outcome {
@@ -1067,8 +1095,12 @@ impl StreamClaim {
             let error = event.undecodable.clone().unwrap_or_default();
             (event, Fate::Dead(error))
         });
+        let retain = self.inner.retain;
         for (event, fate) in tried.chain(behind).chain(undecodable) {
             let message = &event.message;
+            if event.row && (retain || !matches!(fate, Fate::Published)) {
+                outcome.commit_positions.push((message.seq, event.commit));
+            }
             if matches!(fate, Fate::Retry(..) | Fate::Behind) {
                 outcome.held.insert(key(message));
             }

@@ -131,6 +131,7 @@ pub(crate) fn table_ddl(table: &TableName) -> String {
          CREATE INDEX IF NOT EXISTS \"{name}_parked_idx\" ON {quoted} (aggregate_type, aggregate_id, seq) WHERE parked;
          CREATE INDEX IF NOT EXISTS \"{name}_dead_idx\" ON {quoted} (seq) WHERE dead_at IS NOT NULL;
          DROP TRIGGER IF EXISTS \"{name}_notify\" ON {quoted};
+         ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS commit_lsn PG_LSN;
          CREATE TABLE IF NOT EXISTS {position} (
              slot        TEXT        PRIMARY KEY,
              settled_lsn PG_LSN      NOT NULL,
