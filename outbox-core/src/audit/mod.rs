@@ -114,10 +114,14 @@ impl Committed {
 
     /// The order the relay delivers an aggregate's events in: commit order where it is known,
     /// then insertion order.
-    fn order(&self) -> (u64, i64) {
+    fn order(&self) -> Place {
         (self.commit_position.unwrap_or(0), self.seq)
     }
 }
+
+/// An event's place in its aggregate's committed order: the commit's position in the log (0
+/// where unknown), then `seq`.
+type Place = (u64, i64);
 
 /// A message read from the broker, in the order the broker holds it (for Kafka, in offset
 /// order within each partition; an aggregate's events share a partition).
@@ -323,7 +327,7 @@ pub fn compare(committed: &[Committed], observed: &[Observed], range: &IdRange) 
 
     let mut copies: HashMap<uuid::Uuid, u64> = HashMap::new();
     // Per aggregate, the latest committed place first seen so far and its event.
-    let mut latest: HashMap<(&str, &str), ((u64, i64), uuid::Uuid)> = HashMap::new();
+    let mut latest: HashMap<(&str, &str), (Place, uuid::Uuid)> = HashMap::new();
     let mut phantoms = HashSet::new();
     for message in observed {
         let Some(id) = message.id else {
