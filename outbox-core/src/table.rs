@@ -67,6 +67,7 @@ impl TableName {
 
     /// The table beside this one named `<table><suffix>` (in the same schema), quoted with `"`:
     /// where the library keeps what belongs to this outbox (a lease, the log's position).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn companion(&self, suffix: &str) -> String {
         match self.parts() {
             (Some(schema), name) => format!("\"{schema}\".\"{name}{suffix}\""),

@@ -475,16 +475,17 @@ impl<S: Source, K: Sink> Relay<S, K> {
             stalled = bounded.iter().any(Option::is_none);
             // Untried messages are reported to the spans as failures; they are settled as
             // nothing (released untouched).
-            let untried = || {
-                Err(SinkError::transient(
-                    "not tried: a delivery before it timed out",
-                ))
-            };
             #[cfg(feature = "opentelemetry")]
             spans.finish(
                 &bounded
                     .iter()
-                    .map(|result| result.clone().unwrap_or_else(untried))
+                    .map(|result| {
+                        result.clone().unwrap_or_else(|| {
+                            Err(SinkError::transient(
+                                "not tried: a delivery before it timed out",
+                            ))
+                        })
+                    })
                     .collect::<Vec<Delivery>>(),
             );
             let results = bounded;

@@ -231,6 +231,12 @@ impl Routing {
 /// The host and port of a broker's URL (`scheme://[user:password@]host[:port][/…]`, or
 /// `host:port[,host:port…]` as Kafka lists them; the first of several), `default_port` when it
 /// names none: what traces report as `server.address` and `server.port`.
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "kafka",
+    feature = "rabbitmq"
+))]
 pub(crate) fn server_of(url: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
@@ -439,6 +445,12 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(any(
+        feature = "nats",
+        feature = "redis",
+        feature = "kafka",
+        feature = "rabbitmq"
+    ))]
     fn a_servers_host_and_port_are_read_from_its_url() {
         let server = |host: &str, port| Some((host.to_owned(), port));
         assert_eq!(
