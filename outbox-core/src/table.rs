@@ -65,13 +65,14 @@ impl TableName {
         }
     }
 
-    /// The table beside this one named `<table><suffix>` (in the same schema), quoted with `"`:
-    /// where the library keeps what belongs to this outbox (a lease, the log's position).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn companion(&self, suffix: &str) -> String {
+    /// The table beside this one named `<table><suffix>` (in the same schema), quoted with
+    /// `quote`: where the library keeps what belongs to this outbox (a lease, the log's
+    /// position, the relays' journal).
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    pub(crate) fn companion(&self, suffix: &str, quote: char) -> String {
         match self.parts() {
-            (Some(schema), name) => format!("\"{schema}\".\"{name}{suffix}\""),
-            (None, name) => format!("\"{name}{suffix}\""),
+            (Some(schema), name) => format!("{quote}{schema}{quote}.{quote}{name}{suffix}{quote}"),
+            (None, name) => format!("{quote}{name}{suffix}{quote}"),
         }
     }
 

@@ -529,6 +529,91 @@ async fn relay_process_killed_with_sigkill_loses_nothing<D: TestDb>() {
     table.drop_table().await;
 }
 
+/// A poison event that kills the relay process every time, and one that hangs its sink, under a
+/// supervisor that restarts the process whenever it exits (as systemd's `Restart=always`
+/// does): each ends a dead letter after `max_attempts` (3) — the one that kills the relay with
+/// a reason saying so — every other event is delivered, and the relay then stays up. Before,
+/// the relay was killed by the same event after every restart, for ever, and every aggregate
+/// waited; and the hung delivery held it for ever.
+async fn a_poison_event_that_kills_the_relay_process_ends_a_dead_letter<D: TestDb>() {
+    let table = RelayTable::<D>::new().await;
+    table.preload(300, 10).await; // agg-k holds k, k+10, ...
+    let (killer, hanger) = (137, 58); // agg-7 and agg-8
+    let deliveries = format!("{}_deliveries", table.name);
+    table
+        .db
+        .execute(format!("CREATE TABLE {deliveries} (n BIGINT NOT NULL)"))
+        .await;
+    let spawn_child = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay-child"))
+            .arg(table.db.url())
+            .arg(&table.name)
+            .arg("50")
+            .env("RELAY_CHILD_PANIC_ON", killer.to_string())
+            .env("RELAY_CHILD_HANG_ON", hanger.to_string())
+            .env("RELAY_CHILD_MAX_ATTEMPTS", "3")
+            .env("RELAY_CHILD_DELIVERY_TIMEOUT_MS", "300")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The supervisor: restarts the relay whenever it exits, until the two are dead letters.
+    let mut child = spawn_child();
+    let mut restarts = 0;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while table.count("dead_at IS NOT NULL").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poison events never ended dead ({restarts} restarts)"
+        );
+        if child.try_wait().unwrap().is_some() {
+            restarts += 1;
+            assert!(restarts <= 10, "the relay keeps dying: {restarts} restarts");
+            child = spawn_child();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(LIMIT, "every other event delivered", || async {
+        table.remaining().await == 2
+    })
+    .await;
+    // It stays up now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the relay died again");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (3..=4).contains(&restarts),
+        "the killer killed the relay {restarts} times; max_attempts is 3"
+    );
+    let delivered = |what: &str| table.db.scalar(format!("SELECT {what} FROM {deliveries}"));
+    assert_eq!(
+        delivered("count(DISTINCT n)").await,
+        298,
+        "every other event"
+    );
+    let dead = table.outbox.dead_letters(&table.pool, 10).await.unwrap();
+    let reason = |k: i64| {
+        dead.iter()
+            .find(|d| n(&d.message) == k)
+            .map(|d| d.last_error.clone())
+            .unwrap()
+    };
+    assert!(
+        reason(killer).contains("the relay stopped 3 times while handling this event"),
+        "{}",
+        reason(killer)
+    );
+    assert!(
+        reason(hanger).contains("the sink did not answer within 300ms"),
+        "{}",
+        reason(hanger)
+    );
+    table.db.execute(format!("DROP TABLE {deliveries}")).await;
+    table.drop_table().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_reports_published_failed_dead_batch_size_and_lag_metrics() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -1581,6 +1666,7 @@ macro_rules! relay_tests {
                 poison_event_becomes_a_dead_letter_and_replays_once_fixed,
                 retention_keeps_published_events_then_purges_them,
                 relay_process_killed_with_sigkill_loses_nothing,
+                a_poison_event_that_kills_the_relay_process_ends_a_dead_letter,
                 unordered_relay_lets_later_events_pass_a_failing_one,
                 dead_letters_are_filtered_and_counted_by_the_database,
                 status_tail_and_purge_read_what_the_database_holds,

@@ -321,6 +321,14 @@ impl<C: Claim> Claim for ManyClaim<C> {
         self.claim.settle(settlement)
     }
 
+    fn in_hand(
+        &mut self,
+        seqs: &[i64],
+    ) -> impl std::future::Future<Output = Result<std::collections::HashMap<i64, u32>, Error>> + Send
+    {
+        self.claim.in_hand(seqs)
+    }
+
     fn table(&self) -> Option<&TableName> {
         Some(&self.table)
     }

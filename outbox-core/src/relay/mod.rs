@@ -245,6 +245,7 @@ impl<F: IntoSource, K: Sink> RelayBuilder<F, K> {
             sink: self.sink,
             config: self.config,
             failures: FailureLog::default(),
+            careful: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -257,6 +258,9 @@ pub struct Relay<S, K> {
     sink: K,
     config: Config,
     failures: FailureLog,
+    /// A relay stopped with some of the claimed events in hand: claim one at a time until the
+    /// claims are clean again, so that a crash is counted against the event it happened on.
+    careful: std::sync::atomic::AtomicBool,
 }
 
 impl Relay<(), ()> {
@@ -397,17 +401,54 @@ impl<S: Source, K: Sink> Relay<S, K> {
 
     /// Claims one batch, publishes it, settles it. Returns the number of events claimed.
     async fn step(&self) -> Result<usize, Error> {
-        let Some(mut claim) = self.source.claim(self.config.batch_size).await? else {
+        use std::sync::atomic::Ordering::Relaxed;
+        let careful = self.careful.load(Relaxed);
+        let max = if careful { 1 } else { self.config.batch_size };
+        let Some(mut claim) = self.source.claim(max).await? else {
             return Ok(0);
         };
-        let messages = claim.take_messages();
+        let mut messages = claim.take_messages();
         let claimed = messages.len();
+        let seqs: Vec<i64> = messages.iter().map(|message| message.seq).collect();
+        let stops = claim.in_hand(&seqs).await?;
+        if !stops.is_empty() && claimed > 1 {
+            // A relay stopped with some of these in hand: one of them may be what killed it.
+            // Released untouched, and claimed again one at a time.
+            tracing::warn!(
+                table = %self.table(),
+                suspects = stops.len(),
+                "a relay stopped while handling some of these events without settling them (a crash, a kill, a lost connection): handling them one at a time"
+            );
+            self.careful.store(true, Relaxed);
+            return Ok(claimed);
+        }
+        if careful && stops.is_empty() {
+            tracing::info!(table = %self.table(), "no event left that a relay stopped on: back to batches");
+            self.careful.store(false, Relaxed);
+        }
+        // What killed the relay as many times as it may fail: a dead letter, untried.
+        let mut fatal = Vec::new();
+        messages.retain(|message| {
+            let stopped = stops.get(&message.seq).copied().unwrap_or(0);
+            let attempts = u32::try_from(message.attempts).unwrap_or(0).saturating_add(stopped);
+            if stopped == 0 || attempts < self.config.max_attempts {
+                return true;
+            }
+            let error = format!(
+                "the relay stopped {stopped} times while handling this event, without settling it (a panic, an out-of-memory kill, a lost connection), after {} failed deliveries: a dead letter, not tried again until replayed",
+                message.attempts
+            );
+            tracing::warn!(event_id = %message.id, event_type = %message.event_type, %error, "dead letter");
+            fatal.push((message.seq, error));
+            false
+        });
         // The batch's own table when the source serves several, else the relay's.
         let table = claim
             .table()
             .map_or_else(|| self.table(), ToString::to_string);
         let span = tracing::debug_span!("outbox.relay.batch", table = %table, claimed);
-        let settlement = self.publish(messages).instrument(span.clone()).await;
+        let mut settlement = self.publish(messages).instrument(span.clone()).await;
+        settlement.dead.extend(fatal);
         let (published, retried, dead) = (
             settlement.published.len(),
             settlement.retry.len(),

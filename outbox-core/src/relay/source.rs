@@ -19,6 +19,7 @@
 //!   released untouched. A claim dropped without settling (crash, abort) releases everything:
 //!   the events are claimed again, at least once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -64,6 +65,23 @@ pub trait Claim: Send {
     /// Records what happened to the messages and releases the claim. Messages in none of the
     /// settlement's lists are released untouched (held back behind a failure).
     fn settle(self, settlement: Settlement) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Called before the relay hands the claimed messages to the sink: notes the messages
+    /// `seqs` as in this relay's hands (somewhere a crash does not roll back), and returns, by
+    /// `seq`, how many times relays stopped — crashed, were killed, lost the database — with
+    /// one of them in hand before settling it, for those where that happened. The relay then
+    /// handles such suspects one at a time, and counts those stops as failed attempts: an event
+    /// that kills every relay that handles it ends a dead letter at
+    /// [`max_attempts`](super::RelayBuilder::max_attempts). The default keeps no note and
+    /// returns nothing: an event that kills the relay is then claimed again after every
+    /// restart.
+    fn in_hand(
+        &mut self,
+        seqs: &[i64],
+    ) -> impl Future<Output = Result<HashMap<i64, u32>, Error>> + Send {
+        let _ = seqs;
+        async { Ok(HashMap::new()) }
+    }
 
     /// The table the batch comes from, when a source serves several
     /// ([`Outboxes`](super::many::Outboxes)): the relay's metrics and spans name it.

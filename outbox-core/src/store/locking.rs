@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sqlx::Transaction;
 
+use super::journal::{Hands, Journal};
 use super::table::{ByteBudget, LowWater};
 use crate::message::Message;
 use crate::relay::Ordering;
@@ -36,7 +37,7 @@ const PURGE_BATCH: i64 = 1000;
 /// The statements of a database whose outbox table is claimed under row locks. Implemented by
 /// the library for PostgreSQL and MySQL/MariaDB.
 #[doc(hidden)]
-pub trait RowLocking: Dialect {
+pub trait RowLocking: Dialect + Journal {
     /// The statement that begins a claim's transaction.
     const BEGIN_CLAIM: &'static str;
 
@@ -229,6 +230,8 @@ pub struct TableSource<DB: RowLocking> {
     max_batch_bytes: usize,
     /// [`RowLocking::preflight`] passed.
     checked: AtomicBool,
+    /// This relay's notes in the relays' journal.
+    hands: Arc<Hands>,
 }
 
 impl<DB: RowLocking> TableSource<DB> {
@@ -246,6 +249,7 @@ impl<DB: RowLocking> TableSource<DB> {
             statements: Arc::new(DB::claim_statements(config)),
             max_batch_bytes: config.max_batch_bytes,
             checked: AtomicBool::new(false),
+            hands: Arc::new(Hands::new(&config.table)),
         }
     }
 
@@ -354,6 +358,7 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             messages,
             table: self.table.clone(),
             retain: self.retain,
+            hands: Arc::clone(&self.hands),
         }))
     }
 
@@ -366,6 +371,7 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             DB::preflight(&self.pool, &self.table).await?;
             self.checked.store(true, AtomicOrdering::Relaxed);
         }
+        self.hands.sweep(&self.pool).await?;
         if let Some(retention) = retention {
             let purged = DB::purge(&self.pool, &self.table, retention, PURGE_BATCH)
                 .await
@@ -385,6 +391,10 @@ impl<DB: RowLocking> Source for TableSource<DB> {
             None => 0.0,
         })
     }
+
+    async fn close(&self) {
+        self.hands.forget(&self.pool).await;
+    }
 }
 
 /// A claimed batch of a [`TableSource`]: its rows are locked by this open transaction until it
@@ -396,11 +406,19 @@ pub struct TableClaim<DB: RowLocking> {
     messages: Vec<Message>,
     table: TableName,
     retain: bool,
+    hands: Arc<Hands>,
 }
 
 impl<DB: RowLocking> Claim for TableClaim<DB> {
     fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.messages)
+    }
+
+    async fn in_hand(
+        &mut self,
+        seqs: &[i64],
+    ) -> Result<std::collections::HashMap<i64, u32>, Error> {
+        self.hands.note(&self.pool, seqs).await
     }
 
     async fn settle(self, settlement: Settlement) -> Result<(), Error> {

@@ -140,6 +140,8 @@ macro_rules! forward_to_modules {
     };
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) mod journal;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod locking;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -1,6 +1,11 @@
 //! A relay in a process of its own, for the crash tests: `relay-child <database url> <outbox
 //! table> [batch]` relays the table, recording each delivery in `<table>_deliveries` (committed
 //! before the sink acknowledges) so that the test can count deliveries across SIGKILLs.
+//!
+//! For the poison tests, the sink can be made to misbehave on one event (`{"n": N}`):
+//! `RELAY_CHILD_PANIC_ON=N` panics (the process dies, as with a bug in a sink or a serializer),
+//! `RELAY_CHILD_HANG_ON=N` never answers. `RELAY_CHILD_MAX_ATTEMPTS` and
+//! `RELAY_CHILD_DELIVERY_TIMEOUT_MS` set the relay's `max_attempts` and `delivery_timeout`.
 
 use std::time::Duration;
 
@@ -41,6 +46,15 @@ where
     Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     let outbox = Outbox::for_table(TableName::new(table)?);
+    let setting = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse::<i64>().ok())
+    };
+    let (panic_on, hang_on) = (
+        setting("RELAY_CHILD_PANIC_ON"),
+        setting("RELAY_CHILD_HANG_ON"),
+    );
     let sink = {
         let pool = pool.clone();
         HandlerSink::new(move |message: Message| {
@@ -48,6 +62,13 @@ where
             async move {
                 let payload: serde_json::Value = serde_json::from_str(&message.payload)
                     .map_err(|e| SinkError::permanent(e.to_string()))?;
+                let n = payload["n"].as_i64();
+                if n.is_some() && n == panic_on {
+                    panic!("relay-child: the sink panics on event {n:?}");
+                }
+                if n.is_some() && n == hang_on {
+                    std::future::pending::<()>().await;
+                }
                 sqlx::query(sqlx::AssertSqlSafe(insert))
                     .bind(payload["n"].as_i64())
                     .execute(&pool)
@@ -57,12 +78,20 @@ where
             }
         })
     };
-    Relay::builder(pool, sink)
+    let mut relay = Relay::builder(pool, sink)
         .outbox(&outbox)
         .batch_size(batch)
         .lease_ttl(Duration::from_secs(1))
-        .build()
-        .run(std::future::pending())
-        .await;
+        .backoff(outbox::relay::Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ));
+    if let Some(attempts) = setting("RELAY_CHILD_MAX_ATTEMPTS") {
+        relay = relay.max_attempts(u32::try_from(attempts)?);
+    }
+    if let Some(millis) = setting("RELAY_CHILD_DELIVERY_TIMEOUT_MS") {
+        relay = relay.delivery_timeout(Duration::from_millis(u64::try_from(millis)?));
+    }
+    relay.build().run(std::future::pending()).await;
     Ok(())
 }

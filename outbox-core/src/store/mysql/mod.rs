@@ -3,6 +3,7 @@
 
 mod admin;
 mod inbox;
+mod journal;
 mod relay;
 
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
@@ -187,6 +188,10 @@ impl Dialect for MySql {
                 }
             }
         }
+        // The relays' journal, which counts a relay's crash against the event in its hands.
+        sqlx::raw_sql(AssertSqlSafe(journal::journal_ddl(table)))
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 

@@ -24,11 +24,13 @@
 //! so a restart of the server may hand a relay transactions it settled long ago (every one of
 //! them, for a slot of a quiet table). The relay therefore keeps its own durable record, in the
 //! table `<table>_log_position` (one row per slot): the end of the last transaction it settled,
-//! written in the settlement's own transaction in table mode, and at most every 50 ms (and when
-//! it stops) in WAL mode, where a settlement writes nothing else. A relay starts streaming from
+//! written in the settlement's own transaction in table mode; in WAL mode, where a settlement
+//! writes nothing else, by a task of its own that the settlement does not wait for (one write at
+//! a time, always the latest position), and when the relay stops. A relay starts streaming from
 //! that record and skips every transaction that ended at or before it, whatever the server
 //! replays: a graceful stop, a server restart or a standby's takeover republish nothing, and a
-//! crash republishes at most the batch in flight and (WAL mode) the last 50 ms.
+//! crash republishes at most the batch in flight and (WAL mode) what was settled while the
+//! record's last write was under way.
 //!
 //! # Failures: parking
 //!
@@ -207,9 +209,10 @@ struct Inner {
     broken: AtomicBool,
     /// The quoted table of the relay's own position (see the [module](self) documentation).
     position: String,
-    /// The settled position not yet written to it (WAL mode writes it at most every
-    /// [`STATUS_INTERVAL`]), and when it was last written.
-    unrecorded: std::sync::Mutex<(Option<Lsn>, Option<Instant>)>,
+    /// WAL mode: the latest settled position, for the task that writes it (one write at a time,
+    /// always the latest), started with the first.
+    settled: tokio::sync::watch::Sender<Option<Lsn>>,
+    recorder_started: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -335,7 +338,8 @@ impl LogSource {
                 state: Mutex::new(State::default()),
                 broken: AtomicBool::new(false),
                 position: wal::position_table(&config.table),
-                unrecorded: std::sync::Mutex::new((None, None)),
+                settled: tokio::sync::watch::Sender::new(None),
+                recorder_started: AtomicBool::new(false),
             }),
         }
     }
@@ -503,19 +507,47 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the position a WAL-mode settlement left unrecorded (when the relay stops).
+    /// Writes the latest position a WAL-mode settlement left to the recorder task, now (when
+    /// the relay stops, and every 2 s in case a write of the task failed).
     async fn flush_position(&self) -> Result<(), sqlx::Error> {
-        let pending = self
-            .unrecorded
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .0
-            .take();
-        if let Some(settled) = pending {
+        let latest = *self.settled.borrow();
+        if let Some(settled) = latest {
             let mut conn = self.pool.acquire().await?;
             self.record_position(&mut conn, settled).await?;
         }
         Ok(())
+    }
+
+    /// Hands `settled` to the task that records WAL-mode positions, starting it the first time.
+    /// The settlement does not wait for the write: a crash republishes the batch in flight and
+    /// what was settled during the one write under way.
+    fn record_later(self: &Arc<Self>, settled: Lsn) {
+        self.settled.send_replace(Some(settled));
+        if self.recorder_started.swap(true, Atomic::SeqCst) {
+            return;
+        }
+        let inner = Arc::downgrade(self);
+        let mut latest = self.settled.subscribe();
+        latest.mark_changed();
+        tokio::spawn(async move {
+            // Ends when the source is dropped (the sender with it).
+            while latest.changed().await.is_ok() {
+                let Some(settled) = *latest.borrow_and_update() else {
+                    continue;
+                };
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let written = async {
+                    let mut conn = inner.pool.acquire().await?;
+                    inner.record_position(&mut conn, settled).await
+                };
+                if let Err(error) = written.await {
+                    tracing::warn!(%error, table = %inner.table,
+                        "could not record the relay's position; trying again with the next settlement");
+                }
+            }
+        });
     }
 
     /// The stream, connecting when due. `None`: standby, or waiting to connect again.
@@ -685,31 +717,16 @@ impl Inner {
 
     /// Writes what a settled batch of the log leaves to the table, in one transaction: deletes
     /// (or marks) the published rows, parks the rest, and records `settled` as the relay's
-    /// position. A batch that leaves nothing else to write (WAL mode) records its position on
-    /// its own, at most every [`STATUS_INTERVAL`].
-    async fn write(&self, outcome: &Outcome, settled: Option<Lsn>) -> Result<(), sqlx::Error> {
+    /// position. A batch that leaves nothing else to write (WAL mode) has its position
+    /// recorded by a task of its own, without waiting.
+    async fn write(
+        self: &Arc<Self>,
+        outcome: &Outcome,
+        settled: Option<Lsn>,
+    ) -> Result<(), sqlx::Error> {
         if outcome.is_empty() {
-            let Some(settled) = settled else {
-                return Ok(());
-            };
-            let due = {
-                let mut unrecorded = self
-                    .unrecorded
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
-                let due = unrecorded
-                    .1
-                    .is_none_or(|at| at.elapsed() >= STATUS_INTERVAL);
-                if due {
-                    *unrecorded = (None, Some(Instant::now()));
-                } else {
-                    unrecorded.0 = Some(settled);
-                }
-                due
-            };
-            if due {
-                let mut conn = self.pool.acquire().await?;
-                self.record_position(&mut conn, settled).await?;
+            if let Some(settled) = settled {
+                self.record_later(settled);
             }
             return Ok(());
         }
@@ -753,10 +770,6 @@ impl Inner {
         }
         if let Some(settled) = settled {
             self.record_position(&mut tx, settled).await?;
-            *self
-                .unrecorded
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()) = (None, Some(Instant::now()));
         }
         tx.commit().await
     }
@@ -971,7 +984,7 @@ impl Source for LogSource {
 
     async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
         let inner = &self.inner;
-        // A WAL-mode position left unrecorded at the end of a burst: written now (every 2 s).
+        // The latest WAL-mode position, again, in case a write of the recorder failed.
         inner
             .flush_position()
             .await
@@ -1168,6 +1181,15 @@ impl Claim for LogClaim {
         match &mut self.0 {
             Batch::Parked(claim, _) => claim.take_messages(),
             Batch::Log(claim) => std::mem::take(&mut claim.messages),
+        }
+    }
+
+    /// The parked events' claims note what they hold like a polling relay's; the log's events
+    /// keep no note (the slot and the relay's position say where the stream stands).
+    async fn in_hand(&mut self, seqs: &[i64]) -> Result<HashMap<i64, u32>, Error> {
+        match &mut self.0 {
+            Batch::Parked(claim, _) => claim.in_hand(seqs).await,
+            Batch::Log(_) => Ok(HashMap::new()),
         }
     }
 

@@ -8,6 +8,7 @@
 mod admin;
 mod cockroach;
 mod inbox;
+mod journal;
 #[cfg(feature = "postgres-log")]
 pub mod log;
 mod relay;
@@ -183,6 +184,8 @@ impl Dialect for Postgres {
         } else {
             relay::relay_ddl(table, outbox.notifies_on_commit())
         };
+        // The relays' journal, which counts a relay's crash against the event in its hands.
+        let ddl = format!("{ddl}\n{}", journal::journal_ddl(table));
         sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
         tx.commit().await
     }

@@ -116,7 +116,7 @@ pub(crate) async fn emit(
 /// transaction it settled (`<table>_log_position`): the server's own record of it
 /// (`confirmed_flush_lsn`) can move back across a restart.
 pub(crate) fn position_table(table: &TableName) -> String {
-    table.companion("_log_position")
+    table.companion("_log_position", '"')
 }
 
 /// The DDL of a log-tailed table, run in `migrate`'s transaction: the `parked` column and its

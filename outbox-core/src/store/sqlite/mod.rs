@@ -3,6 +3,7 @@
 
 mod admin;
 mod inbox;
+mod journal;
 mod relay;
 
 use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
@@ -126,7 +127,12 @@ impl Dialect for Sqlite {
                 .execute(&mut *conn)
                 .await?;
         }
-        sqlx::raw_sql(AssertSqlSafe(relay::relay_ddl(table)))
+        let ddl = format!(
+            "{}\n{}",
+            relay::relay_ddl(table),
+            journal::journal_ddl(table)
+        );
+        sqlx::raw_sql(AssertSqlSafe(ddl))
             .execute(&mut *conn)
             .await?;
         Ok(())

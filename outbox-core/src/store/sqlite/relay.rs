@@ -5,7 +5,7 @@
 //! plain reads; each settlement is one short write transaction that first checks the lease is
 //! still held, so a relay that lost it cannot settle what its successor now owns.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
@@ -13,6 +13,7 @@ use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 use crate::message::Message;
 use crate::relay::Ordering;
 use crate::relay::source::{Claim, Settlement, Source, SourceConfig};
+use crate::store::journal::Hands;
 use crate::store::table::{self, MessageRow, deferred, delete_in_batches, pending, seq_list};
 use crate::{Error, TableName};
 
@@ -27,7 +28,7 @@ pub(super) const COLUMNS: &str =
 
 /// A table beside the outbox table, in its schema: `<table><suffix>`, quoted.
 pub(crate) fn companion(table: &TableName, suffix: &str) -> String {
-    table.companion(suffix)
+    table.companion(suffix, '"')
 }
 
 /// SQL run by `migrate`: the index behind per-aggregate order, the dead letters' index (which
@@ -83,6 +84,8 @@ pub struct SqliteSource {
     acquire: String,
     renew: String,
     max_batch_bytes: usize,
+    /// This relay's notes in the relays' journal.
+    hands: Arc<Hands>,
 }
 
 impl SqliteSource {
@@ -116,7 +119,6 @@ impl SqliteSource {
             format!("UPDATE {lease} SET expires_at = ?2 WHERE name = 'relay' AND holder = ?1");
         SqliteSource {
             pool,
-            table,
             retain: config.retain,
             holder: uuid::Uuid::now_v7().to_string(),
             lease_ttl: config.lease_ttl,
@@ -125,6 +127,8 @@ impl SqliteSource {
             acquire,
             renew,
             max_batch_bytes: config.max_batch_bytes,
+            hands: Arc::new(Hands::new(&config.table)),
+            table,
         }
     }
 
@@ -202,6 +206,7 @@ impl Source for SqliteSource {
             holder: self.holder.clone(),
             renew: self.renew.clone(),
             lease_ttl: self.lease_ttl,
+            hands: Arc::clone(&self.hands),
         }))
     }
 
@@ -210,6 +215,7 @@ impl Source for SqliteSource {
     }
 
     async fn maintain(&self, retention: Option<Duration>) -> Result<f64, Error> {
+        self.hands.sweep(&self.pool).await?;
         if let Some(retention) = retention {
             let purged = purge(&self.pool, &self.table, retention, 1000)
                 .await
@@ -235,6 +241,7 @@ impl Source for SqliteSource {
     }
 
     async fn close(&self) {
+        self.hands.forget(&self.pool).await;
         if self.renewed_at().is_none() {
             return;
         }
@@ -260,11 +267,19 @@ pub struct SqliteClaim {
     holder: String,
     renew: String,
     lease_ttl: Duration,
+    hands: Arc<Hands>,
 }
 
 impl Claim for SqliteClaim {
     fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.messages)
+    }
+
+    async fn in_hand(
+        &mut self,
+        seqs: &[i64],
+    ) -> Result<std::collections::HashMap<i64, u32>, Error> {
+        self.hands.note(&self.pool, seqs).await
     }
 
     async fn settle(self, settlement: Settlement) -> Result<(), Error> {

@@ -1,0 +1,177 @@
+//! The relays' journal of the events in their hands (`<table>_handling`): what lets a relay
+//! that dies while handling an event — a panic in a sink or an enrichment step, a payload that
+//! exhausts memory, a kill — count that against the event, so that the event ends a dead letter
+//! instead of killing every relay that claims it, for ever.
+//!
+//! A claim holds its events under row locks (or a lease) in a transaction that a crash rolls
+//! back, so nothing the claim writes survives the crash. The journal is written beside it, on
+//! its own: before the sink is called, the relay notes the claimed events (one row: the claim,
+//! the relay's holder id, the events' `seq`s), and deletes its earlier notes in the same
+//! statement; a graceful stop deletes them all. A note left by *another* holder on an event
+//! that is claimed again is therefore a relay that stopped with it in hand without settling it
+//! (crashed, killed, cut from the database). The relay then handles the suspects one at a time,
+//! each noted alone, so that a crash is counted against the one event it happened on; with its
+//! failed attempts, that count dead-letters it at `max_attempts`
+//! ([`Claim::in_hand`](crate::relay::source::Claim::in_hand)). Notes whose events are all
+//! settled are swept by maintenance.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{Error, TableName};
+
+/// A database's statements for the journal. Implemented by the library for each database.
+#[doc(hidden)]
+pub trait Journal: sqlx::Database {
+    /// The database's name, for errors.
+    const JOURNAL_DIALECT: &'static str;
+
+    /// Deletes `holder`'s earlier notes, notes `seqs` (comma-separated) as claim `claim` of
+    /// `holder`, and returns the `seq` lists of the other holders' notes.
+    fn note<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        holder: &'a str,
+        claim: &'a str,
+        seqs: &'a str,
+    ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send + 'a;
+
+    /// Deletes `holder`'s notes (a graceful stop).
+    fn forget<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        holder: &'a str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Deletes the other holders' notes none of whose events is pending any more.
+    fn sweep<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        holder: &'a str,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+}
+
+/// A source's side of the journal: its holder id, and whether the table has a journal (a table
+/// migrated by an older version has none: crashes are then not counted, and a warning says so).
+#[derive(Debug)]
+pub(crate) struct Hands {
+    table: TableName,
+    holder: String,
+    kept: AtomicBool,
+}
+
+impl Hands {
+    pub(crate) fn new(table: &TableName) -> Self {
+        Hands {
+            table: table.clone(),
+            holder: uuid::Uuid::now_v7().to_string(),
+            kept: AtomicBool::new(true),
+        }
+    }
+
+    /// Notes `seqs` as in this relay's hands; returns, by `seq`, the notes other holders left
+    /// on them (relays that stopped with them in hand), for those that have any.
+    pub(crate) async fn note<DB: Journal>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        seqs: &[i64],
+    ) -> Result<HashMap<i64, u32>, Error> {
+        if seqs.is_empty() || !self.kept.load(Ordering::Relaxed) {
+            return Ok(HashMap::new());
+        }
+        let claim = uuid::Uuid::now_v7().to_string();
+        let listed = list(seqs);
+        match DB::note(pool, &self.table, &self.holder, &claim, &listed).await {
+            Ok(others) => Ok(stops(seqs, &others)),
+            Err(error) => self
+                .missing(error, DB::JOURNAL_DIALECT)
+                .map(|()| HashMap::new()),
+        }
+    }
+
+    /// Deletes this relay's notes: it stops gracefully.
+    pub(crate) async fn forget<DB: Journal>(&self, pool: &sqlx::Pool<DB>) {
+        if !self.kept.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = DB::forget(pool, &self.table, &self.holder).await {
+            tracing::debug!(%error, table = %self.table, "could not delete the relay's journal notes; maintenance will");
+        }
+    }
+
+    /// Deletes the notes that count for nothing any more.
+    pub(crate) async fn sweep<DB: Journal>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+        if !self.kept.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match DB::sweep(pool, &self.table, &self.holder).await {
+            Ok(_) => Ok(()),
+            Err(error) => self.missing(error, DB::JOURNAL_DIALECT),
+        }
+    }
+
+    /// A table without a journal: warned about once, and crashes go uncounted. Any other error
+    /// is returned.
+    fn missing(&self, error: sqlx::Error, dialect: &'static str) -> Result<(), Error> {
+        let missing = matches!(&error, sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("42P01" | "42S02"))
+                || db.message().contains("no such table"));
+        if !missing {
+            return Err(Error::database(
+                "note the events in hand",
+                &self.table,
+                dialect,
+                error,
+            ));
+        }
+        if self.kept.swap(false, Ordering::Relaxed) {
+            tracing::warn!(table = %self.table,
+                "the outbox has no journal table (`{}_handling`): run `migrate` again with this version, so that an event that kills the relay is counted against and ends a dead letter",
+                self.table.parts().1);
+        }
+        Ok(())
+    }
+}
+
+/// `seqs` as the journal writes them: `1,2,3`.
+fn list(seqs: &[i64]) -> String {
+    seqs.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `seq`s a note lists; anything else in it is ignored.
+pub(crate) fn parse(listed: &str) -> impl Iterator<Item = i64> + '_ {
+    listed.split(',').filter_map(|seq| seq.trim().parse().ok())
+}
+
+/// For each of `seqs` that the other holders' notes list, how many notes list it.
+fn stops(seqs: &[i64], others: &[String]) -> HashMap<i64, u32> {
+    let ours: HashSet<i64> = seqs.iter().copied().collect();
+    let mut stops: HashMap<i64, u32> = HashMap::new();
+    for note in others {
+        for seq in parse(note).filter(|seq| ours.contains(seq)) {
+            *stops.entry(seq).or_default() += 1;
+        }
+    }
+    stops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_note_of_another_holder_counts_once_per_event_it_lists() {
+        let others = vec!["1,2,3".to_owned(), "3,9".to_owned(), "x,,4".to_owned()];
+        let stops = stops(&[2, 3, 4, 5], &others);
+        assert_eq!(stops.get(&2), Some(&1));
+        assert_eq!(stops.get(&3), Some(&2));
+        assert_eq!(stops.get(&4), Some(&1));
+        assert_eq!(stops.get(&5), None);
+        assert_eq!(list(&[7, 8]), "7,8");
+        assert_eq!(parse("7,8").collect::<Vec<_>>(), [7, 8]);
+    }
+}
