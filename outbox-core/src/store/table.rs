@@ -154,6 +154,7 @@ impl ByteBudget {
     }
 
     /// An event did not fit: the claim takes nothing more.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     pub(crate) fn is_full(&self) -> bool {
         self.full
     }
