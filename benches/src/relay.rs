@@ -367,6 +367,8 @@ pub(crate) struct Scale {
     four: f64,
     hot: f64,
     hot_four: f64,
+    /// 1 relay on a table without the relays' journal: what noting the claimed events costs.
+    unjournaled: f64,
 }
 
 impl Scale {
@@ -404,6 +406,17 @@ pub(crate) async fn scale(
                 preload_hot(pool).await?;
                 drain(pool, relays(4), EVENTS).await?
             },
+            unjournaled: {
+                // As a table migrated by a version without the journal: nothing is noted.
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP TABLE IF EXISTS {TABLE}_handling"
+                )))
+                .execute(pool)
+                .await?;
+                let rate = throughput(pool, relays(1)).await?;
+                outbox(false).migrate(pool).await?;
+                rate
+            },
         });
     }
     let median = |pick: fn(&Scale) -> f64| {
@@ -418,6 +431,7 @@ pub(crate) async fn scale(
         four: median(|s| s.four),
         hot: median(|s| s.hot),
         hot_four: median(|s| s.hot_four),
+        unjournaled: median(|s| s.unjournaled),
     };
     let of = if rounds > 1 {
         format!(", medians of {rounds} interleaved rounds")
@@ -441,6 +455,10 @@ pub(crate) async fn scale(
         ("4 instances".to_owned(), m.four),
         (format!("1 instance, {hot_events}"), m.hot),
         (format!("4 instances, {hot_events}"), m.hot_four),
+        (
+            "1 instance, without the journal (`<table>_handling` absent)".to_owned(),
+            m.unjournaled,
+        ),
     ] {
         println!(
             "| relay, {what} | {rate:.0} | {:.3} | {:.3} |",

@@ -842,8 +842,8 @@ fn every_mistake_is_one_line_that_says_what_to_fix() {
         text,
         format!(
             "outbox: error: {}:3: unknown field `batchsize`, expected one of `batch_size`, \
-             `max_batch_bytes`, `max_attempts`, `poll_interval`, `retention`, `ordering`, \
-             `source`, `replication_url`, `tables`\n",
+             `max_batch_bytes`, `max_attempts`, `poll_interval`, `delivery_timeout`, \
+             `retention`, `ordering`, `source`, `replication_url`, `tables`\n",
             config.display()
         )
     );

@@ -427,8 +427,12 @@ impl<D: TestDb> RelayTable<D> {
             .await
     }
 
+    /// Drops the table and the relays' journal beside it.
     pub async fn drop_table(self) {
         self.db.execute(format!("DROP TABLE {}", self.name)).await;
+        self.db
+            .execute(format!("DROP TABLE IF EXISTS {}_handling", self.name))
+            .await;
     }
 }
 

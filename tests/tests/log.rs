@@ -145,6 +145,7 @@ impl LogTable {
             format!("DROP PUBLICATION IF EXISTS \"{publication}\""),
             format!("DROP TABLE {}", self.name),
             format!("DROP TABLE IF EXISTS \"{}_log_position\"", self.name),
+            format!("DROP TABLE IF EXISTS \"{}_handling\"", self.name),
         ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)

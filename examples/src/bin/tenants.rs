@@ -92,7 +92,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     tenant(&pool, "umbrella", 2).await?;
     println!("created tenant umbrella while the relay runs");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Found at the next refresh (200 ms), then served in turn: wait for it, 10 s at most.
+    let served = || {
+        published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|tenant| *tenant == "umbrella")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = stop.send(());
     task.await?;
 

@@ -323,10 +323,10 @@ impl<C: Claim> Claim for ManyClaim<C> {
 
     fn in_hand(
         &mut self,
-        seqs: &[i64],
+        messages: &[Message],
     ) -> impl std::future::Future<Output = Result<std::collections::HashMap<i64, u32>, Error>> + Send
     {
-        self.claim.in_hand(seqs)
+        self.claim.in_hand(messages)
     }
 
     fn table(&self) -> Option<&TableName> {

@@ -409,8 +409,7 @@ impl<S: Source, K: Sink> Relay<S, K> {
         };
         let mut messages = claim.take_messages();
         let claimed = messages.len();
-        let seqs: Vec<i64> = messages.iter().map(|message| message.seq).collect();
-        let stops = claim.in_hand(&seqs).await?;
+        let stops = claim.in_hand(&messages).await?;
         if !stops.is_empty() && claimed > 1 {
             // A relay stopped with some of these in hand: one of them may be what killed it.
             // Released untouched, and claimed again one at a time.
@@ -781,7 +780,6 @@ mod tests {
     use std::collections::{BTreeMap, HashSet};
     use std::sync::Mutex;
 
-    use futures_util::FutureExt;
     use proptest::prelude::*;
 
     use super::*;
@@ -876,7 +874,12 @@ mod tests {
             let sink = Recorder { failing: failing.clone(), keeps_order, waves: Mutex::default() };
             let relay = Relay::from_source(Nothing, sink).ordering(ordering).build();
             let messages = batch(&aggregates);
-            let settlement = relay.publish(messages.clone()).now_or_never().unwrap();
+            // The delivery timeout needs a clock: a runtime with time.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let settlement = runtime.block_on(relay.publish(messages.clone()));
 
             let published: HashSet<i64> = settlement.published.iter().copied().collect();
             let retried: HashSet<i64> = settlement.retry.iter().map(|(seq, ..)| *seq).collect();

@@ -66,8 +66,8 @@ pub trait Claim: Send {
     /// settlement's lists are released untouched (held back behind a failure).
     fn settle(self, settlement: Settlement) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Called before the relay hands the claimed messages to the sink: notes the messages
-    /// `seqs` as in this relay's hands (somewhere a crash does not roll back), and returns, by
+    /// Called before the relay hands the claimed messages to the sink: notes `messages` as in
+    /// this relay's hands (somewhere a crash does not roll back), and returns, by
     /// `seq`, how many times relays stopped — crashed, were killed, lost the database — with
     /// one of them in hand before settling it, for those where that happened. The relay then
     /// handles such suspects one at a time, and counts those stops as failed attempts: an event
@@ -77,9 +77,9 @@ pub trait Claim: Send {
     /// restart.
     fn in_hand(
         &mut self,
-        seqs: &[i64],
+        messages: &[Message],
     ) -> impl Future<Output = Result<HashMap<i64, u32>, Error>> + Send {
-        let _ = seqs;
+        let _ = messages;
         async { Ok(HashMap::new()) }
     }
 

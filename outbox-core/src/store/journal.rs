@@ -6,8 +6,9 @@
 //! A claim holds its events under row locks (or a lease) in a transaction that a crash rolls
 //! back, so nothing the claim writes survives the crash. The journal is written beside it, on
 //! its own: before the sink is called, the relay notes the claimed events (one row: the claim,
-//! the relay's holder id, the events' `seq`s), and deletes its earlier notes in the same
-//! statement; a graceful stop deletes them all. A note left by *another* holder on an event
+//! the relay's holder id, each event's `seq` and the last 32 bits of its id, so that a note never
+//! matches an event of a table dropped and created again), and deletes its earlier notes in the
+//! same statement; a graceful stop deletes them all. A note left by *another* holder on an event
 //! that is claimed again is therefore a relay that stopped with it in hand without settling it
 //! (crashed, killed, cut from the database). The relay then handles the suspects one at a time,
 //! each noted alone, so that a crash is counted against the one event it happened on; with its
@@ -19,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::message::Message;
 use crate::{Error, TableName};
 
 /// A database's statements for the journal. Implemented by the library for each database.
@@ -27,14 +29,14 @@ pub trait Journal: sqlx::Database {
     /// The database's name, for errors.
     const JOURNAL_DIALECT: &'static str;
 
-    /// Deletes `holder`'s earlier notes, notes `seqs` (comma-separated) as claim `claim` of
-    /// `holder`, and returns the `seq` lists of the other holders' notes.
+    /// Deletes `holder`'s earlier notes, notes `events` (`seq:fingerprint`, comma-separated) as
+    /// claim `claim` of `holder`, and returns the lists of the other holders' notes.
     fn note<'a>(
         pool: &'a sqlx::Pool<Self>,
         table: &'a TableName,
         holder: &'a str,
         claim: &'a str,
-        seqs: &'a str,
+        events: &'a str,
     ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send + 'a;
 
     /// Deletes `holder`'s notes (a graceful stop).
@@ -70,20 +72,21 @@ impl Hands {
         }
     }
 
-    /// Notes `seqs` as in this relay's hands; returns, by `seq`, the notes other holders left
-    /// on them (relays that stopped with them in hand), for those that have any.
+    /// Notes `messages` as in this relay's hands; returns, by `seq`, the notes other holders
+    /// left on them (relays that stopped with them in hand), for those that have any.
     pub(crate) async fn note<DB: Journal>(
         &self,
         pool: &sqlx::Pool<DB>,
-        seqs: &[i64],
+        messages: &[Message],
     ) -> Result<HashMap<i64, u32>, Error> {
-        if seqs.is_empty() || !self.kept.load(Ordering::Relaxed) {
+        if messages.is_empty() || !self.kept.load(Ordering::Relaxed) {
             return Ok(HashMap::new());
         }
         let claim = uuid::Uuid::now_v7().to_string();
-        let listed = list(seqs);
+        let entries: Vec<String> = messages.iter().map(entry).collect();
+        let listed = entries.join(",");
         match DB::note(pool, &self.table, &self.holder, &claim, &listed).await {
-            Ok(others) => Ok(stops(seqs, &others)),
+            Ok(others) => Ok(stops(messages, &others)),
             Err(error) => self
                 .missing(error, DB::JOURNAL_DIALECT)
                 .map(|()| HashMap::new()),
@@ -134,26 +137,29 @@ impl Hands {
     }
 }
 
-/// `seqs` as the journal writes them: `1,2,3`.
-fn list(seqs: &[i64]) -> String {
-    seqs.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+/// An event as a note lists it: `seq:fingerprint`, the fingerprint being the last 32 bits of
+/// its id (random in a UUIDv7), in hex.
+fn entry(message: &Message) -> String {
+    format!("{}:{:08x}", message.seq, message.id.as_u128() as u32)
 }
 
 /// The `seq`s a note lists; anything else in it is ignored.
 pub(crate) fn parse(listed: &str) -> impl Iterator<Item = i64> + '_ {
-    listed.split(',').filter_map(|seq| seq.trim().parse().ok())
+    listed
+        .split(',')
+        .filter_map(|entry| entry.split(':').next()?.trim().parse().ok())
 }
 
-/// For each of `seqs` that the other holders' notes list, how many notes list it.
-fn stops(seqs: &[i64], others: &[String]) -> HashMap<i64, u32> {
-    let ours: HashSet<i64> = seqs.iter().copied().collect();
+/// For each of `messages` that the other holders' notes list (same `seq`, same fingerprint),
+/// how many notes list it.
+fn stops(messages: &[Message], others: &[String]) -> HashMap<i64, u32> {
+    let ours: HashSet<String> = messages.iter().map(entry).collect();
     let mut stops: HashMap<i64, u32> = HashMap::new();
     for note in others {
-        for seq in parse(note).filter(|seq| ours.contains(seq)) {
-            *stops.entry(seq).or_default() += 1;
+        for listed in note.split(',').filter(|listed| ours.contains(*listed)) {
+            if let Some(seq) = parse(listed).next() {
+                *stops.entry(seq).or_default() += 1;
+            }
         }
     }
     stops
@@ -163,15 +169,32 @@ fn stops(seqs: &[i64], others: &[String]) -> HashMap<i64, u32> {
 mod tests {
     use super::*;
 
+    fn message(seq: i64) -> Message {
+        Message::new(uuid::Uuid::now_v7(), seq, "a", "1", "E", "{}")
+    }
+
     #[test]
     fn each_note_of_another_holder_counts_once_per_event_it_lists() {
-        let others = vec!["1,2,3".to_owned(), "3,9".to_owned(), "x,,4".to_owned()];
-        let stops = stops(&[2, 3, 4, 5], &others);
+        let ours: Vec<Message> = (2..=5).map(message).collect();
+        let e = |i: usize| entry(&ours[i]);
+        let others = vec![
+            format!("1:00000000,{},{}", e(0), e(1)),
+            format!("{},9:00000000", e(1)),
+            format!("x,,{}", e(2)),
+        ];
+        let stops = stops(&ours, &others);
         assert_eq!(stops.get(&2), Some(&1));
         assert_eq!(stops.get(&3), Some(&2));
         assert_eq!(stops.get(&4), Some(&1));
         assert_eq!(stops.get(&5), None);
-        assert_eq!(list(&[7, 8]), "7,8");
-        assert_eq!(parse("7,8").collect::<Vec<_>>(), [7, 8]);
+        assert_eq!(parse("7:0a0b0c0d,8:00000001").collect::<Vec<_>>(), [7, 8]);
+    }
+
+    #[test]
+    fn a_note_of_a_table_created_again_does_not_count() {
+        // Same seq, another event (the table was dropped and created again).
+        let ours = vec![message(1)];
+        let stale = vec![entry(&message(1))];
+        assert!(stops(&ours, &stale).is_empty());
     }
 }

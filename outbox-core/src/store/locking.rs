@@ -416,9 +416,9 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
 
     async fn in_hand(
         &mut self,
-        seqs: &[i64],
+        messages: &[Message],
     ) -> Result<std::collections::HashMap<i64, u32>, Error> {
-        self.hands.note(&self.pool, seqs).await
+        self.hands.note(&self.pool, messages).await
     }
 
     async fn settle(self, settlement: Settlement) -> Result<(), Error> {

@@ -32,7 +32,7 @@ impl Journal for MySql {
         table: &TableName,
         holder: &str,
         claim: &str,
-        seqs: &str,
+        events: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
         let j = journal(table);
         let mut conn = pool.acquire().await?;
@@ -45,7 +45,7 @@ impl Journal for MySql {
         )))
         .bind(claim)
         .bind(holder)
-        .bind(seqs)
+        .bind(events)
         .execute(&mut *conn)
         .await?;
         sqlx::query_scalar(AssertSqlSafe(format!(

@@ -33,7 +33,7 @@ impl Journal for Postgres {
         table: &TableName,
         holder: &str,
         claim: &str,
-        seqs: &str,
+        events: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
         // One round trip: the sub-statements see the same snapshot, so the select sees neither
         // the deletion nor the insertion (both of this holder's rows, which it leaves out).
@@ -46,7 +46,7 @@ impl Journal for Postgres {
         sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(holder)
             .bind(claim)
-            .bind(seqs)
+            .bind(events)
             .fetch_all(pool)
             .await
     }
@@ -63,7 +63,8 @@ impl Journal for Postgres {
     async fn sweep(pool: &PgPool, table: &TableName, holder: &str) -> Result<u64, sqlx::Error> {
         let sql = format!(
             "DELETE FROM {j} j WHERE j.holder <> $1 AND NOT EXISTS (SELECT 1 FROM {t} o \
-             WHERE o.seq = ANY(string_to_array(j.seqs, ',')::int8[]) AND {pending})",
+             WHERE o.seq = ANY(ARRAY(SELECT split_part(e, ':', 1)::int8 \
+               FROM unnest(string_to_array(j.seqs, ',')) AS e)) AND {pending})",
             j = journal(table),
             t = table.quoted('"'),
             pending = pending("o"),

@@ -1186,9 +1186,9 @@ impl Claim for LogClaim {
 
     /// The parked events' claims note what they hold like a polling relay's; the log's events
     /// keep no note (the slot and the relay's position say where the stream stands).
-    async fn in_hand(&mut self, seqs: &[i64]) -> Result<HashMap<i64, u32>, Error> {
+    async fn in_hand(&mut self, messages: &[Message]) -> Result<HashMap<i64, u32>, Error> {
         match &mut self.0 {
-            Batch::Parked(claim, _) => claim.in_hand(seqs).await,
+            Batch::Parked(claim, _) => claim.in_hand(messages).await,
             Batch::Log(_) => Ok(HashMap::new()),
         }
     }

@@ -31,7 +31,7 @@ impl Journal for Sqlite {
         table: &TableName,
         holder: &str,
         claim: &str,
-        seqs: &str,
+        events: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
         let j = journal(table);
         let mut conn = pool.acquire().await?;
@@ -44,7 +44,7 @@ impl Journal for Sqlite {
         )))
         .bind(claim)
         .bind(holder)
-        .bind(seqs)
+        .bind(events)
         .execute(&mut *conn)
         .await?;
         sqlx::query_scalar(AssertSqlSafe(format!(
