@@ -112,9 +112,9 @@ pub(crate) enum Command {
     /// Receives a CockroachDB changefeed of the outbox table over HTTPS and forwards each row
     /// to the configured sink.
     ///
-    /// Point the changefeed at it: `CREATE CHANGEFEED FOR TABLE outbox INTO
-    /// 'webhook-https://<this host>:8443/?insecure_tls_skip_verify=false' WITH updated,
-    /// resolved, webhook_auth_header = '<secret>'`. A request is answered 200 once the sink
+    /// Point the changefeed at it with the statements `outbox changefeed-sql` prints for this
+    /// configuration (`CREATE CHANGEFEED FOR TABLE … INTO 'webhook-https://…' WITH updated,
+    /// resolved, …`, the secret as `webhook_auth_header`). A request is answered 200 once the sink
     /// confirmed every row (replays are dropped), 503 when the sink failed (CockroachDB sends it
     /// again), 400/401/413 when it is refused. No database connection is needed. Until SIGINT
     /// or SIGTERM.

@@ -669,6 +669,7 @@ fn changefeed_sql_prints_the_statements_for_the_configured_receiver() {
              WITH updated,\n       \
              resolved = '10s',\n       \
              min_checkpoint_frequency = '10s',\n       \
+             schema_change_policy = 'nobackfill',\n       \
              webhook_auth_header = '{secret}',\n       \
              webhook_sink_config = '{{\"Flush\": {{\"Messages\": 1000, \"Bytes\": 2097152, \"Frequency\": \"100ms\"}}, \"Retry\": {{\"Max\": \"inf\", \"Backoff\": \"500ms\"}}}}';\n\n"
         )

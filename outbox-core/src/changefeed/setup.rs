@@ -219,6 +219,9 @@ impl Setup {
             "updated".to_owned(),
             format!("resolved = '{}s'", self.resolved.as_secs()),
             format!("min_checkpoint_frequency = '{}s'", self.resolved.as_secs()),
+            // A schema change (a column added by a later `migrate`) must not send every row of
+            // the table again: the outbox's rows never change after they are written.
+            "schema_change_policy = 'nobackfill'".to_owned(),
         ];
         if let Some(secret) = secret {
             options.push(format!("webhook_auth_header = {}", sql_string(secret)));
@@ -284,7 +287,8 @@ mod tests {
     /// `AT TIME ZONE` as the page advises), `ttl_job_cron` (cron syntax, `@hourly`) and
     /// `ttl_disable_changefeed_replication` (new in v24.1); `CREATE CHANGEFEED FOR TABLE … INTO
     /// 'webhook-https://…'` with the options `updated`, `resolved` (an interval),
-    /// `min_checkpoint_frequency`, `webhook_auth_header` and `webhook_sink_config` (`Flush`'s
+    /// `min_checkpoint_frequency`, `schema_change_policy` (`backfill`, `nobackfill` or `stop`),
+    /// `webhook_auth_header` and `webhook_sink_config` (`Flush`'s
     /// `Messages`, `Bytes` and `Frequency`, `Retry`'s `Max` — an integer or `"inf"` — and
     /// `Backoff`), and the URL parameter `ca_cert` (base64).
     #[test]
@@ -309,6 +313,7 @@ mod tests {
                    WITH updated,\n       \
                         resolved = '10s',\n       \
                         min_checkpoint_frequency = '10s',\n       \
+                        schema_change_policy = 'nobackfill',\n       \
                         webhook_auth_header = 'Bearer it''s',\n       \
                         webhook_sink_config = '{\"Flush\": {\"Messages\": 1000, \"Bytes\": 524288, \"Frequency\": \"100ms\"}, \"Retry\": {\"Max\": \"inf\", \"Backoff\": \"500ms\"}}'",
             ]
