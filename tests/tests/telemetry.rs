@@ -155,6 +155,25 @@ fn relay<S: Sink>(pool: &PgPool, outbox: &Outbox, sink: S) -> tokio::task::JoinH
     )
 }
 
+/// The `send` span of trace `trace_id`, once it ended (the sink answered) and was exported.
+async fn finished_send(trace_id: TraceId) -> SpanData {
+    eventually(Duration::from_secs(10), "the send span to end", || async {
+        let (provider, exporter) = exporter();
+        provider.force_flush().unwrap();
+        exporter.get_finished_spans().unwrap().iter().any(|span| {
+            span.span_context.trace_id() == trace_id && span.span_kind == SpanKind::Producer
+        })
+    })
+    .await;
+    let (_, exporter) = exporter();
+    let finished = exporter.get_finished_spans().unwrap();
+    let spans: Vec<&SpanData> = finished
+        .iter()
+        .filter(|span| span.span_context.trace_id() == trace_id)
+        .collect();
+    one(&spans, "send", |s| s.span_kind == SpanKind::Producer).clone()
+}
+
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
@@ -450,24 +469,8 @@ async fn a_refused_delivery_ends_its_send_span_with_the_error() {
         std::future::ready(Err(outbox::relay::SinkError::permanent("schema refused")))
     });
     let relay = relay(&pool, &FAILING_OUTBOX, sink);
-    // The span ends once the sink has answered: wait until it is exported.
-    eventually(Duration::from_secs(10), "the send span to end", || async {
-        let (provider, exporter) = exporter();
-        provider.force_flush().unwrap();
-        exporter.get_finished_spans().unwrap().iter().any(|span| {
-            span.span_context.trace_id() == trace_id && span.span_kind == SpanKind::Producer
-        })
-    })
-    .await;
+    let send = &finished_send(trace_id).await;
     relay.abort();
-    let (provider, exporter) = exporter();
-    provider.force_flush().unwrap();
-    let finished = exporter.get_finished_spans().unwrap();
-    let spans: Vec<&SpanData> = finished
-        .iter()
-        .filter(|span| span.span_context.trace_id() == trace_id)
-        .collect();
-    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
     assert_eq!(
         send.status,
         opentelemetry::trace::Status::error("schema refused")
@@ -493,23 +496,8 @@ async fn a_destination_per_aggregate_names_its_span_after_the_template() {
     })
     .await;
     let relay = relay(&pool, &PER_AGGREGATE_OUTBOX, sink.clone());
-    eventually(Duration::from_secs(10), "the send span to end", || async {
-        let (provider, exporter) = exporter();
-        provider.force_flush().unwrap();
-        exporter.get_finished_spans().unwrap().iter().any(|span| {
-            span.span_context.trace_id() == trace_id && span.span_kind == SpanKind::Producer
-        })
-    })
-    .await;
+    let send = &finished_send(trace_id).await;
     relay.abort();
-    let (provider, exporter) = exporter();
-    provider.force_flush().unwrap();
-    let finished = exporter.get_finished_spans().unwrap();
-    let spans: Vec<&SpanData> = finished
-        .iter()
-        .filter(|span| span.span_context.trace_id() == trace_id)
-        .collect();
-    let send = one(&spans, "send", |s| s.span_kind == SpanKind::Producer);
     assert_eq!(send.name, format!("send {template}"));
     assert_eq!(
         attribute(send, "messaging.destination.template").as_deref(),

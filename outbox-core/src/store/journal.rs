@@ -54,6 +54,107 @@ pub trait Journal: sqlx::Database {
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
 }
 
+/// The journal in plain statements, one at a time on one connection (`$quote` quotes names):
+/// MySQL/MariaDB and SQLite, which have no data-modifying `WITH` and no arrays to sweep by.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+macro_rules! statement_journal {
+    ($db:ty, $pool:ty, $quote:literal, $dialect:literal) => {
+        /// The journal of `table`: `<table>_handling`.
+        fn journal(table: &TableName) -> String {
+            table.companion("_handling", $quote)
+        }
+
+        impl Journal for $db {
+            const JOURNAL_DIALECT: &'static str = $dialect;
+
+            async fn note(
+                pool: &$pool,
+                table: &TableName,
+                holder: &str,
+                claim: &str,
+                events: &str,
+            ) -> Result<Vec<String>, sqlx::Error> {
+                let j = journal(table);
+                let mut conn = pool.acquire().await?;
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {j} WHERE holder = ?")))
+                    .bind(holder)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {j} (claim, holder, seqs) VALUES (?, ?, ?)"
+                )))
+                .bind(claim)
+                .bind(holder)
+                .bind(events)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT seqs FROM {j} WHERE holder <> ?"
+                )))
+                .bind(holder)
+                .fetch_all(&mut *conn)
+                .await
+            }
+
+            async fn forget(
+                pool: &$pool,
+                table: &TableName,
+                holder: &str,
+            ) -> Result<(), sqlx::Error> {
+                let sql = format!("DELETE FROM {} WHERE holder = ?", journal(table));
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(holder)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn sweep(
+                pool: &$pool,
+                table: &TableName,
+                holder: &str,
+            ) -> Result<u64, sqlx::Error> {
+                let j = journal(table);
+                let notes: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT claim, seqs FROM {j} WHERE holder <> ?"
+                )))
+                .bind(holder)
+                .fetch_all(pool)
+                .await?;
+                let mut swept = 0;
+                for (claim, seqs) in notes {
+                    // The seqs are parsed numbers: safe to write into the statement.
+                    let listed: Vec<String> = $crate::store::journal::parse(&seqs)
+                        .map(|seq| seq.to_string())
+                        .collect();
+                    let live = !listed.is_empty()
+                        && sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
+                            "SELECT EXISTS (SELECT 1 FROM {t} o WHERE o.seq IN ({list}) AND {pending})",
+                            t = table.quoted($quote),
+                            list = listed.join(","),
+                            pending = $crate::store::table::pending("o"),
+                        )))
+                        .fetch_one(pool)
+                        .await?
+                            != 0;
+                    if !live {
+                        swept += sqlx::query(AssertSqlSafe(format!(
+                            "DELETE FROM {j} WHERE claim = ?"
+                        )))
+                        .bind(&claim)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                    }
+                }
+                Ok(swept)
+            }
+        }
+    };
+}
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) use statement_journal;
+
 /// A source's side of the journal: its holder id, and whether the table has a journal (a table
 /// migrated by an older version has none: crashes are then not counted, and a warning says so).
 #[derive(Debug)]

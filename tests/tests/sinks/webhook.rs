@@ -126,19 +126,24 @@ impl Receiver {
     }
 
     fn received(&self) -> Vec<(String, String, i64)> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|event| {
-                (
-                    event["id"].as_str().unwrap().to_owned(),
-                    event["aggregate_id"].as_str().unwrap().to_owned(),
-                    event["payload"]["n"].as_i64().unwrap(),
-                )
-            })
-            .collect()
+        received(&self.events)
     }
+}
+
+/// `(id, aggregate, n)` of each event a receiver kept, in arrival order.
+fn received(events: &Mutex<Vec<serde_json::Value>>) -> Vec<(String, String, i64)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["id"].as_str().unwrap().to_owned(),
+                event["aggregate_id"].as_str().unwrap().to_owned(),
+                event["payload"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 impl Drop for Receiver {
@@ -647,18 +652,7 @@ async fn a_redirecting_receiver_gets_no_event_deleted_and_replay_delivers_them_o
         drained(&table).await;
         stop.send(()).unwrap();
         relay.await.unwrap();
-        let received: Vec<(String, String, i64)> = events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|event| {
-                (
-                    event["id"].as_str().unwrap().to_owned(),
-                    event["aggregate_id"].as_str().unwrap().to_owned(),
-                    event["payload"]["n"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let received = received(&events);
         assert_eq!(received.len(), 8, "{status}: each event exactly once");
         assert_eq!(
             per_aggregate(&first_deliveries(received)),
