@@ -284,6 +284,8 @@ pub struct Receiver<K> {
     sink: K,
     config: ReceiverConfig,
     memory: Mutex<Memory>,
+    /// Why the last request's delivery failed, until one succeeds: what `/health` reports.
+    failing: Mutex<Option<String>>,
 }
 
 /// A request of CockroachDB's webhook sink: rows, or a resolved timestamp.
@@ -337,6 +339,16 @@ impl<K: Sink> Receiver<K> {
             sink,
             config,
             memory: Mutex::default(),
+            failing: Mutex::default(),
+        }
+    }
+
+    /// Whether the sink took the last request with rows: `Err` with the sink's reason while
+    /// its deliveries fail (CockroachDB is then retrying), for a health check to report.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failing.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
         }
     }
 
@@ -471,7 +483,10 @@ impl<K: Sink> Receiver<K> {
                 })
                 .collect()
         };
-        self.forward(fresh, &mut received).await?;
+        let forwarded = self.forward(fresh, &mut received).await;
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) =
+            forwarded.as_ref().err().map(ToString::to_string);
+        forwarded?;
         Ok(received)
     }
 
@@ -521,6 +536,8 @@ impl<K: Sink> Receiver<K> {
                 match result {
                     Ok(()) if !failed_aggregates.contains(&aggregate) => {
                         received.forwarded += 1;
+                        // Counted as it happens: a request that fails later keeps this one.
+                        metrics::counter!("outbox_changefeed_events_total").increment(1);
                     }
                     Ok(()) => continue,
                     Err(error) if error.is_permanent() => {
@@ -556,7 +573,6 @@ impl<K: Sink> Receiver<K> {
                 });
             }
         }
-        metrics::counter!("outbox_changefeed_events_total").increment(received.forwarded as u64);
         Ok(())
     }
 }

@@ -424,3 +424,52 @@ async fn the_polling_relay_refuses_cockroachdb_at_start_and_migrate_takes_its_dd
         .await
         .unwrap();
 }
+
+/// `outbox_changefeed_events_total` counts every row the sink confirmed, also in a request
+/// that fails afterwards (it counted 300 of 301 when the last row failed: the count was added
+/// only when the whole request succeeded); and the receiver's health (`outbox changefeed`'s
+/// `/health`) reports the failing sink until a request goes through (it answered ok whatever
+/// the sink did).
+#[tokio::test]
+async fn rows_forwarded_before_a_failure_are_counted_and_health_reports_the_sink() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("no other recorder in this test process");
+    let sink = HandlerSink::new(|message: Message| async move {
+        if message.aggregate_id == "a2" {
+            Err(SinkError::transient("the broker is away"))
+        } else {
+            Ok(())
+        }
+    });
+    let receiver = Receiver::new(sink, ReceiverConfig::default());
+    assert_eq!(receiver.health(), Ok(()));
+    let error = receiver
+        .receive(None, &batch(&rows(3, 3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ChangefeedError::SinkFailed { .. }),
+        "{error}"
+    );
+    let counted: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "outbox_changefeed_events_total")
+        .map(|(.., value)| match value {
+            DebugValue::Counter(count) => count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(counted, 2, "the two rows the sink confirmed");
+    // The health check says so until a request goes through.
+    let reason = receiver.health().unwrap_err();
+    assert!(reason.contains("the broker is away"), "{reason}");
+    let fine = rows(2, 2);
+    receiver.receive(None, &batch(&fine)).await.unwrap();
+    assert_eq!(receiver.health(), Ok(()));
+}

@@ -98,8 +98,22 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         () = &mut shutdown => return Ok(()),
     };
     let receiver = Arc::new(Receiver::new(sink, receiver_config));
+    let health = Arc::clone(&receiver);
     let app = axum::Router::new()
-        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/health",
+            // 503 while the sink fails the deliveries (CockroachDB is retrying them).
+            axum::routing::get(move || {
+                let answer = match health.health() {
+                    Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+                    Err(reason) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the sink fails: {reason}\n"),
+                    ),
+                };
+                async move { answer }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {
