@@ -1867,6 +1867,35 @@ key = "{key}"
         assert!(text.starts_with(expected), "{text}");
     }
 
+    // The same request gzipped, as CockroachDB 25.2+ sends it with `compression = 'gzip'`:
+    // understood (its rows are replays now); an encoding the receiver does not know is 415.
+    let gzipped = {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(body.as_bytes()).unwrap();
+        encoder.finish().unwrap()
+    };
+    let compressed = client
+        .post(&url)
+        .header("Authorization", "Bearer cf-secret")
+        .header("Content-Encoding", "gzip")
+        .body(gzipped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compressed.status().as_u16(), 200);
+    let text = compressed.text().await.unwrap();
+    assert!(text.starts_with("forwarded 0, replays 3"), "{text}");
+    let unknown = client
+        .post(&url)
+        .header("Authorization", "Bearer cf-secret")
+        .header("Content-Encoding", "x-unknown")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 415);
+
     // A resolved message, then the receiver's metrics on the same endpoint.
     let resolved = client
         .post(&url)

@@ -124,6 +124,9 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         .fallback(axum::routing::post(receive))
         // The receiver answers 413 itself, with the cap in its reason: let one byte more in.
         .layer(DefaultBodyLimit::max(cap.saturating_add(1)))
+        // CockroachDB 25.2+ gzips requests with `compression = 'gzip'`: decompressed here, the
+        // cap applying to what comes out; another encoding is answered 415.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .with_state(receiver);
     eprintln!(
         "outbox changefeed: https://{address} -> {} {}",
