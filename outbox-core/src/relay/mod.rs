@@ -511,13 +511,13 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 self.config.table.as_str(),
                 &mut to_sink,
             );
-            let bounded = within(self.config.delivery_timeout, &self.sink, &to_sink).await;
-            stalled = bounded.iter().any(Option::is_none);
+            let results = within(self.config.delivery_timeout, &self.sink, &to_sink).await;
+            stalled = results.iter().any(Option::is_none);
             // Untried messages are reported to the spans as failures; they are settled as
             // nothing (released untouched).
             #[cfg(feature = "opentelemetry")]
             spans.finish(
-                &bounded
+                &results
                     .iter()
                     .map(|result| {
                         result.clone().unwrap_or_else(|| {
@@ -528,7 +528,6 @@ impl<S: Source, K: Sink> Relay<S, K> {
                     })
                     .collect::<Vec<Delivery>>(),
             );
-            let results = bounded;
             let (wave, results) = match (wave, refused) {
                 (Some(wave), Some(refused)) => {
                     let mut sent = results.into_iter();
