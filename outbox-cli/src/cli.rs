@@ -109,15 +109,17 @@ pub(crate) enum Command {
     /// with `relay.retention` set: audit within that period. Nothing is consumed: a RabbitMQ
     /// queue's messages go back to it unacknowledged.
     Audit(Audit),
-    /// Receives a CockroachDB changefeed of the outbox table over HTTPS and forwards each row
-    /// to the configured sink.
+    /// Receives a CockroachDB changefeed of the outbox table over HTTPS and relays its events
+    /// to the configured sink, in commit order per aggregate.
     ///
     /// Point the changefeed at it with the statements `outbox changefeed-sql` prints for this
     /// configuration (`CREATE CHANGEFEED FOR TABLE … INTO 'webhook-https://…' WITH updated,
-    /// resolved, …`, the secret as `webhook_auth_header`). A request is answered 200 once the sink
-    /// confirmed every row (replays are dropped), 503 when the sink failed (CockroachDB sends it
-    /// again), 400/401/413 when it is refused. No database connection is needed. Until SIGINT
-    /// or SIGTERM.
+    /// resolved, …`, the secret as `webhook_auth_header`). A request is answered 200 once its
+    /// rows are stored in the receiver's own database (`changefeed.store`, default a SQLite file
+    /// `outbox-changefeed.db` in the working directory; replays are dropped), 503 when that
+    /// database fails (CockroachDB sends it again), 400/401/413 when it is refused. Each
+    /// resolved timestamp releases the rows before it, in commit order, to the relay (the
+    /// `[relay]` settings), which publishes them. Until SIGINT or SIGTERM.
     Changefeed {
         /// Where to listen, overriding `changefeed.listen`.
         #[arg(long)]

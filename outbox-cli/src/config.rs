@@ -44,10 +44,16 @@ pub(crate) struct ChangefeedConfig {
     /// The `Authorization` header value the changefeed sends (its `webhook_auth_header`
     /// option); prefer `OUTBOX_CHANGEFEED_SECRET`.
     pub(crate) secret: Option<String>,
-    /// The largest request body accepted (default 16 MiB).
+    /// The largest request body accepted (default 64 MiB); `outbox changefeed-sql` chooses
+    /// the changefeed's flush size from it.
     pub(crate) max_body_bytes: Option<usize>,
-    /// How many forwarded event ids are remembered to drop replays (default 100,000).
-    pub(crate) window: Option<usize>,
+    /// The receiver's own database, where rows wait for a resolved timestamp and from which
+    /// the relay publishes them (default `sqlite://outbox-changefeed.db?mode=rwc`).
+    pub(crate) store: Option<String>,
+    /// How long the ids of published events are remembered to drop replays, e.g. `"25h"` (the
+    /// default): longer than `row_ttl`.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) remember: Option<Duration>,
     /// The receiver's address as CockroachDB's nodes reach it, `https://host:port/`: the URL
     /// `outbox changefeed-sql` writes into `CREATE CHANGEFEED`.
     pub(crate) public_url: Option<String>,

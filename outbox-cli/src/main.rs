@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         secret,
     } = &cli.command
     {
-        // The changefeed brings the rows: no database connection.
+        // The changefeed brings the rows, into the receiver's own database.
         let config = settings::config(&cli)?;
         let options = commands::changefeed::Options {
             listen: listen.clone(),

@@ -632,7 +632,7 @@ fn changefeed_sql_prints_the_statements_for_the_configured_receiver() {
     std::fs::write(
         &config,
         "[changefeed]\npublic_url = \"https://relay.internal:8443/\"\nsecret = \"Bearer s3cret\"\n\
-         row_ttl = \"2h\"\nmax_body_bytes = 4194304\n",
+         row_ttl = \"2h\"\nmax_body_bytes = 104857600\n",
     )
     .unwrap();
     let ca = dir.join("ca.pem");
@@ -670,12 +670,28 @@ fn changefeed_sql_prints_the_statements_for_the_configured_receiver() {
              resolved = '10s',\n       \
              min_checkpoint_frequency = '10s',\n       \
              schema_change_policy = 'nobackfill',\n       \
+             initial_scan = 'yes',\n       \
              webhook_auth_header = '{secret}',\n       \
-             webhook_sink_config = '{{\"Flush\": {{\"Messages\": 1000, \"Bytes\": 2097152, \"Frequency\": \"100ms\"}}, \"Retry\": {{\"Max\": \"inf\", \"Backoff\": \"500ms\"}}}}';\n\n"
+             webhook_sink_config = '{{\"Flush\": {{\"Messages\": 1000, \"Bytes\": 8979285, \"Frequency\": \"100ms\"}}, \"Retry\": {{\"Max\": \"inf\", \"Backoff\": \"500ms\"}}}}';\n\n"
         )
     };
     assert_eq!(run(&[]), expected("<redacted>"));
     assert_eq!(run(&["--show-secret"]), expected("Bearer s3cret"));
+    // A cap too small for one escaped row of the largest payload: refused, with the size.
+    std::fs::write(
+        &config,
+        "[changefeed]\npublic_url = \"https://relay.internal:8443/\"\nmax_body_bytes = 4194304\n",
+    )
+    .unwrap();
+    let (code, text) = fails(
+        &[],
+        &["--config", config.to_str().unwrap(), "changefeed-sql"],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("changefeed.max_body_bytes: a body cap of 4194304 bytes cannot hold"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1763,7 +1779,7 @@ fn changefeed_row(id: uuid::Uuid, aggregate: &str, n: i64) -> serde_json::Value 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changefeed_endpoint_forwards_rows_over_https_and_refuses_a_wrong_secret() {
+async fn changefeed_endpoint_relays_rows_over_https_and_refuses_a_wrong_secret() {
     let prefix = unique("cf");
     let stream = stream_for(&prefix).await;
     let dir = std::env::temp_dir().join(&prefix);
@@ -1782,18 +1798,23 @@ kind = "nats"
 url = "{nats}"
 routing = "{prefix}.{{aggregate_type}}"
 
+[relay]
+poll_interval = "20ms"
+
 [changefeed]
 listen = "127.0.0.1:{port}"
 cert = "{cert}"
 key = "{key}"
+store = "sqlite://{store}?mode=rwc"
 "#,
             nats = nats_url(),
+            store = dir.join("changefeed.db").display(),
             cert = cert.display(),
             key = key.display(),
         ),
     )
     .unwrap();
-    // No database: the changefeed brings the rows.
+    // No database but the receiver's own: the changefeed brings the rows.
     let mut child = KillOnDrop(
         Command::new(OUTBOX)
             .arg("--config")
@@ -1860,9 +1881,9 @@ key = "{key}"
         assert_eq!(accepted.status().as_u16(), 200);
         let text = accepted.text().await.unwrap();
         let expected = if attempt == 0 {
-            "forwarded 3, replays 0"
+            "staged 3, replays 0"
         } else {
-            "forwarded 0, replays 3"
+            "staged 0, replays 3"
         };
         assert!(text.starts_with(expected), "{text}");
     }
@@ -1885,7 +1906,7 @@ key = "{key}"
         .unwrap();
     assert_eq!(compressed.status().as_u16(), 200);
     let text = compressed.text().await.unwrap();
-    assert!(text.starts_with("forwarded 0, replays 3"), "{text}");
+    assert!(text.starts_with("staged 0, replays 3"), "{text}");
     let unknown = client
         .post(&url)
         .header("Authorization", "Bearer cf-secret")
@@ -1896,11 +1917,15 @@ key = "{key}"
         .unwrap();
     assert_eq!(unknown.status().as_u16(), 415);
 
+    // Nothing is published before a resolved timestamp covers the rows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = stream;
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
     // A resolved message, then the receiver's metrics on the same endpoint.
     let resolved = client
         .post(&url)
         .header("Authorization", "Bearer cf-secret")
-        .body(r#"{"resolved": "1733300000000000000.0000000000"}"#)
+        .body(r#"{"resolved": "1733300000000000010.0000000000"}"#)
         .send()
         .await
         .unwrap();
@@ -1927,7 +1952,15 @@ key = "{key}"
         1_733_300_000.0
     );
 
-    let mut stream = stream;
+    // Released by the resolved timestamp, published by the relay, in commit order.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while messages(&mut stream).await < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 3 events were not published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(messages(&mut stream).await, 3);
     for (seq, id) in (1..=3).zip(&ids) {
         let message = stream.get_raw_message(seq).await.unwrap();

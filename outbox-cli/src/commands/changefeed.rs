@@ -1,6 +1,9 @@
 //! `outbox changefeed`: the HTTPS endpoint a CockroachDB changefeed posts the outbox table's
-//! rows to, each forwarded to the configured sink by [`outbox::changefeed::Receiver`].
+//! rows to. [`outbox::changefeed::Receiver`] stores them in an outbox table of its own (a SQLite
+//! file by default), and the ordinary relay, with the `[relay]` settings, publishes that table
+//! to the configured sink.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +11,20 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use outbox::Outbox;
 use outbox::changefeed::{Receiver, ReceiverConfig};
+use outbox::relay::{IntoSource, Relay};
 use outbox::sinks::redacted;
+use outbox::store::staging::Staging;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
 use crate::CliError;
-use crate::commands::relay::connect_sink;
+use crate::commands::relay::{batch_size, configured, connect_sink};
 use crate::config::Config;
+use crate::db::{Db, with_pool};
 use crate::http::SinkProblem;
 use crate::shutdown::shutdown_signal;
 use crate::sink::AnySink;
@@ -32,6 +39,10 @@ pub(crate) struct Options {
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The receiver's own database when `changefeed.store` is not set: a SQLite file in the
+/// working directory.
+pub(crate) const DEFAULT_STORE: &str = "sqlite://outbox-changefeed.db?mode=rwc";
 
 /// Serves until SIGINT or SIGTERM.
 pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliError> {
@@ -65,10 +76,12 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         }
         receiver_config = receiver_config.max_body_bytes(bytes);
     }
-    if let Some(window) = settings.window {
-        receiver_config = receiver_config.window(window);
+    if let Some(period) = settings.remember {
+        receiver_config = receiver_config.remember(period);
     }
-    let cap = receiver_config.max_body_bytes;
+    let batch = batch_size(&config.relay, None)?;
+    let store = settings.store.as_deref().unwrap_or(DEFAULT_STORE);
+    let db = Db::connect_as(store, None).await?;
     let listen = options
         .listen
         .or_else(|| settings.listen.clone())
@@ -80,15 +93,14 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         .local_addr()
         .map_err(|error| CliError::Other(error.to_string()))?;
 
-    // The receiver's counters and its resolved timestamp, on /metrics (and over OTLP when
-    // configured), as the relay's.
+    // The receiver's counters, its resolved timestamp and the relay's metrics, on /metrics
+    // (and over OTLP when configured).
     let instance = config
         .instance_id
         .clone()
         .unwrap_or_else(|| format!("changefeed-{}", std::process::id()));
     let otlp = Otlp::resolve(&config.telemetry, |name| std::env::var(name).ok())?;
     let telemetry = crate::telemetry::install(otlp.as_ref(), &instance)?;
-    let metrics = telemetry.prometheus.clone();
 
     // Owned, so that the server can keep it once the sink is connected.
     let mut shutdown = Box::pin(shutdown_signal());
@@ -97,55 +109,111 @@ pub(crate) async fn run(config: &Config, options: Options) -> Result<(), CliErro
         sink = connect_sink(&sink_config, None, &problem) => sink?,
         () = &mut shutdown => return Ok(()),
     };
-    let receiver = Arc::new(Receiver::new(sink, receiver_config));
-    let health = Arc::clone(&receiver);
-    let app = axum::Router::new()
-        .route(
-            "/health",
-            // 503 while the sink fails the deliveries (CockroachDB is retrying them).
-            axum::routing::get(move || {
-                let answer = match health.health() {
-                    Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_owned()),
-                    Err(reason) => (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the sink fails: {reason}\n"),
-                    ),
-                };
-                async move { answer }
-            }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.render();
-                async move { text }
-            }),
-        )
-        .fallback(axum::routing::post(receive))
-        // The receiver answers 413 itself, with the cap in its reason: let one byte more in.
-        .layer(DefaultBodyLimit::max(cap.saturating_add(1)))
-        // CockroachDB 25.2+ gzips requests with `compression = 'gzip'`: decompressed here, the
-        // cap applying to what comes out; another encoding is answered 415.
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
-        .with_state(receiver);
     eprintln!(
-        "outbox changefeed: https://{address} -> {} {}",
+        "outbox changefeed: https://{address} -> {} (the receiver's outbox) -> {} {}",
+        redacted(store),
         sink_config.kind,
         redacted(&sink_config.url)
     );
-    let listener = TlsListener::start(listener, TlsAcceptor::from(Arc::new(tls)));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|error| CliError::Other(format!("the changefeed endpoint stopped: {error}")))?;
+    let service = Service {
+        receiver_config,
+        sink,
+        tls: TlsAcceptor::from(Arc::new(tls)),
+        listener,
+        metrics: telemetry.prometheus.clone(),
+        config,
+        batch,
+    };
+    with_pool!(&db, pool => service.run(pool.clone(), shutdown).await)?;
     telemetry.shutdown().await;
     eprintln!("outbox changefeed: stopped");
     Ok(())
 }
 
+/// What the endpoint and the relay behind it are made of.
+struct Service<'a> {
+    receiver_config: ReceiverConfig,
+    sink: AnySink,
+    tls: TlsAcceptor,
+    listener: TcpListener,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    config: &'a Config,
+    batch: usize,
+}
+
+impl Service<'_> {
+    /// The endpoint storing into `pool`, and the relay publishing from it, until `shutdown`.
+    async fn run<DB: Staging>(
+        self,
+        pool: sqlx::Pool<DB>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), CliError>
+    where
+        sqlx::Pool<DB>: IntoSource,
+    {
+        let cap = self.receiver_config.max_body_bytes;
+        let receiver = Receiver::open(pool.clone(), Outbox::DEFAULT, self.receiver_config)
+            .await
+            .map_err(|error| CliError::Database(format!("changefeed.store: {error}")))?;
+        let receiver = Arc::new(receiver);
+        let relay = configured(
+            Relay::builder(pool, self.sink).outbox(receiver.outbox()),
+            &self.config.relay,
+            self.batch,
+        )
+        .build();
+        let health = Arc::clone(&receiver);
+        let metrics = self.metrics;
+        let app = axum::Router::new()
+            .route(
+                "/health",
+                // 503 while the receiver's database fails.
+                axum::routing::get(move || {
+                    let answer = match health.health() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the receiver's database fails: {reason}\n"),
+                        ),
+                    };
+                    async move { answer }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = metrics.render();
+                    async move { text }
+                }),
+            )
+            .fallback(axum::routing::post(receive::<DB>))
+            // The receiver answers 413 itself, with the cap in its reason: let one byte more in.
+            .layer(DefaultBodyLimit::max(cap.saturating_add(1)))
+            // CockroachDB 25.2+ gzips requests with `compression = 'gzip'`: decompressed here,
+            // the cap applying to what comes out; another encoding is answered 415.
+            .layer(tower_http::decompression::RequestDecompressionLayer::new())
+            .with_state(receiver);
+        // One signal stops both: the endpoint first takes no more requests, the relay settles
+        // the batch in hand.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let listener = TlsListener::start(self.listener, self.tls);
+        let server = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
+        let relay = relay.run(wait(stopped));
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let (served, (), ()) = tokio::join!(server.into_future(), relay, signal);
+        served.map_err(|error| CliError::Other(format!("the changefeed endpoint stopped: {error}")))
+    }
+}
+
 /// One changefeed request: the receiver's answer, with the reason when it refuses.
-async fn receive(
-    State(receiver): State<Arc<Receiver<AnySink>>>,
+async fn receive<DB: Staging>(
+    State(receiver): State<Arc<Receiver<DB>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
@@ -156,8 +224,8 @@ async fn receive(
         Ok(received) => (
             StatusCode::OK,
             format!(
-                "forwarded {}, replays {}, deletes {}, dead {}\n",
-                received.forwarded, received.replays, received.deletes, received.dead
+                "staged {}, replays {}, deletes {}\n",
+                received.staged, received.replays, received.deletes
             ),
         ),
         Err(error) => (

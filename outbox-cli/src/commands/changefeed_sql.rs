@@ -46,7 +46,9 @@ pub(crate) async fn run(
         setup = setup.secret(secret);
     }
     if let Some(bytes) = settings.max_body_bytes {
-        setup = setup.max_body_bytes(bytes);
+        setup = setup
+            .max_body_bytes(bytes, Outbox::DEFAULT_MAX_PAYLOAD_BYTES)
+            .map_err(|error| CliError::Config(format!("changefeed.max_body_bytes: {error}")))?;
     }
     if let Some(path) = &options.ca_cert {
         let pem = std::fs::read(path)

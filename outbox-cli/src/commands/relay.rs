@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use outbox::relay::many::Outboxes;
-use outbox::relay::{Backoff, Ordering, Relay};
+use outbox::relay::{Backoff, IntoSource, Ordering, Relay, RelayBuilder, Sink};
 use outbox::sinks::redacted;
 use outbox::store::postgres::LogStream;
 
 use crate::CliError;
-use crate::config::TablesSetting;
+use crate::config::{RelayConfig, TablesSetting};
 use crate::db::{Db, with_pool};
 use crate::http::{SinkProblem, serve};
 use crate::settings::{Settings, table_name};
@@ -36,21 +36,7 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
     let outbox = &settings.outbox;
     let sink_config = config.sink_with_url(options.sink_url)?;
     let relay_config = &config.relay;
-    let ordering = relay_config
-        .ordering
-        .map_or(Ordering::PerAggregate, Ordering::from);
-    let batch = options
-        .batch_size
-        .or(relay_config.batch_size)
-        .unwrap_or(500);
-    if batch == 0 {
-        return Err(CliError::Config("the batch size must be at least 1".into()));
-    }
-    if relay_config.max_batch_bytes == Some(0) {
-        return Err(CliError::Config(
-            "relay.max_batch_bytes must be at least 1 (a batch always takes one event)".into(),
-        ));
-    }
+    let batch = batch_size(relay_config, options.batch_size)?;
     if let Db::Postgres(pool) = &db {
         // CockroachDB's outbox is published by a changefeed: say so now, not in a log line.
         outbox::store::postgres::check_relay_support(pool, outbox.table())
@@ -121,26 +107,14 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
     // One builder for every source and database: the settings apply alike.
     macro_rules! run_relay {
         ($source:expr) => {{
-            let mut builder = Relay::builder($source, sink)
-                .outbox(outbox)
-                .batch_size(batch)
-                .ordering(ordering);
-            if let Some(bytes) = relay_config.max_batch_bytes {
-                builder = builder.max_batch_bytes(bytes);
-            }
-            if let Some(attempts) = relay_config.max_attempts {
-                builder = builder.max_attempts(attempts);
-            }
-            if let Some(interval) = relay_config.poll_interval {
-                builder = builder.poll_interval(interval);
-            }
-            if let Some(timeout) = relay_config.delivery_timeout {
-                builder = builder.delivery_timeout(timeout);
-            }
-            if let Some(period) = relay_config.retention {
-                builder = builder.retention(period);
-            }
-            builder.build().run(&mut shutdown).await;
+            configured(
+                Relay::builder($source, sink).outbox(outbox),
+                relay_config,
+                batch,
+            )
+            .build()
+            .run(&mut shutdown)
+            .await;
         }};
     }
     match (&db, outbox.is_log_tailed()) {
@@ -182,6 +156,53 @@ pub(crate) async fn run(settings: &Settings, db: Db, options: Options) -> Result
     telemetry.shutdown().await;
     eprintln!("outbox relay {instance}: stopped");
     Ok(())
+}
+
+/// The batch size: the flag's, the file's, or 500; refused when 0, as is a zero
+/// `relay.max_batch_bytes`.
+pub(crate) fn batch_size(
+    relay_config: &RelayConfig,
+    flag: Option<usize>,
+) -> Result<usize, CliError> {
+    let batch = flag.or(relay_config.batch_size).unwrap_or(500);
+    if batch == 0 {
+        return Err(CliError::Config("the batch size must be at least 1".into()));
+    }
+    if relay_config.max_batch_bytes == Some(0) {
+        return Err(CliError::Config(
+            "relay.max_batch_bytes must be at least 1 (a batch always takes one event)".into(),
+        ));
+    }
+    Ok(batch)
+}
+
+/// The `[relay]` settings on a relay: the same for every source, database and command
+/// (`outbox relay`, `outbox changefeed`).
+pub(crate) fn configured<F: IntoSource, K: Sink>(
+    builder: RelayBuilder<F, K>,
+    relay_config: &RelayConfig,
+    batch: usize,
+) -> RelayBuilder<F, K> {
+    let ordering = relay_config
+        .ordering
+        .map_or(Ordering::PerAggregate, Ordering::from);
+    let mut builder = builder.batch_size(batch).ordering(ordering);
+    if let Some(bytes) = relay_config.max_batch_bytes {
+        builder = builder.max_batch_bytes(bytes);
+    }
+    if let Some(attempts) = relay_config.max_attempts {
+        builder = builder.max_attempts(attempts);
+    }
+    if let Some(interval) = relay_config.poll_interval {
+        builder = builder.poll_interval(interval);
+    }
+    if let Some(timeout) = relay_config.delivery_timeout {
+        builder = builder.delivery_timeout(timeout);
+    }
+    if let Some(period) = relay_config.retention {
+        builder = builder.retention(period);
+    }
+    builder
 }
 
 /// The tables of `relay.tables`.

@@ -82,6 +82,55 @@ pub enum SetupError {
     /// The URL holds a character that would end the SQL string or the URL.
     #[error("the receiver's URL `{0}` holds a quote, a space or a control character")]
     BadUrl(String),
+    /// The receiver's body cap cannot hold one request of the largest row the outbox accepts,
+    /// escaped as CockroachDB escapes it.
+    #[error(
+        "a body cap of {cap} bytes cannot hold a request carrying one {payload}-byte payload, \
+         which CockroachDB's JSON escaping can make six times larger: raise the cap to at \
+         least {needed} bytes (or lower the payload limit)"
+    )]
+    CapTooSmall {
+        /// The receiver's body cap.
+        cap: usize,
+        /// The largest payload the outbox accepts.
+        payload: usize,
+        /// The smallest cap that works.
+        needed: usize,
+    },
+}
+
+/// How much larger Go's `json.Marshal`, which builds CockroachDB's request bodies, can make a
+/// row: it writes `<`, `>` and `&` as `\u003c`, six bytes for one, while the webhook sink's
+/// `Flush.Bytes` counts the rows before that escaping.
+pub const ESCAPING_GROWTH: usize = 6;
+
+/// What one row may carry besides its payload (its other columns, its headers, the envelope's
+/// `key`, `topic` and `updated`), before escaping.
+pub const ROW_OVERHEAD: usize = 64 * 1024;
+
+/// The envelope of one request around its rows, for the most rows a request carries
+/// ([`FLUSH_MESSAGES`]).
+const ENVELOPE: usize = FLUSH_MESSAGES * 256 + 1024;
+
+/// The most rows in one request (`Flush.Messages`).
+pub const FLUSH_MESSAGES: usize = 1000;
+
+/// The `Flush.Bytes` that keeps every request under `cap`: a request holds less than
+/// `Flush.Bytes` of rows, plus the one row that crossed it, each up to [`ESCAPING_GROWTH`]
+/// times larger once escaped.
+pub fn flush_bytes(cap: usize, max_payload_bytes: usize) -> Result<usize, SetupError> {
+    let row = max_payload_bytes.saturating_add(ROW_OVERHEAD);
+    let needed = (row + 64 * 1024)
+        .saturating_mul(ESCAPING_GROWTH)
+        .saturating_add(ENVELOPE);
+    if cap < needed {
+        return Err(SetupError::CapTooSmall {
+            cap,
+            payload: max_payload_bytes,
+            needed,
+        });
+    }
+    Ok((cap - ENVELOPE) / ESCAPING_GROWTH - row)
 }
 
 /// The statements that feed a CockroachDB outbox table to a [`Receiver`](super::Receiver):
@@ -115,7 +164,7 @@ pub struct Setup {
     ca_cert: Option<String>,
     resolved: Duration,
     ttl: Duration,
-    max_body_bytes: usize,
+    flush_bytes: usize,
     version: CockroachVersion,
 }
 
@@ -143,7 +192,10 @@ impl Setup {
             ca_cert: None,
             resolved: Duration::from_secs(10),
             ttl: Self::DEFAULT_TTL,
-            max_body_bytes: super::ReceiverConfig::default().max_body_bytes,
+            flush_bytes: flush_bytes(
+                super::ReceiverConfig::DEFAULT_MAX_BODY_BYTES,
+                crate::Outbox::DEFAULT_MAX_PAYLOAD_BYTES,
+            )?,
             version: CockroachVersion::TTL_WITHOUT_CHANGEFEED,
         })
     }
@@ -173,12 +225,18 @@ impl Setup {
         self
     }
 
-    /// The receiver's body cap ([`ReceiverConfig::max_body_bytes`](super::ReceiverConfig::max_body_bytes)):
-    /// CockroachDB flushes a request once it holds half of it (a request can exceed its flush
-    /// threshold by one row).
-    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
-        self.max_body_bytes = bytes.max(2);
-        self
+    /// The receiver's body cap ([`ReceiverConfig::max_body_bytes`](super::ReceiverConfig::max_body_bytes),
+    /// default 64 MiB) and the largest payload the source outbox accepts
+    /// ([`Outbox::max_payload_bytes`](crate::Outbox::max_payload_bytes), default 8 MiB): the
+    /// changefeed's `Flush.Bytes` is chosen so that no request exceeds the cap, however many
+    /// `<`, `>` and `&` its rows hold ([`flush_bytes`]). Fails for a cap too small for one row.
+    pub fn max_body_bytes(
+        mut self,
+        cap: usize,
+        max_payload_bytes: usize,
+    ) -> Result<Self, SetupError> {
+        self.flush_bytes = flush_bytes(cap, max_payload_bytes)?;
+        Ok(self)
     }
 
     /// The server's version (default v24.1): before v24.1, the TTL's deletes cannot be kept out
@@ -212,8 +270,8 @@ impl Setup {
             url.push_str(&format!("{separator}ca_cert={escaped}"));
         }
         let sink_config = format!(
-            r#"{{"Flush": {{"Messages": 1000, "Bytes": {}, "Frequency": "100ms"}}, "Retry": {{"Max": "inf", "Backoff": "500ms"}}}}"#,
-            self.max_body_bytes / 2
+            r#"{{"Flush": {{"Messages": {FLUSH_MESSAGES}, "Bytes": {}, "Frequency": "100ms"}}, "Retry": {{"Max": "inf", "Backoff": "500ms"}}}}"#,
+            self.flush_bytes
         );
         let mut options = vec![
             "updated".to_owned(),
@@ -222,6 +280,10 @@ impl Setup {
             // A schema change (a column added by a later `migrate`) must not send every row of
             // the table again: the outbox's rows never change after they are written.
             "schema_change_policy = 'nobackfill'".to_owned(),
+            // A changefeed created again (without a cursor) first sends every row still in the
+            // table: that is what it missed meanwhile, and the receiver drops what it already
+            // had by id. `no` would lose the events committed between the two changefeeds.
+            "initial_scan = 'yes'".to_owned(),
         ];
         if let Some(secret) = secret {
             options.push(format!("webhook_auth_header = {}", sql_string(secret)));
@@ -301,7 +363,8 @@ mod tests {
         .secret("Bearer it's")
         .ca_cert(b"-----BEGIN CERTIFICATE-----\n??>\n")
         .ttl(Duration::from_secs(3 * 3600))
-        .max_body_bytes(1 << 20);
+        .max_body_bytes(32 << 20, 1 << 20)
+        .unwrap();
         let statements = setup.statements();
         assert_eq!(
             statements,
@@ -314,13 +377,41 @@ mod tests {
                         resolved = '10s',\n       \
                         min_checkpoint_frequency = '10s',\n       \
                         schema_change_policy = 'nobackfill',\n       \
+                        initial_scan = 'yes',\n       \
                         webhook_auth_header = 'Bearer it''s',\n       \
-                        webhook_sink_config = '{\"Flush\": {\"Messages\": 1000, \"Bytes\": 524288, \"Frequency\": \"100ms\"}, \"Retry\": {\"Max\": \"inf\", \"Backoff\": \"500ms\"}}'",
+                        webhook_sink_config = '{\"Flush\": {\"Messages\": 1000, \"Bytes\": 4435456, \"Frequency\": \"100ms\"}, \"Retry\": {\"Max\": \"inf\", \"Backoff\": \"500ms\"}}'",
             ]
         );
         let redacted = setup.redacted_statements().join("\n");
         assert!(redacted.contains("webhook_auth_header = '<redacted>'"));
         assert!(!redacted.contains("it''s"));
+    }
+
+    /// The worst request the settings allow — rows just under `Flush.Bytes`, then one more of
+    /// the largest payload, every byte escaped to six — stays under the cap; a cap that cannot
+    /// hold one such row is refused with the size it needs.
+    #[test]
+    fn flush_bytes_keep_every_escaped_request_under_the_cap() {
+        for (cap, payload) in [
+            (64 << 20, 8 << 20),
+            (32 << 20, 1 << 20),
+            (200 << 20, 8 << 20),
+        ] {
+            let flush = flush_bytes(cap, payload).unwrap();
+            let worst = (flush - 1 + payload + ROW_OVERHEAD) * ESCAPING_GROWTH + ENVELOPE;
+            assert!(worst <= cap, "{worst} > {cap}");
+            assert!(flush >= 64 * 1024, "{flush}");
+        }
+        assert_eq!(flush_bytes(64 << 20, 8 << 20).unwrap(), 2_687_829);
+        let error = flush_bytes(16 << 20, 8 << 20).unwrap_err();
+        assert!(
+            matches!(error, SetupError::CapTooSmall { needed, .. } if needed > 16 << 20),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("raise the cap to at least"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -144,6 +144,8 @@ macro_rules! forward_to_modules {
 pub(crate) mod journal;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod locking;
+#[doc(hidden)]
+pub mod staging;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) mod table;
 

@@ -5,6 +5,7 @@ mod admin;
 mod inbox;
 mod journal;
 mod relay;
+mod staging;
 
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 

@@ -12,6 +12,7 @@ mod journal;
 #[cfg(feature = "postgres-log")]
 pub mod log;
 mod relay;
+mod staging;
 mod wal;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
