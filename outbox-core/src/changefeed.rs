@@ -115,6 +115,14 @@ impl Hlc {
         Ok(Hlc { wall, logical })
     }
 
+    /// As the receiver's staging table stores it.
+    fn stored(&self) -> crate::store::staging::Timestamp {
+        (
+            i64::try_from(self.wall).unwrap_or(i64::MAX),
+            i64::from(self.logical),
+        )
+    }
+
     /// How far behind now this timestamp is, in seconds (0 if it is in the future).
     pub fn lag_seconds(&self) -> f64 {
         let now = SystemTime::now()
@@ -487,7 +495,7 @@ impl<DB: Staging> Receiver<DB> {
                 continue;
             }
             received.staged += 1;
-            if released.is_some_and(|released| row.updated < released) {
+            if released.is_some_and(|released| row.updated < released.stored()) {
                 late += 1;
             }
         }
@@ -582,7 +590,7 @@ fn parse(body: &[u8]) -> Result<(Vec<Staged>, Received), ChangefeedError> {
         }
         staged.push(Staged {
             id: after.id,
-            updated,
+            updated: updated.stored(),
             seq: after.seq.unwrap_or(0),
             aggregate_type: after.aggregate_type,
             aggregate_id: after.aggregate_id,
@@ -691,7 +699,8 @@ async fn release_all<DB: Staging>(
 ) -> Result<usize, sqlx::Error> {
     let mut moved = 0;
     loop {
-        let chunk = DB::release(pool, outbox, before, RELEASE_CHUNK, unix_seconds()).await?;
+        let chunk =
+            DB::release(pool, outbox, before.stored(), RELEASE_CHUNK, unix_seconds()).await?;
         moved += chunk;
         if (chunk as i64) < RELEASE_CHUNK {
             return Ok(moved);

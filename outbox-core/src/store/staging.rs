@@ -9,7 +9,6 @@
 
 use std::future::Future;
 
-use crate::changefeed::Hlc;
 use crate::{Dialect, Outbox, TableName};
 
 /// One row as the changefeed sent it, ready to be staged.
@@ -17,7 +16,9 @@ use crate::{Dialect, Outbox, TableName};
 #[derive(Debug, Clone)]
 pub struct Staged {
     pub id: uuid::Uuid,
-    pub updated: Hlc,
+    /// The changefeed's `updated` timestamp: its wall time in nanoseconds, and its logical
+    /// counter.
+    pub updated: Timestamp,
     /// The source table's `seq`: the order within one timestamp (one transaction).
     pub seq: i64,
     pub aggregate_type: String,
@@ -26,6 +27,11 @@ pub struct Staged {
     pub payload: String,
     pub headers: Option<String>,
 }
+
+/// A changefeed timestamp as the staging table stores it: nanoseconds since the Unix epoch
+/// (an `i64` holds them until 2262), then the logical counter.
+#[doc(hidden)]
+pub type Timestamp = (i64, i64);
 
 /// A database's statements for the staging table. Implemented by the library for each database.
 #[doc(hidden)]
@@ -49,7 +55,7 @@ pub trait Staging: Dialect {
     fn release<'a>(
         pool: &'a sqlx::Pool<Self>,
         outbox: &'a Outbox,
-        before: Hlc,
+        before: Timestamp,
         limit: i64,
         now: i64,
     ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send + 'a;
@@ -60,13 +66,6 @@ pub trait Staging: Dialect {
         table: &'a TableName,
         cutoff: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
-}
-
-/// The wall time of `hlc` as the staging table stores it (nanoseconds fit an `i64` until
-/// 2262).
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-pub(crate) fn wall(hlc: &Hlc) -> i64 {
-    i64::try_from(hlc.wall).unwrap_or(i64::MAX)
 }
 
 /// The staging statements of one database. `$p` numbers a placeholder (`$1` or `?`), `$ddl`
@@ -101,8 +100,8 @@ macro_rules! staging_statements {
                 for row in rows {
                     let done = sqlx::query(AssertSqlSafe(sql.as_str()))
                         .bind(row.id.hyphenated().to_string())
-                        .bind($crate::store::staging::wall(&row.updated))
-                        .bind(i64::from(row.updated.logical))
+                        .bind(row.updated.0)
+                        .bind(row.updated.1)
                         .bind(row.seq)
                         .bind(&row.aggregate_type)
                         .bind(&row.aggregate_id)
@@ -120,7 +119,7 @@ macro_rules! staging_statements {
             async fn release(
                 pool: &$pool,
                 outbox: &Outbox,
-                before: Hlc,
+                before: $crate::store::staging::Timestamp,
                 limit: i64,
                 now: i64,
             ) -> Result<usize, sqlx::Error> {
@@ -137,9 +136,9 @@ macro_rules! staging_statements {
                         l = p(3),
                         n = p(4),
                     )))
-                    .bind($crate::store::staging::wall(&before))
-                    .bind($crate::store::staging::wall(&before))
-                    .bind(i64::from(before.logical))
+                    .bind(before.0)
+                    .bind(before.0)
+                    .bind(before.1)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await?;

@@ -3,7 +3,6 @@
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres};
 
-use crate::changefeed::Hlc;
 use crate::{Dialect, Outbox, TableName};
 
 crate::store::staging::staging_statements!(
