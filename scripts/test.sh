@@ -30,6 +30,13 @@ for unpacked in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/outbox-*; do
   esac
 done
 cargo package -p outbox-derive -p outbox -p outbox-cli --locked --allow-dirty --no-verify
+# Each package carries both licenses it declares.
+for package in outbox-derive outbox outbox-cli; do
+  listed=$(cargo package -p "$package" --list --locked --allow-dirty)
+  for license in LICENSE-MIT LICENSE-APACHE; do
+    grep -qx "$license" <<<"$listed" || { echo "$package: $license missing from the package"; exit 1; }
+  done
+done
 verify_dir=$(mktemp -d)
 CARGO_TARGET_DIR="$verify_dir" cargo package -p outbox-derive -p outbox --locked --allow-dirty
 rm -rf "$verify_dir"

@@ -1475,6 +1475,36 @@ async fn relay_service_waits_for_its_sink_and_reports_an_outage_in_a_few_lines()
     std::fs::remove_file(log).unwrap();
 }
 
+/// The guide's table of commands names every command `outbox --help` lists, so that it cannot
+/// drift from the binary.
+#[test]
+fn the_guide_lists_every_command() {
+    let output = Command::new(OUTBOX).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = stdout(&output);
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|command| *command != "help")
+        .collect();
+    assert!(commands.len() >= 9, "{commands:?}");
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md"))
+        .unwrap();
+    let missing: Vec<&&str> = commands
+        .iter()
+        .filter(|command| !guide.contains(&format!("| `outbox {command}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "commands missing from docs/operate.md: {missing:?}"
+    );
+}
+
 #[test]
 fn relay_help_says_what_happens_to_unroutable_and_undeliverable_events() {
     let output = Command::new(OUTBOX)

@@ -171,7 +171,10 @@ pub fn inbox_record<'a, C: OutboxConnection + ?Sized>(
     conn: &'a mut C,
     consumer: &'a str,
     message_id: &'a str,
-) -> impl Future<Output = Result<crate::inbox::Recorded, Error>> + Send + 'a {
+) -> impl Future<Output = Result<crate::inbox::Recorded, Error>> + Send + 'a
+where
+    C::Dialect: crate::inbox::InboxSql,
+{
     inbox.record(conn, consumer, message_id)
 }
 
@@ -188,7 +191,7 @@ impl<T> SchemaProbe<T> {
     }
 }
 
-pub use crate::catalog::PayloadSchema;
+pub use crate::registry::PayloadSchema;
 
 /// The entity has no schema.
 pub trait NoSchema {

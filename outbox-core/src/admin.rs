@@ -19,7 +19,10 @@
 use std::time::Duration;
 
 use crate::message::{DeadLetter, DeadLetterFilter, Message};
-use crate::{Dialect, Error, Outbox};
+use std::future::Future;
+
+use crate::audit::AuditSql;
+use crate::{Error, Outbox, TableName};
 
 /// The prefix of the PostgreSQL `application_name` by which [`Outbox::relays`] recognises a
 /// relay's connections: `outbox relay` connects as `outbox-relay:<instance>`. A relay run in
@@ -121,7 +124,7 @@ impl EventCounts {
 impl Outbox {
     /// Counts per aggregate type and event type (pending, dead, published and kept) with the
     /// age of the oldest pending event, ordered by aggregate type then event type.
-    pub async fn status<DB: Dialect>(
+    pub async fn status<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
     ) -> Result<Vec<EventCounts>, Error> {
@@ -133,7 +136,7 @@ impl Outbox {
     /// The relays at work on this outbox: on PostgreSQL the connections named
     /// [`RELAY_APPLICATION_PREFIX`]`<instance>`, on SQLite the holder of the relay lease.
     /// `None` on MySQL/MariaDB, which cannot tell.
-    pub async fn relays<DB: Dialect>(
+    pub async fn relays<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
     ) -> Result<Option<Vec<RelayInstance>>, Error> {
@@ -144,7 +147,7 @@ impl Outbox {
 
     /// The replication slot of this outbox, on PostgreSQL when its relay tails the log
     /// (`migrate` created it); `None` otherwise.
-    pub async fn slot<DB: Dialect>(
+    pub async fn slot<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
     ) -> Result<Option<SlotStatus>, Error> {
@@ -158,13 +161,13 @@ impl Outbox {
 
     /// Checks that the outbox table is there and readable: an error naming the table
     /// otherwise (create it with [`migrate`](Outbox::migrate)).
-    pub async fn check<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    pub async fn check<DB: AdminSql>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         self.last_seq(pool).await.map(drop)
     }
 
     /// The highest `seq` recorded so far, 0 for an empty table: where
     /// [`events_after`](Outbox::events_after) starts to follow new events.
-    pub async fn last_seq<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<i64, Error> {
+    pub async fn last_seq<DB: AdminSql>(&self, pool: &sqlx::Pool<DB>) -> Result<i64, Error> {
         DB::__last_seq(pool, self.table())
             .await
             .map_err(|source| self.database_error::<DB>("read", source))
@@ -174,7 +177,7 @@ impl Outbox {
     /// and headers ([`DEFAULT_MAX_BATCH_BYTES`](crate::relay::DEFAULT_MAX_BATCH_BYTES); always
     /// one event), whatever their state (pending, published and kept, dead). Call again after
     /// the last `seq` returned for the rest.
-    pub async fn events_after<DB: Dialect>(
+    pub async fn events_after<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         seq: i64,
@@ -189,7 +192,7 @@ impl Outbox {
     /// The committed side of an [audit](crate::audit): every event of `range` in the table,
     /// pending, published and kept, or dead, in `seq` order — its id, order, aggregate and
     /// state, not its payload (read 10,000 rows a query).
-    pub async fn committed<DB: Dialect>(
+    pub async fn committed<DB: AuditSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         range: &crate::audit::IdRange,
@@ -215,7 +218,7 @@ impl Outbox {
 
     /// Dead letters of this outbox (at most `limit`, oldest first): events that failed for good,
     /// with their last error.
-    pub async fn dead_letters<DB: Dialect>(
+    pub async fn dead_letters<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         limit: usize,
@@ -226,7 +229,7 @@ impl Outbox {
 
     /// The dead letters `filter` selects (at most `limit`, oldest first), selected by the
     /// database.
-    pub async fn dead_letters_where<DB: Dialect>(
+    pub async fn dead_letters_where<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         filter: &DeadLetterFilter,
@@ -239,7 +242,7 @@ impl Outbox {
     }
 
     /// How many dead letters `filter` selects.
-    pub async fn count_dead_letters<DB: Dialect>(
+    pub async fn count_dead_letters<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         filter: &DeadLetterFilter,
@@ -250,7 +253,7 @@ impl Outbox {
     }
 
     /// Deletes the dead letters `filter` selects, for good; returns how many.
-    pub async fn purge_dead_letters<DB: Dialect>(
+    pub async fn purge_dead_letters<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         filter: &DeadLetterFilter,
@@ -261,7 +264,7 @@ impl Outbox {
     }
 
     /// Makes the given dead letters deliverable again (attempts reset); returns how many.
-    pub async fn replay_dead_letters<DB: Dialect>(
+    pub async fn replay_dead_letters<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         ids: &[uuid::Uuid],
@@ -272,7 +275,7 @@ impl Outbox {
     }
 
     /// Makes every dead letter deliverable again; returns how many.
-    pub async fn replay_all_dead_letters<DB: Dialect>(
+    pub async fn replay_all_dead_letters<DB: AdminSql>(
         &self,
         pool: &sqlx::Pool<DB>,
     ) -> Result<u64, Error> {
@@ -281,7 +284,94 @@ impl Outbox {
             .map_err(|source| self.database_error::<DB>("replay", source))
     }
 
-    fn database_error<DB: Dialect>(&self, operation: &'static str, source: sqlx::Error) -> Error {
+    fn database_error<DB: sqlx::Database>(
+        &self,
+        operation: &'static str,
+        source: sqlx::Error,
+    ) -> Error {
         Error::database(operation, self.table(), DB::NAME, source)
     }
+}
+
+/// A database's statements for what an operator asks: counts, relays, the slot, the latest
+/// events, dead letters. Implemented by the library in each `store/<database>/admin.rs`; part of
+/// [`Dialect`](crate::Dialect).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait AdminSql: sqlx::Database + crate::sealed::Sealed {
+    /// The dead letters `filter` selects, oldest first, at most `limit`.
+    #[doc(hidden)]
+    fn __dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __count_dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Deletes the dead letters `filter` selects; how many.
+    #[doc(hidden)]
+    fn __purge_dead_letters<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        filter: &'a DeadLetterFilter,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Makes dead letters deliverable again, attempts reset. `ids`: `None` for all.
+    #[doc(hidden)]
+    fn __replay<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        ids: Option<&'a [uuid::Uuid]>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Counts per aggregate type and event type, in that order.
+    #[doc(hidden)]
+    fn __status<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Vec<EventCounts>, sqlx::Error>> + Send + 'a;
+
+    /// The relays at work on this table, `None` where the database cannot tell.
+    #[doc(hidden)]
+    fn __relays<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Option<Vec<RelayInstance>>, sqlx::Error>> + Send + 'a;
+
+    /// The log relay's replication slot of this table, where the database has them.
+    #[doc(hidden)]
+    fn __slot<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<Option<SlotStatus>, sqlx::Error>> + Send + 'a {
+        let _ = (pool, table);
+        async { Ok(None) }
+    }
+
+    /// The highest `seq` in the table, 0 when it is empty.
+    #[doc(hidden)]
+    fn __last_seq<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'a;
+
+    /// The events recorded after `after` (a `seq`), whatever their state, in order, at most
+    /// `limit`.
+    #[doc(hidden)]
+    fn __events_after<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send + 'a;
 }

@@ -28,50 +28,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::message::Message;
+pub use crate::registry::PayloadSchema;
 use crate::registry::{EventDescriptor, registered_events};
-use crate::relay::{Destination, Message, Sink};
+use crate::sink::{Destination, Sink};
 use crate::sinks;
 
 /// The AsyncAPI version of the documents.
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
-/// Where the catalog puts the schemas the payloads refer to.
-#[cfg(feature = "schemars")]
-const SCHEMAS: &str = "/components/schemas";
-
 /// The placeholder of the aggregate id in a channel address.
 const AGGREGATE_ID: &str = "{aggregate_id}";
-
-/// A payload's JSON Schema (draft 07, the base of AsyncAPI's schema format), with the
-/// definitions it refers to under `#/components/schemas/`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PayloadSchema {
-    /// The payload's schema.
-    pub schema: Value,
-    /// The schemas `schema` refers to, by name.
-    pub definitions: Map<String, Value>,
-}
-
-impl PayloadSchema {
-    /// The schema of `T` as it serializes.
-    #[cfg(feature = "schemars")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "schemars")))]
-    pub fn of<T: schemars::JsonSchema>() -> Self {
-        let mut generator = schemars::generate::SchemaSettings::draft07()
-            .with(|settings| {
-                settings.definitions_path = SCHEMAS.into();
-                settings.meta_schema = None;
-                settings.contract = schemars::generate::Contract::Serialize;
-            })
-            .into_generator();
-        let schema = generator.subschema_for::<T>().to_value();
-        let definitions = generator.take_definitions(true);
-        PayloadSchema {
-            schema,
-            definitions,
-        }
-    }
-}
 
 /// The document's title, version, description and servers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,6 +69,10 @@
 //! ```
 
 mod setup;
+mod staging;
+
+#[doc(hidden)]
+pub use self::staging::{Staged, Staging, Timestamp};
 
 pub use self::setup::{
     CockroachVersion, ESCAPING_GROWTH, FLUSH_MESSAGES, ROW_OVERHEAD, Setup, SetupError,
@@ -83,7 +87,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::Outbox;
-use crate::store::staging::{Staged, Staging};
 
 /// A CockroachDB HLC timestamp, as changefeeds write it: `"<wall nanoseconds>.<logical>"`
 /// (`"1733300000000000000.0000000000"`). Ordered by wall time, then logical counter.
@@ -116,7 +119,7 @@ impl Hlc {
     }
 
     /// As the receiver's staging table stores it.
-    fn stored(&self) -> crate::store::staging::Timestamp {
+    fn stored(&self) -> Timestamp {
         (
             i64::try_from(self.wall).unwrap_or(i64::MAX),
             i64::from(self.logical),

@@ -1,7 +1,5 @@
 //! The one error type of the runtime.
 
-use crate::TableName;
-
 /// Everything that can go wrong while recording or configuring the outbox.
 ///
 /// Service errors convert from it (`impl From<outbox::Error> for AppError`), which is what
@@ -182,7 +180,7 @@ impl Error {
     /// [`Error::Database`] for `operation` on `table`.
     pub(crate) fn database(
         operation: &'static str,
-        table: &TableName,
+        table: &impl std::fmt::Display,
         dialect: &'static str,
         source: sqlx::Error,
     ) -> Self {

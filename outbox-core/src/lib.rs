@@ -55,8 +55,9 @@
 //!
 //! ## Cargo features
 //!
-//! * `macros` (default): re-exports `#[outbox_event]` and `#[derive(OutboxEvent)]`.
-//! * `postgres`, `mysql` (MySQL 8 / MariaDB 10.6+), `sqlite`: the dialects.
+//! Read from the package's manifest, so that the list is always whole:
+//!
+#![doc = document_features::document_features!()]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -64,7 +65,8 @@ pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod changefeed;
-mod connection;
+mod consumed;
+mod envelope;
 mod error;
 mod event;
 pub mod inbox;
@@ -72,16 +74,19 @@ mod message;
 mod outbox;
 mod registry;
 pub mod relay;
+mod sealed;
+mod sink;
 pub mod sinks;
 pub mod store;
 mod table;
 #[cfg(feature = "opentelemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod telemetry;
+mod transaction;
 
-pub use connection::OutboxConnection;
 pub use error::Error;
 pub use event::{Event, OutboxEvent, Recordable, Schedule};
+pub use outbox::OutboxConnection;
 pub use outbox::{Outbox, migrate, record};
 pub use registry::{EventDescriptor, Origin, registered_events};
 pub use store::Dialect;

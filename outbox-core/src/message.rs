@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-/// One outbox event, as the relay hands it to a [`Sink`](crate::relay::Sink).
+/// One outbox event, as the relay hands it to a [`Sink`](crate::sink::Sink).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Message {

@@ -14,7 +14,7 @@ pub struct EventDescriptor {
 
 /// The function giving an entity's payload schema.
 #[derive(Debug, Clone, Copy)]
-struct SchemaFn(fn() -> Option<crate::catalog::PayloadSchema>);
+struct SchemaFn(fn() -> Option<PayloadSchema>);
 
 impl PartialEq for SchemaFn {
     fn eq(&self, other: &Self) -> bool {
@@ -65,10 +65,7 @@ impl EventDescriptor {
     }
 
     #[doc(hidden)]
-    pub const fn __with_schema(
-        mut self,
-        schema: fn() -> Option<crate::catalog::PayloadSchema>,
-    ) -> Self {
+    pub const fn __with_schema(mut self, schema: fn() -> Option<PayloadSchema>) -> Self {
         self.schema = Some(SchemaFn(schema));
         self
     }
@@ -80,7 +77,7 @@ impl EventDescriptor {
 
     /// The JSON Schema of the payload, when the entity derives `schemars::JsonSchema` and the
     /// feature `schemars` is on.
-    pub fn payload_schema(&self) -> Option<crate::catalog::PayloadSchema> {
+    pub fn payload_schema(&self) -> Option<PayloadSchema> {
         self.schema.and_then(|schema| (schema.0)())
     }
 
@@ -133,4 +130,39 @@ inventory::collect!(EventDescriptor);
 /// ```
 pub fn registered_events() -> impl Iterator<Item = &'static EventDescriptor> {
     inventory::iter::<EventDescriptor>.into_iter()
+}
+
+/// Where the catalog puts the schemas the payloads refer to.
+#[cfg(feature = "schemars")]
+const SCHEMAS: &str = "/components/schemas";
+
+/// A payload's JSON Schema (draft 07, the base of AsyncAPI's schema format), with the
+/// definitions it refers to under `#/components/schemas/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayloadSchema {
+    /// The payload's schema.
+    pub schema: serde_json::Value,
+    /// The schemas `schema` refers to, by name.
+    pub definitions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PayloadSchema {
+    /// The schema of `T` as it serializes.
+    #[cfg(feature = "schemars")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schemars")))]
+    pub fn of<T: schemars::JsonSchema>() -> Self {
+        let mut generator = schemars::generate::SchemaSettings::draft07()
+            .with(|settings| {
+                settings.definitions_path = SCHEMAS.into();
+                settings.meta_schema = None;
+                settings.contract = schemars::generate::Contract::Serialize;
+            })
+            .into_generator();
+        let schema = generator.subschema_for::<T>().to_value();
+        let definitions = generator.take_definitions(true);
+        PayloadSchema {
+            schema,
+            definitions,
+        }
+    }
 }

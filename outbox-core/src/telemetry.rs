@@ -31,8 +31,9 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, global};
 
-use crate::inbox::InboxMessage;
-use crate::relay::{Delivery, Destination, Message, Sink};
+use crate::consumed::InboxMessage;
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink};
 
 /// The instrumentation scope of the library's spans.
 pub const SCOPE: &str = "outbox";

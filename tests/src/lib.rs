@@ -926,3 +926,29 @@ pub async fn cockroach_lookalike_url() -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}options=-c%20search_path%3Dcrdb_lookalike,pg_catalog,public")
 }
+
+/// The README's and the guide's Rust blocks, compiled (and, where they need no server, run) as
+/// doc tests of this crate by the test command: what a reader copies builds.
+#[cfg(doctest)]
+pub mod guide {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/record.md")]
+    pub struct Record;
+    #[doc = include_str!("../../docs/relay.md")]
+    pub struct Relay;
+    #[doc = include_str!("../../docs/sinks.md")]
+    pub struct Sinks;
+    #[doc = include_str!("../../docs/inbox.md")]
+    pub struct Inbox;
+    #[doc = include_str!("../../docs/operate.md")]
+    pub struct Operate;
+    #[doc = include_str!("../../docs/log-tailing.md")]
+    pub struct LogTailing;
+    #[doc = include_str!("../../docs/cockroachdb.md")]
+    pub struct Cockroachdb;
+    #[doc = include_str!("../../docs/observability.md")]
+    pub struct Observability;
+    #[doc = include_str!("../../docs/reference.md")]
+    pub struct Reference;
+}

@@ -11,11 +11,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use outbox::Dialect;
 use outbox::Outbox;
 use outbox::changefeed::{Receiver, ReceiverConfig};
-use outbox::relay::{IntoSource, Relay};
+use outbox::relay::Relay;
 use outbox::sinks::redacted;
-use outbox::store::staging::Staging;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
@@ -143,14 +143,11 @@ struct Service<'a> {
 
 impl Service<'_> {
     /// The endpoint storing into `pool`, and the relay publishing from it, until `shutdown`.
-    async fn run<DB: Staging>(
+    async fn run<DB: Dialect>(
         self,
         pool: sqlx::Pool<DB>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), CliError>
-    where
-        sqlx::Pool<DB>: IntoSource,
-    {
+    ) -> Result<(), CliError> {
         let cap = self.receiver_config.max_body_bytes;
         let receiver = Receiver::open(pool.clone(), Outbox::DEFAULT, self.receiver_config)
             .await
@@ -212,7 +209,7 @@ impl Service<'_> {
 }
 
 /// One changefeed request: the receiver's answer, with the reason when it refuses.
-async fn receive<DB: Staging>(
+async fn receive<DB: Dialect>(
     State(receiver): State<Arc<Receiver<DB>>>,
     headers: HeaderMap,
     body: Bytes,

@@ -46,6 +46,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::TableName;
+
 pub mod read;
 
 /// How many events of each list a report names by id (the counts are always complete).
@@ -465,6 +467,25 @@ impl fmt::Display for AuditReport {
         }
         Ok(())
     }
+}
+
+/// A database's statements for the audit: the committed side. Implemented by the library in each
+/// `store/<database>/admin.rs`; part of [`Dialect`](crate::Dialect).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait AuditSql: sqlx::Database + crate::sealed::Sealed {
+    /// What an audit needs of the events recorded after `after` (a `seq`): id, order,
+    /// aggregate and state, in order, at most `limit`.
+    #[doc(hidden)]
+    fn __committed<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<crate::audit::Committed>, sqlx::Error>> + Send + 'a;
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{Handler, Inbox, InboxMessage, Offsets, Position, Processed, process_then_acknowledge};
-use crate::{Dialect, Error, sinks};
+use crate::inbox::InboxSql;
+use crate::{Error, sinks};
 
 const BROKER: &str = "Kafka";
 
@@ -87,8 +88,8 @@ impl InboxMessage for OwnedMessage {
             .map(str::to_owned)
     }
 
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        Some(crate::relay::Destination::new("kafka", self.topic()))
+    fn destination(&self) -> Option<crate::sink::Destination> {
+        Some(crate::sink::Destination::new("kafka", self.topic()))
     }
 }
 
@@ -106,7 +107,7 @@ pub async fn process<C, DB, T, E, F>(
 ) -> Result<Processed<T>, E>
 where
     C: ConsumerContext + 'static,
-    DB: Dialect,
+    DB: InboxSql,
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {
@@ -201,14 +202,14 @@ where
 /// }
 /// # }
 /// ```
-pub struct OffsetConsumer<DB: Dialect> {
+pub struct OffsetConsumer<DB: InboxSql> {
     kafka: StreamConsumer<OffsetContext>,
     pool: sqlx::Pool<DB>,
     offsets: Offsets,
     group: String,
 }
 
-impl<DB: Dialect> std::fmt::Debug for OffsetConsumer<DB> {
+impl<DB: InboxSql> std::fmt::Debug for OffsetConsumer<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OffsetConsumer")
             .field("group", &self.group)
@@ -296,7 +297,7 @@ fn client_error(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaErr
     }
 }
 
-impl<DB: Dialect> OffsetConsumer<DB> {
+impl<DB: InboxSql> OffsetConsumer<DB> {
     /// A consumer of the group `group.id` of `config`, keeping its offsets in `offsets` on
     /// `pool` (create the table with [`Offsets::migrate`]). Automatic offset commits are
     /// turned off: the database holds the offsets. Fails without a `group.id`, or when the

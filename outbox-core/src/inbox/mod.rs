@@ -48,7 +48,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::{Dialect, Error, OutboxConnection, TableName};
+use crate::{Error, OutboxConnection, TableName};
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -62,6 +62,7 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+pub use crate::consumed::InboxMessage;
 pub use offsets::{Offsets, Position};
 
 /// Longest consumer name or message id: the width of the MySQL columns.
@@ -115,76 +116,6 @@ pub enum Recorded {
 /// (`|tx| Box::pin(async move { ... })`), so that it may borrow the transaction.
 pub type Handler<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
-/// A message that has an id to deduplicate on: the outbox's own [`Message`](crate::relay::Message)
-/// (its event id), a NATS JetStream message, a RabbitMQ delivery (with their features), or the
-/// id itself (`&str`, `String`, `Uuid`).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has no message id the inbox can deduplicate on",
-    label = "`{Self}` does not implement `InboxMessage`",
-    note = "take the message as `outbox::relay::Message`, `async_nats::jetstream::Message`, `lapin::message::Delivery`, a Redis Streams `outbox::inbox::redis::Entry`, an MQTT `Publish` or a Kafka `OwnedMessage`, or its id as `&str`",
-    note = "or implement `outbox::inbox::InboxMessage` for `{Self}`, returning the id its producer set"
-)]
-pub trait InboxMessage {
-    /// The id; an error when the message carries none.
-    fn message_id(&self) -> Result<String, Error>;
-
-    /// The value of the header `name` the message carries (default: none): the inbox helpers
-    /// read the trace context from it (feature `opentelemetry`).
-    fn header(&self, name: &str) -> Option<String> {
-        let _ = name;
-        None
-    }
-
-    /// Where the message was consumed from (default: not said), for the consumer's span.
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        None
-    }
-}
-
-impl InboxMessage for crate::relay::Message {
-    fn message_id(&self) -> Result<String, Error> {
-        Ok(self.id.to_string())
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        let headers: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(self.headers.as_deref()?).ok()?;
-        headers.get(name)?.as_str().map(str::to_owned)
-    }
-}
-
-impl InboxMessage for uuid::Uuid {
-    fn message_id(&self) -> Result<String, Error> {
-        Ok(self.to_string())
-    }
-}
-
-impl InboxMessage for str {
-    fn message_id(&self) -> Result<String, Error> {
-        Ok(self.to_owned())
-    }
-}
-
-impl InboxMessage for String {
-    fn message_id(&self) -> Result<String, Error> {
-        Ok(self.clone())
-    }
-}
-
-impl<M: InboxMessage + ?Sized> InboxMessage for &M {
-    fn message_id(&self) -> Result<String, Error> {
-        (**self).message_id()
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        (**self).header(name)
-    }
-
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        (**self).destination()
-    }
-}
-
 impl Default for Inbox {
     fn default() -> Self {
         Inbox::DEFAULT
@@ -221,7 +152,7 @@ impl Inbox {
 
     /// Creates the inbox table if it does not exist: primary key (`consumer`, `message_id`),
     /// `processed_at`, and an index on `processed_at` for purging. Idempotent.
-    pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    pub async fn migrate<DB: InboxSql>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         let wrap = |source| Error::database("migrate inbox", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
         DB::__inbox_migrate(&mut conn, &self.table)
@@ -241,6 +172,7 @@ impl Inbox {
     ) -> Result<Recorded, Error>
     where
         C: OutboxConnection + ?Sized,
+        C::Dialect: InboxSql,
     {
         check_key(consumer, "consumer name", consumer)?;
         check_key(consumer, "message id", message_id)?;
@@ -251,7 +183,7 @@ impl Inbox {
                 dialect: <C::Dialect as sqlx::Database>::NAME,
             });
         }
-        let inserted = <C::Dialect as Dialect>::__inbox_insert(
+        let inserted = <C::Dialect as InboxSql>::__inbox_insert(
             conn.__connection(),
             &self.table,
             consumer,
@@ -286,12 +218,12 @@ impl Inbox {
         handler: F,
     ) -> Result<Processed<T>, E>
     where
-        DB: Dialect,
+        DB: InboxSql,
         E: From<Error>,
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {
         let wrap = |source| Error::database("process", &self.table, DB::NAME, source);
-        let mut tx = crate::store::begin(pool, None).await.map_err(wrap)?;
+        let mut tx = crate::transaction::begin(pool, None).await.map_err(wrap)?;
         match self.record(&mut *tx, consumer, message_id).await? {
             Recorded::Duplicate => {
                 tx.rollback().await.map_err(wrap)?;
@@ -307,7 +239,7 @@ impl Inbox {
 
     /// Deletes the entries older than the [retention](Inbox::retention), in batches; returns how
     /// many. Run it periodically (hourly, daily).
-    pub async fn purge<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<u64, Error> {
+    pub async fn purge<DB: InboxSql>(&self, pool: &sqlx::Pool<DB>) -> Result<u64, Error> {
         DB::__inbox_purge(pool, &self.table, self.retention, PURGE_BATCH)
             .await
             .map_err(|source| Error::database("purge inbox", &self.table, DB::NAME, source))
@@ -336,7 +268,7 @@ pub(crate) async fn process_then_acknowledge<DB, M, T, E, F, A, N>(
     nack: impl FnOnce() -> N,
 ) -> Result<Processed<T>, E>
 where
-    DB: Dialect,
+    DB: InboxSql,
     M: InboxMessage + ?Sized,
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
@@ -378,4 +310,69 @@ fn check_key(consumer: &str, field: &'static str, value: &str) -> Result<(), Err
         field,
         problem,
     })
+}
+
+/// A database's statements for the inbox and the consumer offsets. Implemented by the library in
+/// each `store/<database>/inbox.rs`; part of [`Dialect`](crate::Dialect).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait InboxSql:
+    sqlx::Database<Connection: OutboxConnection<Dialect = Self>>
+    + crate::outbox::RecordingSql
+    + crate::sealed::Sealed
+{
+    /// Inserts the inbox entry unless it exists; true when inserted.
+    #[doc(hidden)]
+    fn __inbox_insert<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        consumer: &'a str,
+        message_id: &'a str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __inbox_migrate<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Deletes, `batch` rows per statement, the entries processed more than `older_than` ago;
+    /// how many.
+    #[doc(hidden)]
+    fn __inbox_purge<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        table: &'a TableName,
+        older_than: Duration,
+        batch: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// Creates the consumer offsets table of [`Offsets`](crate::inbox::Offsets) if missing.
+    #[doc(hidden)]
+    fn __offsets_migrate<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// The stored next offset of each partition of `topic` for `group`.
+    #[doc(hidden)]
+    fn __offsets_load<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        group: &'a str,
+        topic: &'a str,
+    ) -> impl Future<Output = Result<Vec<(i32, i64)>, sqlx::Error>> + Send + 'a;
+
+    /// Moves the next offset of (group, topic, partition) to `next` unless the record at
+    /// `offset` was applied already; true when moved. Locks the partition's row.
+    #[doc(hidden)]
+    fn __offsets_advance<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        partition: (&'a str, &'a str, i32),
+        offset: i64,
+        next: i64,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
 }

@@ -49,8 +49,9 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
+use crate::inbox::InboxSql;
 use crate::sinks::SetupError;
-use crate::{Dialect, Error, sinks};
+use crate::{Error, sinks};
 
 const BROKER: &str = "MQTT";
 
@@ -74,9 +75,9 @@ impl InboxMessage for Publish {
             .map(|(_, value)| value.clone())
     }
 
-    fn destination(&self) -> Option<crate::relay::Destination> {
+    fn destination(&self) -> Option<crate::sink::Destination> {
         let topic = std::str::from_utf8(&self.topic).ok()?;
-        Some(crate::relay::Destination::new("mqtt", topic))
+        Some(crate::sink::Destination::new("mqtt", topic))
     }
 }
 
@@ -222,7 +223,7 @@ impl MqttConsumer {
         handler: F,
     ) -> Result<Processed<T>, E>
     where
-        DB: Dialect,
+        DB: InboxSql,
         E: From<Error>,
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {

@@ -34,7 +34,7 @@
 use async_nats::jetstream::{AckKind, Message};
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
-use crate::Dialect;
+use crate::inbox::InboxSql;
 use crate::{Error, sinks};
 
 impl InboxMessage for Message {
@@ -58,11 +58,8 @@ impl InboxMessage for Message {
         Some(value.as_str().to_owned())
     }
 
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        Some(crate::relay::Destination::new(
-            "nats",
-            self.subject.as_str(),
-        ))
+    fn destination(&self) -> Option<crate::sink::Destination> {
+        Some(crate::sink::Destination::new("nats", self.subject.as_str()))
     }
 }
 
@@ -78,7 +75,7 @@ pub async fn process<DB, T, E, F>(
     handler: F,
 ) -> Result<Processed<T>, E>
 where
-    DB: Dialect,
+    DB: InboxSql,
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {

@@ -41,7 +41,8 @@
 //! (it sets state rather than adding to it) or the producer never republishes; choose the inbox
 //! when every event must apply once whatever the producer did.
 
-use crate::{Dialect, Error, OutboxConnection, TableName};
+use crate::inbox::InboxSql;
+use crate::{Error, OutboxConnection, TableName};
 
 use super::{Handler, Processed, Recorded, check_key};
 
@@ -103,7 +104,7 @@ impl Offsets {
 
     /// Creates the table if it does not exist: primary key (`consumer_group`, `topic`,
     /// `partition_id`), `next_offset`, `updated_at`. Idempotent.
-    pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    pub async fn migrate<DB: InboxSql>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         let wrap = |source| Error::database("migrate offsets", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
         DB::__offsets_migrate(&mut conn, &self.table)
@@ -113,7 +114,7 @@ impl Offsets {
 
     /// The stored next offset of each partition of `topic` for `group`, by partition: where a
     /// consumer of the group resumes.
-    pub async fn stored<DB: Dialect>(
+    pub async fn stored<DB: InboxSql>(
         &self,
         pool: &sqlx::Pool<DB>,
         group: &str,
@@ -141,6 +142,7 @@ impl Offsets {
     ) -> Result<Recorded, Error>
     where
         C: OutboxConnection + ?Sized,
+        C::Dialect: InboxSql,
     {
         let next = check_position(group, at)?;
         if !conn.__in_transaction() {
@@ -150,7 +152,7 @@ impl Offsets {
                 dialect: <C::Dialect as sqlx::Database>::NAME,
             });
         }
-        let moved = <C::Dialect as Dialect>::__offsets_advance(
+        let moved = <C::Dialect as InboxSql>::__offsets_advance(
             conn.__connection(),
             &self.table,
             (group, at.topic, at.partition),
@@ -187,12 +189,12 @@ impl Offsets {
         handler: F,
     ) -> Result<Processed<T>, E>
     where
-        DB: Dialect,
+        DB: InboxSql,
         E: From<Error>,
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {
         let wrap = |source| Error::database("process", &self.table, DB::NAME, source);
-        let mut tx = crate::store::begin(pool, None).await.map_err(wrap)?;
+        let mut tx = crate::transaction::begin(pool, None).await.map_err(wrap)?;
         match self.advance(&mut *tx, group, at).await? {
             Recorded::Duplicate => {
                 tx.rollback().await.map_err(wrap)?;

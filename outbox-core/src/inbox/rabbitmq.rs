@@ -35,7 +35,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
-use crate::Dialect;
+use crate::inbox::InboxSql;
 use crate::{Error, sinks};
 
 impl InboxMessage for Delivery {
@@ -67,8 +67,8 @@ impl InboxMessage for Delivery {
         }
     }
 
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        let destination = crate::relay::Destination::new("rabbitmq", self.exchange.as_str());
+    fn destination(&self) -> Option<crate::sink::Destination> {
+        let destination = crate::sink::Destination::new("rabbitmq", self.exchange.as_str());
         Some(destination.with_routing_key(self.routing_key.as_str()))
     }
 }
@@ -85,7 +85,7 @@ pub async fn process<DB, T, E, F>(
     handler: F,
 ) -> Result<Processed<T>, E>
 where
-    DB: Dialect,
+    DB: InboxSql,
     E: From<Error>,
     F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
 {

@@ -47,7 +47,8 @@ use ::redis::aio::ConnectionManager;
 use ::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::{Handler, Inbox, InboxMessage, Processed, process_then_acknowledge};
-use crate::{Dialect, Error};
+use crate::Error;
+use crate::inbox::InboxSql;
 
 const BROKER: &str = "Redis Streams";
 
@@ -102,8 +103,8 @@ impl InboxMessage for Entry {
         headers.get(name)?.as_str().map(str::to_owned)
     }
 
-    fn destination(&self) -> Option<crate::relay::Destination> {
-        Some(crate::relay::Destination::new("redis", &self.stream))
+    fn destination(&self) -> Option<crate::sink::Destination> {
+        Some(crate::sink::Destination::new("redis", &self.stream))
     }
 }
 
@@ -243,7 +244,7 @@ impl StreamConsumer {
         handler: F,
     ) -> Result<Processed<T>, E>
     where
-        DB: Dialect,
+        DB: InboxSql,
         E: From<Error>,
         F: for<'c> FnOnce(&'c mut sqlx::Transaction<'static, DB>) -> Handler<'c, T, E>,
     {

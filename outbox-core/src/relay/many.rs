@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use super::source::{Claim, Settlement, Source, SourceConfig};
 use super::{IntoSource, Message};
-use crate::{Dialect, Error, TableName};
+use crate::relay::source::RelaySql;
+use crate::{Error, TableName};
 
 /// Which tables a relay serves: given by name, or found by a pattern. Give it to
 /// [`Relay::builder`](super::Relay::builder) in place of a pool.
 #[derive(Debug, Clone)]
-pub struct Outboxes<DB: Dialect> {
+pub struct Outboxes<DB: RelaySql> {
     pool: sqlx::Pool<DB>,
     selection: Selection,
     refresh: Duration,
@@ -50,7 +51,7 @@ enum Selection {
     },
 }
 
-impl<DB: Dialect> Outboxes<DB> {
+impl<DB: RelaySql> Outboxes<DB> {
     /// How often the tables are looked for again (default 10 s).
     pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 
@@ -146,7 +147,7 @@ impl<DB: Dialect> Outboxes<DB> {
     }
 }
 
-impl<DB: Dialect> IntoSource for Outboxes<DB> {
+impl<DB: RelaySql> IntoSource for Outboxes<DB> {
     type Source = ManySource<DB>;
 
     fn __into_source(self, config: &SourceConfig) -> ManySource<DB> {
@@ -160,7 +161,7 @@ impl<DB: Dialect> IntoSource for Outboxes<DB> {
 
 /// The tables of [`Outboxes`] as one relay [`Source`]: each claim from the next table in turn.
 #[derive(Debug)]
-pub struct ManySource<DB: Dialect> {
+pub struct ManySource<DB: RelaySql> {
     outboxes: Outboxes<DB>,
     config: SourceConfig,
     state: Mutex<State<DB::Source>>,
@@ -186,7 +187,7 @@ impl<S> Default for State<S> {
     }
 }
 
-impl<DB: Dialect> ManySource<DB> {
+impl<DB: RelaySql> ManySource<DB> {
     fn state(&self) -> MutexGuard<'_, State<DB::Source>> {
         self.state
             .lock()
@@ -245,7 +246,7 @@ impl<DB: Dialect> ManySource<DB> {
     }
 }
 
-impl<DB: Dialect> Source for ManySource<DB> {
+impl<DB: RelaySql> Source for ManySource<DB> {
     type Claim = ManyClaim<<DB::Source as Source>::Claim>;
 
     async fn claim(&self, max: usize) -> Result<Option<Self::Claim>, Error> {

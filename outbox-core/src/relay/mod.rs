@@ -48,7 +48,6 @@
 mod backoff;
 pub mod enrich;
 pub mod many;
-pub mod sink;
 pub mod source;
 
 use std::collections::HashSet;
@@ -69,7 +68,8 @@ pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The default byte budget of a batch ([`RelayBuilder::max_batch_bytes`]): 16 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-pub use sink::{ChannelSink, Delivery, Destination, HandlerSink, Message, Sink, SinkError};
+pub use crate::message::Message;
+pub use crate::sink::{ChannelSink, Delivery, Destination, HandlerSink, Sink, SinkError};
 use source::{Claim, Settlement, Source, SourceConfig};
 
 use crate::{Error, Outbox, TableName};
@@ -119,6 +119,14 @@ pub trait IntoSource {
     type Source: Source;
     #[doc(hidden)]
     fn __into_source(self, config: &SourceConfig) -> Self::Source;
+}
+
+impl<DB: source::RelaySql> IntoSource for sqlx::Pool<DB> {
+    type Source = DB::Source;
+
+    fn __into_source(self, config: &SourceConfig) -> DB::Source {
+        DB::__source(self, config)
+    }
 }
 
 /// A [`Source`] given to [`Relay::from_source`], used as it is.

@@ -118,3 +118,29 @@ pub struct SourceConfig {
     /// The byte budget of a claim: its events' payloads and headers (always one event).
     pub max_batch_bytes: usize,
 }
+
+/// A database's statements for the relay: its outbox table as a [`Source`], and the discovery of
+/// outbox tables. Implemented by the library in each `store/<database>/relay.rs`; part of
+/// [`Dialect`](crate::Dialect).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait RelaySql: sqlx::Database + crate::sealed::Sealed {
+    /// The outbox table as a relay source.
+    type Source: Source;
+
+    #[doc(hidden)]
+    fn __source(pool: sqlx::Pool<Self>, config: &SourceConfig) -> Self::Source;
+
+    /// The outbox tables (those with the outbox's columns) whose schema is like `schema`
+    /// (`None`: the connection's current one) and whose name is like `name`: SQL `LIKE`
+    /// patterns with `\` as the escape. Sorted.
+    #[doc(hidden)]
+    fn __discover<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        schema: Option<&'a str>,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Vec<(Option<String>, String)>, sqlx::Error>> + Send + 'a;
+}

@@ -34,7 +34,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink, SinkError};
 
 pub use rdkafka;
 

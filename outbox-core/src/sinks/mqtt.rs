@@ -38,7 +38,8 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink, SinkError};
 
 pub use rumqttc;
 

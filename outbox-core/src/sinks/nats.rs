@@ -19,7 +19,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::{HeaderMap, HeaderName};
 
 use super::{Envelope, Routing, SetupError};
-use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink, SinkError};
 
 const SINK: &str = "NATS JetStream";
 

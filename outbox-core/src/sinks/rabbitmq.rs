@@ -40,7 +40,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use super::{Envelope, Routing, SetupError, headers};
-use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink, SinkError};
 
 pub use lapin;
 

@@ -61,7 +61,8 @@ use reqwest::StatusCode;
 
 use super::signature::{ID_HEADER, SIGNATURE_HEADER, Secret, TIMESTAMP_HEADER, unix_seconds};
 use super::{Envelope, SetupError, fields, recorded_headers, redacted};
-use crate::relay::{Delivery, Destination, Message, Sink, SinkError};
+use crate::message::Message;
+use crate::sink::{Delivery, Destination, Sink, SinkError};
 
 pub use reqwest;
 

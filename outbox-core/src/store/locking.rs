@@ -334,7 +334,7 @@ impl<DB: RowLocking> Source for TableSource<DB> {
     type Claim = TableClaim<DB>;
 
     async fn claim(&self, max: usize) -> Result<Option<TableClaim<DB>>, Error> {
-        let mut tx = super::begin(&self.pool, Some(DB::BEGIN_CLAIM))
+        let mut tx = crate::transaction::begin(&self.pool, Some(DB::BEGIN_CLAIM))
             .await
             .map_err(self.database_error("claim"))?;
         let messages = match self.claim_in(&mut tx, max).await {
@@ -449,7 +449,7 @@ impl<DB: RowLocking> Claim for TableClaim<DB> {
             tracing::debug!(table = %table, tries, "settlement deadlocked; settling again");
             outcome = async {
                 // In the claim's isolation (MySQL: READ COMMITTED, no gap locks).
-                let mut tx = super::begin(&pool, Some(DB::BEGIN_CLAIM)).await?;
+                let mut tx = crate::transaction::begin(&pool, Some(DB::BEGIN_CLAIM)).await?;
                 DB::settle(&mut tx, &table, retain, &settlement).await?;
                 tx.commit().await
             }

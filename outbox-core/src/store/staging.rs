@@ -1,72 +1,5 @@
-//! The changefeed receiver's staging table (`<table>_changefeed`): where the rows a CockroachDB
-//! changefeed pushes wait, durable, until a resolved timestamp covers them, and are then moved
-//! into the receiver's own outbox table in commit order (`updated`, then the source's `seq`),
-//! for the ordinary relay to publish ([`crate::changefeed`]).
-//!
-//! A row moved on keeps its line, emptied of its payload, for a while: its id is how a replay
-//! (a retried request, a changefeed restarted from an older checkpoint or created again) is
-//! known and dropped.
-
-use std::future::Future;
-
-use crate::{Dialect, Outbox, TableName};
-
-/// One row as the changefeed sent it, ready to be staged.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct Staged {
-    pub id: uuid::Uuid,
-    /// The changefeed's `updated` timestamp: its wall time in nanoseconds, and its logical
-    /// counter.
-    pub updated: Timestamp,
-    /// The source table's `seq`: the order within one timestamp (one transaction).
-    pub seq: i64,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
-    pub payload: String,
-    pub headers: Option<String>,
-}
-
-/// A changefeed timestamp as the staging table stores it: nanoseconds since the Unix epoch
-/// (an `i64` holds them until 2262), then the logical counter.
-#[doc(hidden)]
-pub type Timestamp = (i64, i64);
-
-/// A database's statements for the staging table. Implemented by the library for each database.
-#[doc(hidden)]
-pub trait Staging: Dialect {
-    /// Creates the staging table if it is missing.
-    fn migrate_staging<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        table: &'a TableName,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
-
-    /// Stages `rows` in one transaction; for each, whether it was new (not a replay).
-    fn stage<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        table: &'a TableName,
-        rows: &'a [Staged],
-    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'a;
-
-    /// Moves up to `limit` staged rows older than `before` into `outbox`'s table, oldest
-    /// first, in one transaction, and marks them released at `now` (Unix seconds); returns how
-    /// many it moved.
-    fn release<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        outbox: &'a Outbox,
-        before: Timestamp,
-        limit: i64,
-        now: i64,
-    ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send + 'a;
-
-    /// Forgets the rows released before `cutoff` (Unix seconds).
-    fn forget_released<'a>(
-        pool: &'a sqlx::Pool<Self>,
-        table: &'a TableName,
-        cutoff: i64,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
-}
+//! The statements of the changefeed receiver's staging table
+//! ([`Staging`](crate::changefeed::Staging)), written once for the three databases.
 
 /// The staging statements of one database. `$p` numbers a placeholder (`$1` or `?`), `$ddl`
 /// is the table's DDL and `$insert` the insert that skips a known id, both given the quoted
@@ -79,7 +12,7 @@ macro_rules! staging_statements {
             table.companion("_changefeed", $quote)
         }
 
-        impl $crate::store::staging::Staging for $db {
+        impl $crate::changefeed::Staging for $db {
             async fn migrate_staging(pool: &$pool, table: &TableName) -> Result<(), sqlx::Error> {
                 let ddl: fn(&TableName, &str) -> String = $ddl;
                 sqlx::raw_sql(AssertSqlSafe(ddl(table, &staging(table))))
@@ -91,7 +24,7 @@ macro_rules! staging_statements {
             async fn stage(
                 pool: &$pool,
                 table: &TableName,
-                rows: &[$crate::store::staging::Staged],
+                rows: &[$crate::changefeed::Staged],
             ) -> Result<Vec<bool>, sqlx::Error> {
                 let insert: fn(&str) -> String = $insert;
                 let sql = insert(&staging(table));
@@ -119,7 +52,7 @@ macro_rules! staging_statements {
             async fn release(
                 pool: &$pool,
                 outbox: &Outbox,
-                before: $crate::store::staging::Timestamp,
+                before: $crate::changefeed::Timestamp,
                 limit: i64,
                 now: i64,
             ) -> Result<usize, sqlx::Error> {
@@ -146,7 +79,7 @@ macro_rules! staging_statements {
                 for (id, aggregate_type, aggregate_id, event_type, payload, headers) in rows {
                     let uuid = uuid::Uuid::parse_str(&id)
                         .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-                    let row = $crate::connection::NewRow {
+                    let row = $crate::outbox::connection::NewRow {
                         id: uuid,
                         aggregate_type,
                         aggregate_id,
@@ -155,7 +88,7 @@ macro_rules! staging_statements {
                         headers,
                         due: None,
                     };
-                    <$db as Dialect>::__insert(&mut *tx, outbox, &row).await?;
+                    <$db as $crate::outbox::RecordingSql>::__insert(&mut *tx, outbox, &row).await?;
                     // A parsed UUID: safe to write into the statement.
                     ids.push(format!("'{}'", uuid.hyphenated()));
                 }

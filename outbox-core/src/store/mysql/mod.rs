@@ -7,21 +7,20 @@ mod journal;
 mod relay;
 mod staging;
 
-use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection};
 
 pub use self::relay::{MySqlClaim, MySqlSource};
-use crate::connection::{NewRow, outbox_connection};
-use crate::relay::source::SourceConfig;
-use crate::store::TableSource;
+use crate::outbox::RecordingSql;
+use crate::outbox::connection::{NewRow, outbox_connection};
 use crate::{Dialect, Outbox, TableName};
 
 outbox_connection!(MySqlConnection => MySql);
 
-impl crate::store::sealed::Sealed for MySql {}
+impl crate::sealed::Sealed for MySql {}
 
-impl Dialect for MySql {
-    type Source = MySqlSource;
+impl Dialect for MySql {}
 
+impl RecordingSql for MySql {
     async fn __insert(
         conn: &mut MySqlConnection,
         outbox: &Outbox,
@@ -53,32 +52,6 @@ impl Dialect for MySql {
         }
         query.execute(conn).await?;
         Ok(())
-    }
-
-    async fn __discover(
-        pool: &MySqlPool,
-        schema: Option<&str>,
-        name: &str,
-    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
-        // A schema named in the pattern stays in the names; the current one is left out.
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT CAST(c.table_schema AS CHAR), CAST(c.table_name AS CHAR) FROM information_schema.columns c \
-             WHERE c.column_name = 'available_at' \
-               AND c.table_schema LIKE COALESCE(?, DATABASE()) ESCAPE '\\\\' \
-               AND c.table_name LIKE ? ESCAPE '\\\\' \
-               AND EXISTS (SELECT 1 FROM information_schema.columns a \
-                 WHERE a.table_schema = c.table_schema AND a.table_name = c.table_name \
-                   AND a.column_name = 'aggregate_type') \
-             ORDER BY 1, 2",
-        )
-        .bind(schema)
-        .bind(name)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(found, table)| (schema.map(|_| found), table))
-            .collect())
     }
 
     async fn __cancel(
@@ -195,10 +168,4 @@ impl Dialect for MySql {
             .await?;
         Ok(())
     }
-
-    fn __source(pool: MySqlPool, config: &SourceConfig) -> MySqlSource {
-        TableSource::new(pool, config)
-    }
-
-    forward_to_modules!(MySqlPool, MySqlConnection);
 }

@@ -296,3 +296,37 @@ impl RowLocking for MySql {
         Ok(seq.map(|seq| (seq, lag.unwrap_or(0.0))))
     }
 }
+
+impl crate::relay::source::RelaySql for MySql {
+    type Source = MySqlSource;
+
+    fn __source(pool: MySqlPool, config: &SourceConfig) -> MySqlSource {
+        TableSource::new(pool, config)
+    }
+
+    async fn __discover(
+        pool: &MySqlPool,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
+        // A schema named in the pattern stays in the names; the current one is left out.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CAST(c.table_schema AS CHAR), CAST(c.table_name AS CHAR) FROM information_schema.columns c \
+             WHERE c.column_name = 'available_at' \
+               AND c.table_schema LIKE COALESCE(?, DATABASE()) ESCAPE '\\\\' \
+               AND c.table_name LIKE ? ESCAPE '\\\\' \
+               AND EXISTS (SELECT 1 FROM information_schema.columns a \
+                 WHERE a.table_schema = c.table_schema AND a.table_name = c.table_name \
+                   AND a.column_name = 'aggregate_type') \
+             ORDER BY 1, 2",
+        )
+        .bind(schema)
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(found, table)| (schema.map(|_| found), table))
+            .collect())
+    }
+}

@@ -3,7 +3,7 @@
 
 use sqlx::{AssertSqlSafe, MySql, MySqlPool};
 
-use crate::{Dialect, Outbox, TableName};
+use crate::{Outbox, TableName};
 
 crate::store::staging::staging_statements!(
     MySql,

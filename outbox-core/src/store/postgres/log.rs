@@ -734,7 +734,7 @@ impl Inner {
         if !outcome.xids.is_empty() {
             wait_visible(&mut conn, &outcome.xids).await?;
         }
-        let mut tx = crate::store::begin_on(conn, None).await?;
+        let mut tx = crate::transaction::begin_on(conn, None).await?;
         let rows = Settlement {
             published: outcome.published_rows.clone(),
             retry: outcome.retry_rows.clone(),

@@ -20,9 +20,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 #[cfg(feature = "postgres-log")]
 pub use self::log::{LogClaim, LogSource, LogStream};
 pub use self::relay::{PgClaim, PgSource};
-use crate::connection::{NewRow, outbox_connection};
-use crate::relay::source::SourceConfig;
-use crate::store::TableSource;
+use crate::outbox::RecordingSql;
+use crate::outbox::connection::{NewRow, outbox_connection};
 use crate::{Dialect, Outbox, TableName};
 
 outbox_connection!(PgConnection => Postgres);
@@ -53,11 +52,11 @@ pub async fn changefeed_jobs(
     cockroach::changefeed_jobs(&mut conn, table).await
 }
 
-impl crate::store::sealed::Sealed for Postgres {}
+impl crate::sealed::Sealed for Postgres {}
 
-impl Dialect for Postgres {
-    type Source = PgSource;
+impl Dialect for Postgres {}
 
+impl RecordingSql for Postgres {
     async fn __insert(
         conn: &mut PgConnection,
         outbox: &Outbox,
@@ -92,33 +91,6 @@ impl Dialect for Postgres {
         }
         query.execute(conn).await?;
         Ok(())
-    }
-
-    async fn __discover(
-        pool: &PgPool,
-        schema: Option<&str>,
-        name: &str,
-    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
-        // A schema named in the pattern stays in the names; the current one is left out.
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT c.table_schema::text, c.table_name::text FROM information_schema.columns c \
-             WHERE c.column_name = 'available_at' \
-               AND c.table_schema NOT IN ('pg_catalog', 'information_schema') \
-               AND c.table_schema LIKE coalesce($1, current_schema()) ESCAPE '\\' \
-               AND c.table_name LIKE $2 ESCAPE '\\' \
-               AND EXISTS (SELECT 1 FROM information_schema.columns a \
-                 WHERE a.table_schema = c.table_schema AND a.table_name = c.table_name \
-                   AND a.column_name = 'aggregate_type') \
-             ORDER BY 1, 2",
-        )
-        .bind(schema)
-        .bind(name)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(found, table)| (schema.map(|_| found), table))
-            .collect())
     }
 
     async fn __cancel(
@@ -196,17 +168,4 @@ impl Dialect for Postgres {
         // that has written.
         wal::setup(conn, outbox).await
     }
-
-    async fn __slot(
-        pool: &PgPool,
-        table: &TableName,
-    ) -> Result<Option<crate::admin::SlotStatus>, sqlx::Error> {
-        wal::slot(pool, table).await
-    }
-
-    fn __source(pool: PgPool, config: &SourceConfig) -> PgSource {
-        TableSource::new(pool, config)
-    }
-
-    forward_to_modules!(PgPool, PgConnection);
 }

@@ -634,3 +634,38 @@ async fn take_within(
     }
     Ok(messages)
 }
+
+impl crate::relay::source::RelaySql for Postgres {
+    type Source = PgSource;
+
+    fn __source(pool: PgPool, config: &SourceConfig) -> PgSource {
+        TableSource::new(pool, config)
+    }
+
+    async fn __discover(
+        pool: &PgPool,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
+        // A schema named in the pattern stays in the names; the current one is left out.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT c.table_schema::text, c.table_name::text FROM information_schema.columns c \
+             WHERE c.column_name = 'available_at' \
+               AND c.table_schema NOT IN ('pg_catalog', 'information_schema') \
+               AND c.table_schema LIKE coalesce($1, current_schema()) ESCAPE '\\' \
+               AND c.table_name LIKE $2 ESCAPE '\\' \
+               AND EXISTS (SELECT 1 FROM information_schema.columns a \
+                 WHERE a.table_schema = c.table_schema AND a.table_name = c.table_name \
+                   AND a.column_name = 'aggregate_type') \
+             ORDER BY 1, 2",
+        )
+        .bind(schema)
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(found, table)| (schema.map(|_| found), table))
+            .collect())
+    }
+}

@@ -3,7 +3,7 @@
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres};
 
-use crate::{Dialect, Outbox, TableName};
+use crate::{Outbox, TableName};
 
 crate::store::staging::staging_statements!(
     Postgres,

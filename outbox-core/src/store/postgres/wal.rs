@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::admin::SlotStatus;
-use crate::connection::NewRow;
 use crate::message::Message;
+use crate::outbox::connection::NewRow;
 use crate::{Error, Outbox, TableName};
 
 /// Longest replication slot name PostgreSQL accepts.

@@ -7,20 +7,20 @@ mod journal;
 mod relay;
 mod staging;
 
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
 
 pub use self::relay::{SqliteClaim, SqliteSource};
-use crate::connection::{NewRow, outbox_connection};
-use crate::relay::source::SourceConfig;
+use crate::outbox::RecordingSql;
+use crate::outbox::connection::{NewRow, outbox_connection};
 use crate::{Dialect, Outbox, TableName};
 
 outbox_connection!(SqliteConnection => Sqlite);
 
-impl crate::store::sealed::Sealed for Sqlite {}
+impl crate::sealed::Sealed for Sqlite {}
 
-impl Dialect for Sqlite {
-    type Source = SqliteSource;
+impl Dialect for Sqlite {}
 
+impl RecordingSql for Sqlite {
     async fn __insert(
         conn: &mut SqliteConnection,
         outbox: &Outbox,
@@ -52,27 +52,6 @@ impl Dialect for Sqlite {
         }
         query.execute(conn).await?;
         Ok(())
-    }
-
-    async fn __discover(
-        pool: &SqlitePool,
-        schema: Option<&str>,
-        name: &str,
-    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
-        if schema.is_some() {
-            // Attached databases are not searched: one file, one set of tables.
-            return Ok(Vec::new());
-        }
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' AND m.name LIKE ?1 ESCAPE '\\' \
-               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'available_at') \
-               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'aggregate_type') \
-             ORDER BY 1",
-        )
-        .bind(name)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows.into_iter().map(|table| (None, table)).collect())
     }
 
     async fn __cancel(
@@ -138,10 +117,4 @@ impl Dialect for Sqlite {
             .await?;
         Ok(())
     }
-
-    fn __source(pool: SqlitePool, config: &SourceConfig) -> SqliteSource {
-        SqliteSource::new(pool, config)
-    }
-
-    forward_to_modules!(SqlitePool, SqliteConnection);
 }

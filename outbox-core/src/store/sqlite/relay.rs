@@ -285,7 +285,9 @@ impl Claim for SqliteClaim {
     async fn settle(self, settlement: Settlement) -> Result<(), Error> {
         let wrap = |source| Error::database("settle", &self.table, DIALECT, source);
         let t = self.table.quoted('"');
-        let mut tx = crate::store::begin(&self.pool, None).await.map_err(wrap)?;
+        let mut tx = crate::transaction::begin(&self.pool, None)
+            .await
+            .map_err(wrap)?;
         let held = sqlx::query(AssertSqlSafe(self.renew.as_str()))
             .bind(&self.holder)
             .bind(now_ms().saturating_add(millis(self.lease_ttl)))
@@ -363,4 +365,33 @@ async fn purge(
             .rows_affected())
     })
     .await
+}
+
+impl crate::relay::source::RelaySql for Sqlite {
+    type Source = SqliteSource;
+
+    fn __source(pool: SqlitePool, config: &SourceConfig) -> SqliteSource {
+        SqliteSource::new(pool, config)
+    }
+
+    async fn __discover(
+        pool: &SqlitePool,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
+        if schema.is_some() {
+            // Attached databases are not searched: one file, one set of tables.
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' AND m.name LIKE ?1 ESCAPE '\\' \
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'available_at') \
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) c WHERE c.name = 'aggregate_type') \
+             ORDER BY 1",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows.into_iter().map(|table| (None, table)).collect())
+    }
 }

@@ -3,7 +3,7 @@
 
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 
-use crate::{Dialect, Outbox, TableName};
+use crate::{Outbox, TableName};
 
 crate::store::staging::staging_statements!(
     Sqlite,

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use tokio::sync::mpsc;
 
-pub use crate::message::Message;
+use crate::message::Message;
 
 /// Why a sink could not deliver a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

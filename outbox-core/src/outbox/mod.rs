@@ -3,10 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::connection::{Due, NewRow, OutboxConnection};
+pub(crate) mod connection;
+
 use crate::event::{Recordable, Schedule};
-use crate::store::Dialect;
 use crate::{Error, TableName};
+use connection::{Due, NewRow};
+pub use connection::{OutboxConnection, RecordingSql};
 
 /// When a [`Schedule`] falls, as the dialects write it.
 fn due(schedule: Schedule) -> Due {
@@ -326,7 +328,7 @@ impl Outbox {
         }
         if let Some(version) = version {
             headers.insert(
-                crate::sinks::EVENT_VERSION.to_owned(),
+                crate::envelope::EVENT_VERSION.to_owned(),
                 serde_json::Value::String(version.to_string()),
             );
         }
@@ -356,16 +358,17 @@ impl Outbox {
         C: OutboxConnection + ?Sized,
     {
         let dialect = <C::Dialect as sqlx::Database>::NAME;
-        let cancelled = <C::Dialect as Dialect>::__cancel(conn.__connection(), &self.table, id)
-            .await
-            .map_err(|source| Error::database("cancel", &self.table, dialect, source))?;
+        let cancelled =
+            <C::Dialect as RecordingSql>::__cancel(conn.__connection(), &self.table, id)
+                .await
+                .map_err(|source| Error::database("cancel", &self.table, dialect, source))?;
         tracing::debug!(table = %self.table, event_id = %id, cancelled, "cancel a delayed event");
         Ok(cancelled)
     }
 
     /// Creates the outbox table for the pool's dialect if it does not exist. Idempotent and safe
     /// to run from several processes at once.
-    pub async fn migrate<DB: Dialect>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    pub async fn migrate<DB: RecordingSql>(&self, pool: &sqlx::Pool<DB>) -> Result<(), Error> {
         let wrap = |source| Error::database("migrate", &self.table, DB::NAME, source);
         let mut conn = pool.acquire().await.map_err(wrap)?;
         DB::__migrate(&mut conn, self).await.map_err(wrap)?;
@@ -380,7 +383,7 @@ impl Outbox {
         C: OutboxConnection + ?Sized,
     {
         let dialect = <C::Dialect as sqlx::Database>::NAME;
-        <C::Dialect as Dialect>::__insert(conn.__connection(), self, &row)
+        <C::Dialect as RecordingSql>::__insert(conn.__connection(), self, &row)
             .await
             .map_err(|source| Error::database("record", &self.table, dialect, source))?;
         tracing::trace!(
@@ -458,6 +461,6 @@ static DEFAULT_OUTBOX: Outbox = Outbox::DEFAULT;
 
 /// Creates the default outbox table (`outbox`) for the pool's dialect if it does not exist.
 /// Idempotent, and safe to run from several processes at once.
-pub async fn migrate<DB: Dialect>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+pub async fn migrate<DB: RecordingSql>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
     DEFAULT_OUTBOX.migrate(pool).await
 }

@@ -1,6 +1,9 @@
 //! "This is a transaction": the connections the outbox can record through.
 
-use crate::Dialect;
+use std::future::Future;
+
+use crate::outbox::Outbox;
+use crate::{Error, TableName};
 
 /// A database connection the outbox can record through: a [`sqlx::Transaction`], or a dialect's
 /// connection (`PgConnection`, `MySqlConnection`, `SqliteConnection`, a pooled one) that is
@@ -15,10 +18,10 @@ use crate::Dialect;
     note = "a pool is not a transaction: each query on a pool may run on another connection, in autocommit",
     note = "in code generic over the database, bound it with `DB: outbox::Dialect`"
 )]
-pub trait OutboxConnection: Send + crate::store::sealed::Sealed {
+pub trait OutboxConnection: Send + crate::sealed::Sealed {
     /// The database this connection belongs to.
     #[doc(hidden)]
-    type Dialect: Dialect;
+    type Dialect: RecordingSql;
 
     #[doc(hidden)]
     fn __in_transaction(&self) -> bool;
@@ -56,7 +59,7 @@ pub struct Due {
 #[allow(unused_macros)] // without a database feature
 macro_rules! outbox_connection {
     ($connection:ty => $database:ty) => {
-        impl $crate::store::sealed::Sealed for $connection {}
+        impl $crate::sealed::Sealed for $connection {}
 
         impl $crate::OutboxConnection for $connection {
             type Dialect = $database;
@@ -74,7 +77,7 @@ macro_rules! outbox_connection {
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) use outbox_connection;
 
-impl<DB: Dialect> OutboxConnection for sqlx::Transaction<'_, DB> {
+impl<DB: RecordingSql> OutboxConnection for sqlx::Transaction<'_, DB> {
     type Dialect = DB;
 
     fn __in_transaction(&self) -> bool {
@@ -86,7 +89,7 @@ impl<DB: Dialect> OutboxConnection for sqlx::Transaction<'_, DB> {
     }
 }
 
-impl<DB: Dialect> OutboxConnection for sqlx::pool::PoolConnection<DB> {
+impl<DB: RecordingSql> OutboxConnection for sqlx::pool::PoolConnection<DB> {
     type Dialect = DB;
 
     fn __in_transaction(&self) -> bool {
@@ -95,5 +98,53 @@ impl<DB: Dialect> OutboxConnection for sqlx::pool::PoolConnection<DB> {
 
     fn __connection(&mut self) -> &mut DB::Connection {
         self
+    }
+}
+
+/// A database's statements for recording: inserting and cancelling events, creating the table.
+/// Implemented by the library in each `store/<database>/mod.rs`; part of
+/// [`Dialect`](crate::Dialect).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database the outbox supports",
+    note = "enable the `postgres`, `mysql` or `sqlite` feature of outbox; in generic code bound the database with `DB: outbox::Dialect`"
+)]
+pub trait RecordingSql: sqlx::Database + crate::sealed::Sealed {
+    #[doc(hidden)]
+    fn __insert<'a>(
+        conn: &'a mut Self::Connection,
+        outbox: &'a Outbox,
+        row: &'a NewRow,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Deletes the delayed event `id` unless it was published or dead; true when deleted.
+    #[doc(hidden)]
+    fn __cancel<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a TableName,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
+
+    #[doc(hidden)]
+    fn __migrate<'a>(
+        conn: &'a mut Self::Connection,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// After [`__migrate`](Dialect::__migrate), for an outbox whose relay tails the transaction
+    /// log: what the log needs (PostgreSQL only).
+    #[doc(hidden)]
+    fn __migrate_log<'a>(
+        conn: &'a mut Self::Connection,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        let _ = (conn, outbox);
+        async {
+            Err(Error::Unsupported {
+                feature: "a relay tailing the transaction log (`Outbox::log_tailing`, `Outbox::wal_messages`)",
+                dialect: Self::NAME,
+                hint: "relay from the outbox table (leave `log_tailing` and `wal_messages` off)",
+            })
+        }
     }
 }
