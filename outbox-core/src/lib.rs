@@ -51,7 +51,23 @@
 //! * [`relay`] publishes the recorded events to a sink, in order per aggregate; [`inbox`]
 //!   processes them exactly once on the consumer's side;
 //! * [`admin`] answers what an operator asks (status, relays at work, dead letters, the latest
-//!   events), and [`store`] holds each database's SQL behind the sealed [`Dialect`] trait.
+//!   events), and [`store`] holds each database's SQL; [`Dialect`], the bound generic code
+//!   writes, is made of one sealed trait per concern (see [`store`]).
+//!
+//! ## Layers
+//!
+//! The crate's modules, bottom to top. A module imports only modules of its own layer or
+//! below, and none in a circle: `tests/tests/house.rs` reads this table and the source, and
+//! fails on an import that breaks it.
+//!
+//! | layer | modules | what they hold |
+//! | --- | --- | --- |
+//! | 0 | error, table, message, sink, consumed, envelope, event, registry, sealed, transaction | what flows and what names it: errors, table names, the message, the sink trait and its destination, a consumed message, header names and routing, events and their registry, sealing, beginning a transaction |
+//! | 1 | telemetry, sinks, catalog | spans and context propagation; the broker sinks; the AsyncAPI catalog |
+//! | 2 | outbox | recording: the table's configuration, `record`, the connections it records through |
+//! | 3 | relay, inbox, admin, audit | what uses a recorded outbox: publishing, consuming, operating, auditing |
+//! | 4 | changefeed, __private | the CockroachDB receiver (on the relay); the macros' support |
+//! | 5 | store | every database's SQL, implementing the concerns' traits |
 //!
 //! ## Cargo features
 //!

@@ -82,7 +82,7 @@ fn targets(code: &str) -> Vec<String> {
 }
 
 #[test]
-fn outbox_core_has_no_import_circle() {
+fn outbox_core_imports_downward_only_and_in_no_circle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../outbox-core/src");
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     // `pub use module::{A, B};` at the root: A and B belong to `module`.
@@ -152,6 +152,50 @@ fn outbox_core_has_no_import_circle() {
             }
         }
     }
+    // Layers: the table in lib.rs's documentation.
+    let mut layer: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lib.lines() {
+        let cells: Vec<&str> = line
+            .trim_start_matches("//!")
+            .split('|')
+            .map(str::trim)
+            .collect();
+        if let [_, number, modules, ..] = cells[..]
+            && let Ok(number) = number.parse::<usize>()
+        {
+            for module in modules.split(',') {
+                layer.insert(module.trim().to_owned(), number);
+            }
+        }
+    }
+    let modules: BTreeSet<&String> = edges
+        .iter()
+        .flat_map(|(module, targets)| std::iter::once(module).chain(targets.keys()))
+        .collect();
+    let unplaced: Vec<&&String> = modules
+        .iter()
+        .filter(|m| !layer.contains_key(**m))
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules missing from lib.rs's layer table: {unplaced:?}"
+    );
+    let mut upward = Vec::new();
+    for (module, targets) in &edges {
+        for (target, files) in targets {
+            if layer[target] > layer[module] {
+                upward.push(format!(
+                    "{module} (layer {}) -> {target} (layer {}) (in {files:?})",
+                    layer[module], layer[target]
+                ));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports of a higher layer:\n{}",
+        upward.join("\n")
+    );
     assert!(
         circles.is_empty(),
         "imports that close a circle between outbox-core's modules (each module may import only \
