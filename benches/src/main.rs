@@ -328,7 +328,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
     match scenario.as_str() {
         "write" => write(&pool).await,
-        "relay" => relay::run(&pool).await,
+        "relay" => relay_and_log(&pool).await,
         "relay-scale" => relay::run_scale(&pool).await,
         "traced" => traced::run(&pool).await,
         "sink" => match std::env::args().nth(2) {
@@ -341,4 +341,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into()),
     }
+}
+
+/// `outbox-bench relay`: the polling relay's scaling and latency, then the log relay's
+/// sources in the same run (here, above both benches, so that neither imports the other).
+async fn relay_and_log(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    let scaled = relay::scale(pool, 1).await?;
+    let one = scaled.one;
+
+    let seconds = relay::latency_seconds();
+    let (p50, p99) = relay::latency(pool, relay::in_process(), false, 1_000, seconds).await?;
+    let (n50, n99) = relay::latency(pool, relay::in_process(), true, 1_000, seconds).await?;
+    println!(
+        "\n### commit-to-publish latency at 1,000 events/s for {seconds}s (one writer, one relay)\n"
+    );
+    println!("| wake-up | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: |");
+    println!("| polling every 25 ms (default) | {p50:.1} | {p99:.1} |");
+    println!("| NOTIFY on commit (`notify_on_commit(true)`) | {n50:.1} | {n99:.1} |");
+    relay::drop_table(pool).await?;
+
+    let log = log::measure(pool).await?;
+    println!(
+        "\n### the relay's sources, same run: drain of {} events into the in-process sink, \
+         and latency at 1,000 events/s\n",
+        relay::EVENTS
+    );
+    println!("| source | drain events/s | ratio to polling | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| table, polling every 25 ms | {one:.0} | 1.000 | {p50:.1} | {p99:.1} |");
+    println!("| table, NOTIFY on commit | - | - | {n50:.1} | {n99:.1} |");
+    let (t50, t99) = log.table;
+    let (w50, w99) = log.wal;
+    println!(
+        "| log, table rows (`log_tailing`) | {:.0} | {:.3} | {t50:.1} | {t99:.1} |",
+        log.drain_table,
+        log.drain_table / one
+    );
+    println!(
+        "| log, WAL messages (`wal_messages`) | {:.0} | {:.3} | {w50:.1} | {w99:.1} |",
+        log.drain_wal,
+        log.drain_wal / one
+    );
+    println!(
+        "\nsummary: {} p50_ms={p50:.1} p99_ms={p99:.1} \
+         log_events_per_s={:.0} log_wal_events_per_s={:.0} log_p50_ms={t50:.1} log_p99_ms={t99:.1} \
+         log_wal_p50_ms={w50:.1} log_wal_p99_ms={w99:.1}",
+        scaled.summary(),
+        log.drain_table,
+        log.drain_wal
+    );
+    Ok(())
 }

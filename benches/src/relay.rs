@@ -362,7 +362,7 @@ pub(crate) async fn drop_table(pool: &PgPool) -> Result<(), sqlx::Error> {
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Scale {
     base: f64,
-    one: f64,
+    pub(crate) one: f64,
     two: f64,
     four: f64,
     hot: f64,
@@ -373,7 +373,7 @@ pub(crate) struct Scale {
 
 impl Scale {
     /// The `summary:` line's fields for these rates.
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "events_per_s_1={:.0} events_per_s_2={:.0} events_per_s_4={:.0} \
              hot_events_per_s_1={:.0} hot_events_per_s_4={:.0}",
@@ -478,53 +478,5 @@ pub(crate) async fn run_scale(pool: &PgPool) -> Result<(), Box<dyn std::error::E
     let scaled = scale(pool, rounds).await?;
     drop_table(pool).await?;
     println!("\nsummary: {}", scaled.summary());
-    Ok(())
-}
-
-pub(crate) async fn run(pool: &PgPool) -> Result<(), Box<dyn std::error::Error>> {
-    let scaled = scale(pool, 1).await?;
-    let one = scaled.one;
-
-    let seconds = latency_seconds();
-    let (p50, p99) = latency(pool, in_process(), false, 1_000, seconds).await?;
-    let (n50, n99) = latency(pool, in_process(), true, 1_000, seconds).await?;
-    println!(
-        "\n### commit-to-publish latency at 1,000 events/s for {seconds}s (one writer, one relay)\n"
-    );
-    println!("| wake-up | p50 ms | p99 ms |");
-    println!("| --- | ---: | ---: |");
-    println!("| polling every 25 ms (default) | {p50:.1} | {p99:.1} |");
-    println!("| NOTIFY on commit (`notify_on_commit(true)`) | {n50:.1} | {n99:.1} |");
-    drop_table(pool).await?;
-
-    let log = crate::log::measure(pool).await?;
-    println!(
-        "\n### the relay's sources, same run: drain of {EVENTS} events into the in-process sink, \
-         and latency at 1,000 events/s\n"
-    );
-    println!("| source | drain events/s | ratio to polling | p50 ms | p99 ms |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    println!("| table, polling every 25 ms | {one:.0} | 1.000 | {p50:.1} | {p99:.1} |");
-    println!("| table, NOTIFY on commit | - | - | {n50:.1} | {n99:.1} |");
-    let (t50, t99) = log.table;
-    let (w50, w99) = log.wal;
-    println!(
-        "| log, table rows (`log_tailing`) | {:.0} | {:.3} | {t50:.1} | {t99:.1} |",
-        log.drain_table,
-        log.drain_table / one
-    );
-    println!(
-        "| log, WAL messages (`wal_messages`) | {:.0} | {:.3} | {w50:.1} | {w99:.1} |",
-        log.drain_wal,
-        log.drain_wal / one
-    );
-    println!(
-        "\nsummary: {} p50_ms={p50:.1} p99_ms={p99:.1} \
-         log_events_per_s={:.0} log_wal_events_per_s={:.0} log_p50_ms={t50:.1} log_p99_ms={t99:.1} \
-         log_wal_p50_ms={w50:.1} log_wal_p99_ms={w99:.1}",
-        scaled.summary(),
-        log.drain_table,
-        log.drain_wal
-    );
     Ok(())
 }
