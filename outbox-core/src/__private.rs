@@ -31,7 +31,7 @@ where
     F: Future<Output = Result<T, E>>,
 {
     #[cfg(feature = "opentelemetry")]
-    return crate::telemetry::processing(message, id, consumer, body).await;
+    return crate::inbox::spans::processing(message, id, consumer, body).await;
     #[cfg(not(feature = "opentelemetry"))]
     {
         let _ = (message, id, consumer);

@@ -24,16 +24,11 @@
 //!    `#[inbox_handler]` run the handler in a `process <destination>` span (kind consumer)
 //!    whose parent is the context the message carries.
 
-use std::future::Future;
-
-use opentelemetry::context::FutureExt;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, global};
 
 use crate::consumed::InboxMessage;
-use crate::message::Message;
-use crate::sink::{Delivery, Destination, Sink};
+use crate::sink::Destination;
 
 /// The instrumentation scope of the library's spans.
 pub const SCOPE: &str = "outbox";
@@ -70,7 +65,7 @@ impl Injector for Pairs {
 }
 
 /// A message's recorded headers (a JSON object), read and written by the propagator.
-struct JsonHeaders(serde_json::Map<String, serde_json::Value>);
+pub(crate) struct JsonHeaders(pub(crate) serde_json::Map<String, serde_json::Value>);
 
 impl Extractor for JsonHeaders {
     fn get(&self, key: &str) -> Option<&str> {
@@ -90,7 +85,7 @@ impl Injector for JsonHeaders {
 }
 
 /// The messaging attributes of a destination.
-fn destination_attributes(destination: Option<&Destination>, into: &mut Vec<KeyValue>) {
+pub(crate) fn destination_attributes(destination: Option<&Destination>, into: &mut Vec<KeyValue>) {
     if let Some(destination) = destination {
         into.push(KeyValue::new("messaging.system", destination.system));
         into.push(KeyValue::new(
@@ -120,7 +115,7 @@ fn destination_attributes(destination: Option<&Destination>, into: &mut Vec<KeyV
 
 /// `send <destination>`, the destination being its template when the name holds the aggregate
 /// id: span names stay as few as the routes (OpenTelemetry's messaging conventions).
-fn span_name(operation: &str, destination: Option<&Destination>) -> String {
+pub(crate) fn span_name(operation: &str, destination: Option<&Destination>) -> String {
     match destination {
         Some(destination) => format!(
             "{operation} {}",
@@ -128,150 +123,4 @@ fn span_name(operation: &str, destination: Option<&Destination>) -> String {
         ),
         None => operation.to_owned(),
     }
-}
-
-/// The relay's `send` spans of one wave of messages, one per message.
-pub(crate) struct SendSpans(Vec<Context>);
-
-impl SendSpans {
-    /// Starts a span per message, each a child of the context recorded with it, and writes the
-    /// span's context into the message's headers, which the sink carries to the broker.
-    pub(crate) fn start<S: Sink>(sink: &S, table: &str, wave: &mut [Message]) -> Self {
-        let tracer = global::tracer(SCOPE);
-        let fields: Vec<String> = global::get_text_map_propagator(|propagator| {
-            propagator.fields().map(str::to_owned).collect()
-        });
-        let contexts = wave
-            .iter_mut()
-            .map(|message| {
-                // Headers that name none of the propagator's fields carry no context: not parsed.
-                let carried = message
-                    .headers
-                    .as_deref()
-                    .filter(|text| fields.iter().any(|field| text.contains(field.as_str())));
-                let mut headers = JsonHeaders(
-                    carried
-                        .and_then(|text| serde_json::from_str(text).ok())
-                        .unwrap_or_default(),
-                );
-                let parent = match carried {
-                    Some(_) => {
-                        global::get_text_map_propagator(|propagator| propagator.extract(&headers))
-                    }
-                    None => Context::new(),
-                };
-                let destination = sink.destination(message);
-                let mut attributes = vec![
-                    KeyValue::new("messaging.operation.name", "send"),
-                    KeyValue::new("messaging.operation.type", "send"),
-                    KeyValue::new("messaging.message.id", message.id.to_string()),
-                    KeyValue::new("outbox.table", table.to_owned()),
-                    KeyValue::new("outbox.event_type", message.event_type.clone()),
-                    KeyValue::new("outbox.aggregate_type", message.aggregate_type.clone()),
-                    KeyValue::new("outbox.aggregate_id", message.aggregate_id.clone()),
-                    KeyValue::new("outbox.attempt", i64::from(message.attempts) + 1),
-                ];
-                destination_attributes(destination.as_ref(), &mut attributes);
-                let span = tracer
-                    .span_builder(span_name("send", destination.as_ref()))
-                    .with_kind(SpanKind::Producer)
-                    .with_attributes(attributes)
-                    .start_with_context(&tracer, &parent);
-                let context = parent.with_span(span);
-                let own = context.span().span_context().clone();
-                // A no-op tracer's span is its parent's: the headers already say it.
-                if own.is_valid() && own != *parent.span().span_context() {
-                    if carried.is_none() {
-                        // Parsed only now, to keep the other headers.
-                        if let Some(text) = message.headers.as_deref() {
-                            headers.0 = serde_json::from_str(text).unwrap_or_default();
-                        }
-                    }
-                    global::get_text_map_propagator(|propagator| {
-                        propagator.inject_context(&context, &mut headers);
-                    });
-                    message.headers = Some(serde_json::Value::Object(headers.0).to_string());
-                }
-                context
-            })
-            .collect();
-        SendSpans(contexts)
-    }
-
-    /// Ends the spans with the sink's results: an error status for a failed delivery.
-    pub(crate) fn finish(self, results: &[Delivery]) {
-        for (index, context) in self.0.into_iter().enumerate() {
-            let span = context.span();
-            match results.get(index) {
-                Some(Ok(())) => {}
-                Some(Err(error)) => {
-                    let kind = if error.is_permanent() {
-                        "permanent"
-                    } else {
-                        "transient"
-                    };
-                    span.set_attribute(KeyValue::new("error.type", kind));
-                    span.set_status(Status::error(error.to_string()));
-                }
-                None => span.set_status(Status::error("the sink returned no result")),
-            }
-            span.end();
-        }
-    }
-}
-
-/// Marks the context in which the inbox processes a message, so that an `#[inbox_handler]`
-/// called inside continues its span instead of starting another.
-struct Processing(String);
-
-/// Starts the consumer's `process` span of `message`, a child of the context it carries.
-fn start_process<M: InboxMessage + ?Sized>(message: &M, id: &str, consumer: &str) -> Context {
-    let tracer = global::tracer(SCOPE);
-    let parent = message_context(message);
-    let destination = message.destination();
-    let mut attributes = vec![
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.message.id", id.to_owned()),
-        KeyValue::new("messaging.consumer.group.name", consumer.to_owned()),
-    ];
-    destination_attributes(destination.as_ref(), &mut attributes);
-    let span = tracer
-        .span_builder(span_name("process", destination.as_ref()))
-        .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes)
-        .start_with_context(&tracer, &parent);
-    parent.with_span(span).with_value(Processing(id.to_owned()))
-}
-
-/// Runs `work`, the processing of `message` by `consumer`, in its `process` span; unless the
-/// current context already processes this message (an `#[inbox_handler]` called by an inbox
-/// helper), where it runs in that span.
-pub(crate) async fn processing<M, F, T, E>(
-    message: &M,
-    id: &str,
-    consumer: &str,
-    work: F,
-) -> Result<T, E>
-where
-    M: InboxMessage + ?Sized,
-    F: Future<Output = Result<T, E>>,
-{
-    let current = Context::current();
-    if current
-        .get::<Processing>()
-        .is_some_and(|processing| processing.0 == id)
-    {
-        return work.await;
-    }
-    let context = start_process(message, id, consumer);
-    let outcome = work.with_context(context.clone()).await;
-    let span = context.span();
-    if outcome.is_err() {
-        span.set_status(Status::error(
-            "the handler failed: the message is redelivered",
-        ));
-    }
-    span.end();
-    outcome
 }

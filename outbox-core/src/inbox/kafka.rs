@@ -443,7 +443,7 @@ impl<DB: InboxSql> OffsetConsumer<DB> {
             let id = record
                 .message_id()
                 .unwrap_or_else(|_| format!("{topic}/{partition}/{offset}"));
-            async move { crate::telemetry::processing(record, &id, &self.group, work).await }
+            async move { super::spans::processing(record, &id, &self.group, work).await }
         };
         work.await
     }

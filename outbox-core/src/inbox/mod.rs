@@ -61,6 +61,8 @@ mod offsets;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod spans;
 
 pub use crate::consumed::InboxMessage;
 pub use offsets::{Offsets, Position};
@@ -288,7 +290,7 @@ where
         outcome
     };
     #[cfg(feature = "opentelemetry")]
-    let work = crate::telemetry::processing(message, &id, consumer, work);
+    let work = spans::processing(message, &id, consumer, work);
     work.await
 }
 

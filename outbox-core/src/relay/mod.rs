@@ -50,6 +50,8 @@ mod enrich;
 pub mod many;
 mod publish;
 pub mod source;
+#[cfg(feature = "opentelemetry")]
+mod spans;
 
 use std::collections::HashSet;
 use std::future::Future;

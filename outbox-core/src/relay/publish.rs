@@ -50,7 +50,7 @@ impl<S: Source, K: Sink> Relay<S, K> {
                 }
             };
             #[cfg(feature = "opentelemetry")]
-            let spans = crate::telemetry::SendSpans::start(
+            let spans = super::spans::SendSpans::start(
                 &self.sink,
                 self.config.table.as_str(),
                 &mut to_sink,
