@@ -227,12 +227,12 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// The README's "complete configuration file", as a user copies it.
+    /// The guide's "complete configuration file" (`docs/operate.md`), as a user copies it.
     fn readme_config() -> String {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md"));
         let start = readme
             .find("A complete configuration file:\n\n```toml\n")
-            .expect("the README shows a complete configuration file");
+            .expect("the guide shows a complete configuration file");
         let body = &readme[start..];
         let body = &body[body.find("```toml\n").unwrap_or(0) + "```toml\n".len()..];
         body[..body.find("```").unwrap_or(body.len())].to_owned()

@@ -67,7 +67,7 @@ pub struct SlotStatus {
     /// Bytes of WAL written since the position the relay confirmed: how far behind it is.
     pub lag_bytes: u64,
     /// PostgreSQL's `wal_status`: `reserved`, `extended`, `unreserved` or `lost` (invalidated:
-    /// see the README's recovery).
+    /// see the recovery in the guide's log-tailing chapter).
     pub wal_status: Option<String>,
 }
 

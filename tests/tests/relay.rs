@@ -321,10 +321,22 @@ async fn relay_survives_cut_connections_and_a_failing_sink<D: CutConnections>() 
     })
     .await;
 
-    // Cut the relay's connections (a listener included) twice while it works.
+    // Cut the relay's connections (a listener included) twice while it works: the second time
+    // once it has connected again (after the first cut it backs off before reconnecting).
     for _ in 0..2 {
-        if let Some(cut) = table.db.cut(&tag).await {
-            assert!(cut > 0, "no relay connection was found to cut");
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            match table.db.cut(&tag).await {
+                None => break,
+                Some(cut) if cut > 0 => break,
+                Some(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no relay connection was found to cut"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -184,7 +184,8 @@ fn print_status(
             slot.retained_bytes,
             slot.lag_bytes,
             match slot.wal_status.as_deref() {
-                Some("lost") => " - INVALIDATED: see the README's recovery".to_owned(),
+                Some("lost") =>
+                    " - INVALIDATED: see the recovery in docs/log-tailing.md".to_owned(),
                 Some(status) => format!(" (wal_status {status})"),
                 None => String::new(),
             }

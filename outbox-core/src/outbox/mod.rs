@@ -116,7 +116,7 @@ impl Outbox {
     /// PostgreSQL: [`migrate`](Outbox::migrate) installs a trigger that sends a `NOTIFY` when
     /// events are committed, so that an idle relay wakes at once instead of at its next poll.
     /// Off by default: PostgreSQL serializes the commits of notifying transactions, which costs
-    /// concurrent writers a large share of their throughput (see the README's measurements).
+    /// concurrent writers a large share of their throughput (see BENCHMARKS.md).
     /// Migrating with it off removes the trigger. Other dialects ignore it.
     pub const fn notify_on_commit(mut self, notify: bool) -> Self {
         self.notify_on_commit = notify;

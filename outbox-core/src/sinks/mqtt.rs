@@ -26,7 +26,7 @@
 //! On Mosquitto, set `set_tcp_nodelay true` in `mosquitto.conf`: by default the broker writes
 //! its `PUBACK`s with Nagle's algorithm, and a publisher that waits for them, as the sink does
 //! with each batch, gets them some 40 ms late (about 10,000 events/s instead of 34,000 on the
-//! README's benchmark machine).
+//! benchmark machine, BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::time::Duration;
