@@ -79,7 +79,7 @@ pub use self::receiver::Receiver;
 pub use self::staging::{Staged, Staging, Timestamp};
 
 pub use self::setup::{
-    CockroachVersion, ESCAPING_GROWTH, FLUSH_MESSAGES, ROW_OVERHEAD, Setup, SetupError,
+    CockroachVersion, ESCAPING_GROWTH, FLUSH_MESSAGES, ROW_OVERHEAD, Setup, StatementError,
     flush_bytes, ttl_parameters,
 };
 

@@ -7,7 +7,7 @@
 //! ```
 
 use outbox::inbox::InboxMessage;
-use outbox::inbox::redis::StreamConsumer;
+use outbox::inbox::redis::RedisConsumer;
 use outbox::sinks::{Routing, redis::RedisSink};
 use outbox_examples::sink_demo::{ReadModel, bank_with_events, database_path, relay_until_empty};
 
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The consuming service: its group remembers what it acknowledged, run after run.
     let consumer =
-        StreamConsumer::connect(&url, "bank:account", ReadModel::CONSUMER, "worker-1").await?;
+        RedisConsumer::connect(&url, "bank:account", ReadModel::CONSUMER, "worker-1").await?;
     let mut model = ReadModel::new(&pool, published).await?;
     tokio::time::timeout(ReadModel::PATIENCE, async {
         while !model.has_all() {

@@ -73,7 +73,7 @@ pub fn ttl_parameters(ttl: Duration, version: CockroachVersion) -> String {
 /// What cannot become a changefeed statement.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum SetupError {
+pub enum StatementError {
     /// CockroachDB's webhook sink speaks HTTPS only.
     #[error(
         "the receiver's URL `{0}` is not https://…: CockroachDB's webhook sink only speaks HTTPS"
@@ -118,13 +118,13 @@ pub const FLUSH_MESSAGES: usize = 1000;
 /// The `Flush.Bytes` that keeps every request under `cap`: a request holds less than
 /// `Flush.Bytes` of rows, plus the one row that crossed it, each up to [`ESCAPING_GROWTH`]
 /// times larger once escaped.
-pub fn flush_bytes(cap: usize, max_payload_bytes: usize) -> Result<usize, SetupError> {
+pub fn flush_bytes(cap: usize, max_payload_bytes: usize) -> Result<usize, StatementError> {
     let row = max_payload_bytes.saturating_add(ROW_OVERHEAD);
     let needed = (row + 64 * 1024)
         .saturating_mul(ESCAPING_GROWTH)
         .saturating_add(ENVELOPE);
     if cap < needed {
-        return Err(SetupError::CapTooSmall {
+        return Err(StatementError::CapTooSmall {
             cap,
             payload: max_payload_bytes,
             needed,
@@ -154,7 +154,7 @@ pub fn flush_bytes(cap: usize, max_payload_bytes: usize) -> Result<usize, SetupE
 /// let sql = setup.statements().join(";\n");
 /// assert!(sql.contains("CREATE CHANGEFEED FOR TABLE \"outbox\""));
 /// assert!(sql.contains("webhook_auth_header = 'Bearer s3cret'"));
-/// # Ok::<(), outbox::changefeed::SetupError>(())
+/// # Ok::<(), outbox::changefeed::StatementError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -174,16 +174,16 @@ impl Setup {
 
     /// A changefeed of `table` posting to the receiver at `url` (`https://host:port/path`, as
     /// CockroachDB's nodes reach it).
-    pub fn new(table: TableName, url: impl Into<String>) -> Result<Setup, SetupError> {
+    pub fn new(table: TableName, url: impl Into<String>) -> Result<Setup, StatementError> {
         let url = url.into();
         if !url.starts_with("https://") {
-            return Err(SetupError::NotHttps(url));
+            return Err(StatementError::NotHttps(url));
         }
         if url
             .chars()
             .any(|c| c == '\'' || c == '"' || c.is_whitespace() || c.is_control())
         {
-            return Err(SetupError::BadUrl(url));
+            return Err(StatementError::BadUrl(url));
         }
         Ok(Setup {
             table,
@@ -234,7 +234,7 @@ impl Setup {
         mut self,
         cap: usize,
         max_payload_bytes: usize,
-    ) -> Result<Self, SetupError> {
+    ) -> Result<Self, StatementError> {
         self.flush_bytes = flush_bytes(cap, max_payload_bytes)?;
         Ok(self)
     }
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(flush_bytes(64 << 20, 8 << 20).unwrap(), 2_687_829);
         let error = flush_bytes(16 << 20, 8 << 20).unwrap_err();
         assert!(
-            matches!(error, SetupError::CapTooSmall { needed, .. } if needed > 16 << 20),
+            matches!(error, StatementError::CapTooSmall { needed, .. } if needed > 16 << 20),
             "{error}"
         );
         assert!(
@@ -430,11 +430,11 @@ mod tests {
         let table = || TableName::DEFAULT;
         assert_eq!(
             Setup::new(table(), "http://x:8443").unwrap_err(),
-            SetupError::NotHttps("http://x:8443".into())
+            StatementError::NotHttps("http://x:8443".into())
         );
         assert!(matches!(
             Setup::new(table(), "https://x/'; DROP TABLE outbox; --"),
-            Err(SetupError::BadUrl(_))
+            Err(StatementError::BadUrl(_))
         ));
     }
 }

@@ -1,9 +1,9 @@
-//! Redis Streams consumers through the inbox (feature `redis`): a [`StreamConsumer`] reads a
-//! consumer group's entries (`XREADGROUP`), [`StreamConsumer::process`] runs each through the
+//! Redis Streams consumers through the inbox (feature `redis`): a [`RedisConsumer`] reads a
+//! consumer group's entries (`XREADGROUP`), [`RedisConsumer::process`] runs each through the
 //! [`Inbox`] and only then acknowledges it (`XACK`).
 //!
 //! An entry whose consumer crashed — between its commit and its `XACK`, or before — stays in
-//! the group's pending entries; once it has been idle for [`StreamConsumer::min_idle`], a
+//! the group's pending entries; once it has been idle for [`RedisConsumer::min_idle`], a
 //! consumer of the group claims it (`XAUTOCLAIM`) before reading new entries, and the inbox
 //! drops it if its effect was committed. A handler error leaves the entry pending the same way:
 //! it is delivered again after `min_idle`.
@@ -15,10 +15,10 @@
 //! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), BoxError> {
 //! use outbox::inbox::Inbox;
-//! use outbox::inbox::redis::StreamConsumer;
+//! use outbox::inbox::redis::RedisConsumer;
 //!
 //! let consumer =
-//!     StreamConsumer::connect("redis://127.0.0.1:6379", "events:account", "read-model", "worker-1")
+//!     RedisConsumer::connect("redis://127.0.0.1:6379", "events:account", "read-model", "worker-1")
 //!         .await?;
 //! loop {
 //!     for entry in consumer.next_batch().await? {
@@ -111,7 +111,7 @@ impl InboxMessage for Entry {
 /// A consumer of one group on one stream: reads, claims what crashed consumers left, processes
 /// through the inbox, acknowledges. See the [module](self).
 #[derive(Clone)]
-pub struct StreamConsumer {
+pub struct RedisConsumer {
     connection: ConnectionManager,
     stream: String,
     group: String,
@@ -121,9 +121,9 @@ pub struct StreamConsumer {
     block: Duration,
 }
 
-impl std::fmt::Debug for StreamConsumer {
+impl std::fmt::Debug for RedisConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamConsumer")
+        f.debug_struct("RedisConsumer")
             .field("stream", &self.stream)
             .field("group", &self.group)
             .field("name", &self.name)
@@ -132,7 +132,7 @@ impl std::fmt::Debug for StreamConsumer {
     }
 }
 
-impl StreamConsumer {
+impl RedisConsumer {
     /// Connects to `url` and joins `group` on `stream` as the consumer `name`, creating the
     /// group (reading from the stream's start) and the stream if they do not exist.
     pub async fn connect(
@@ -140,7 +140,7 @@ impl StreamConsumer {
         stream: &str,
         group: &str,
         name: &str,
-    ) -> Result<StreamConsumer, ::redis::RedisError> {
+    ) -> Result<RedisConsumer, ::redis::RedisError> {
         let client = ::redis::Client::open(url)?;
         let mut connection = ConnectionManager::new(client).await?;
         let created: Result<(), _> = ::redis::cmd("XGROUP")
@@ -155,7 +155,7 @@ impl StreamConsumer {
             Err(error) if error.code() == Some("BUSYGROUP") => {} // it exists
             other => other?,
         }
-        Ok(StreamConsumer {
+        Ok(RedisConsumer {
             connection,
             stream: stream.to_owned(),
             group: group.to_owned(),

@@ -298,7 +298,7 @@ async fn five_thousand_events_through_a_twice_killed_relay_are_applied_exactly_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_events_through_redis_with_killed_relays_and_consumers_are_applied_once() {
     use outbox::inbox::InboxMessage;
-    use outbox::inbox::redis::StreamConsumer;
+    use outbox::inbox::redis::RedisConsumer;
     use outbox::sinks::{Routing, redis::RedisSink};
     use outbox_tests::RelayTable;
 
@@ -326,7 +326,7 @@ async fn five_thousand_events_through_redis_with_killed_relays_and_consumers_are
             let (model, duplicates, stream) = (model.clone(), duplicates.clone(), stream.clone());
             let stop = stop.clone();
             tokio::spawn(async move {
-                let consumer = StreamConsumer::connect(redis_url, &stream, "balances", name)
+                let consumer = RedisConsumer::connect(redis_url, &stream, "balances", name)
                     .await
                     .unwrap_or_else(|e| panic!("{e}; {hint}"))
                     .min_idle(Duration::from_millis(500))
