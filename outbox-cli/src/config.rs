@@ -228,19 +228,19 @@ mod tests {
     use super::*;
 
     /// The guide's "complete configuration file" (`docs/operate.md`), as a user copies it.
-    fn readme_config() -> String {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md"));
-        let start = readme
+    fn guide_config() -> String {
+        let guide = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md"));
+        let start = guide
             .find("A complete configuration file:\n\n```toml\n")
             .expect("the guide shows a complete configuration file");
-        let body = &readme[start..];
+        let body = &guide[start..];
         let body = &body[body.find("```toml\n").unwrap_or(0) + "```toml\n".len()..];
         body[..body.find("```").unwrap_or(body.len())].to_owned()
     }
 
     #[test]
-    fn the_readme_configuration_file_is_read_whole() {
-        let config: Config = toml::from_str(&readme_config()).unwrap();
+    fn the_guide_configuration_file_is_read_whole() {
+        let config: Config = toml::from_str(&guide_config()).unwrap();
         assert!(config.sink.is_some());
         let telemetry = &config.telemetry;
         assert_eq!(

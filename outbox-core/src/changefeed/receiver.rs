@@ -24,14 +24,16 @@ pub struct Receiver<DB: Staging> {
 struct Shared {
     /// Everything staged before this timestamp has been moved to the outbox table.
     released: Mutex<Option<Hlc>>,
-    /// Why the receiver's database fails, until it works again: what `/health` reports.
-    failing: Mutex<Option<String>>,
+    /// Why storing requests fails, until a request is stored again.
+    storing: Mutex<Option<String>>,
+    /// Why moving rows to the outbox table fails, until a move succeeds again. Apart from
+    /// `storing`, so that a stored request does not hide a release that keeps failing.
+    releasing: Mutex<Option<String>>,
 }
 
-impl Shared {
-    fn set_failing(&self, reason: Option<String>) {
-        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = reason;
-    }
+/// Sets one of [`Shared`]'s failure reasons.
+fn set(slot: &Mutex<Option<String>>, reason: Option<String>) {
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = reason;
 }
 
 /// How many rows one release transaction moves.
@@ -79,15 +81,12 @@ impl<DB: Staging> Receiver<DB> {
     /// Whether the receiver's database works: `Err` with the reason while storing or releasing
     /// fails, for a health check to report.
     pub fn health(&self) -> Result<(), String> {
-        match &*self
-            .shared
-            .failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
-            Some(reason) => Err(reason.clone()),
-            None => Ok(()),
+        for slot in [&self.shared.storing, &self.shared.releasing] {
+            if let Some(reason) = &*slot.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(reason.clone());
+            }
         }
+        Ok(())
     }
 
     /// The last resolved timestamp received: every row committed before it has been received.
@@ -149,7 +148,7 @@ impl<DB: Staging> Receiver<DB> {
     /// Makes `rows` durable within [`ReceiverConfig::answer_within`].
     async fn stage(&self, rows: &[Staged], received: &mut Received) -> Result<(), ChangefeedError> {
         let unavailable = |reason: String| {
-            self.shared.set_failing(Some(reason.clone()));
+            set(&self.shared.storing, Some(reason.clone()));
             ChangefeedError::Unavailable {
                 rows: rows.len(),
                 reason,
@@ -176,7 +175,7 @@ impl<DB: Staging> Receiver<DB> {
                     )));
                 }
             };
-        self.shared.set_failing(None);
+        set(&self.shared.storing, None);
         let released = self.released();
         let mut late = 0;
         for (row, fresh) in rows.iter().zip(fresh) {
@@ -241,7 +240,7 @@ async fn release_as_resolved<DB: Staging>(
             match release_all(&pool, &outbox, target).await {
                 Ok(moved) => {
                     failures = 0;
-                    shared.set_failing(None);
+                    set(&shared.releasing, None);
                     *shared.released.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
                     if moved > 0 {
                         tracing::debug!(moved, resolved = %target, "changefeed rows released");
@@ -251,7 +250,7 @@ async fn release_as_resolved<DB: Staging>(
                     failures = failures.saturating_add(1);
                     let reason = format!("{} `{}`: {error}", DB::NAME, outbox.table());
                     tracing::warn!(%reason, "releasing changefeed rows failed; retrying");
-                    shared.set_failing(Some(reason));
+                    set(&shared.releasing, Some(reason));
                     tokio::time::sleep(backoff.delay(failures)).await;
                     continue;
                 }
